@@ -1,0 +1,22 @@
+//! Tally's pure core: the metering rules, billing periods, deduplication and the usage fold.
+//!
+//! Nothing in this crate does I/O or reads a clock. Every time it uses comes from the event log
+//! (the arrival timestamp ingest recorded), so the live aggregator and the replay tool, calling the
+//! very same functions on the same log, reach the same usage, byte for byte.
+//!
+//! Layout:
+//! - [`period`]: the billing period (a UTC calendar month) and when it closes.
+//! - [`rules`]: what an event is worth: billable or not and why, the arrival window, payload size.
+//! - [`dedup`]: the fixed-size fingerprint under which an event id is remembered.
+//! - [`fold`]: the state of one log partition and how each record changes it.
+//!
+//! docs/metering.md states the same rules for people.
+
+pub mod dedup;
+pub mod fold;
+pub mod period;
+pub mod rules;
+
+pub use fold::{Fold, FoldConfig, Outcome, PeriodChange, PeriodKey, PeriodSnapshot};
+pub use period::Period;
+pub use rules::{classify, Classification};
