@@ -101,6 +101,9 @@ pub mod limits {
     pub const ATTRIBUTES_MAX_KEYS: usize = 64;
     pub const ATTRIBUTE_KEY_MAX: usize = 256;
     pub const ATTRIBUTE_VALUE_MAX: usize = 1024;
+    /// A precomputed `payload_bytes` above 1 TB is refused as a mistake (and keeps sums far from
+    /// overflow).
+    pub const PAYLOAD_BYTES_MAX: u64 = 1_000_000_000_000;
 }
 
 /// The stable error codes an event can be rejected with (see README, "Errors").
@@ -220,6 +223,9 @@ impl TraceCompletedV1 {
                 "payload_bytes",
                 "must not be sent together with payload",
             ));
+        }
+        if self.payload_bytes.is_some_and(|b| b > limits::PAYLOAD_BYTES_MAX) {
+            return Err(FieldError::invalid("payload_bytes", "must be at most 1000000000000"));
         }
         if let Some(attributes) = &self.attributes {
             if attributes.len() > limits::ATTRIBUTES_MAX_KEYS {

@@ -1,0 +1,101 @@
+//! Typed settings from environment variables, with defaults that work with `make up`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+/// A setting that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("setting {name}: {message}")]
+pub struct SettingError {
+    pub name: &'static str,
+    pub message: String,
+}
+
+/// Reads `name`, or `default` when it is unset or empty.
+pub fn var_or<T: FromStr>(name: &'static str, default: &str) -> Result<T, SettingError>
+where
+    T::Err: fmt::Display,
+{
+    let raw = std::env::var(name).ok().filter(|v| !v.is_empty());
+    let raw = raw.as_deref().unwrap_or(default);
+    raw.parse().map_err(|e: T::Err| SettingError { name, message: format!("{raw:?}: {e}") })
+}
+
+/// Reads a required secret.
+pub fn secret(name: &'static str) -> Result<Secret, SettingError> {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => Ok(Secret(v)),
+        _ => Err(SettingError { name, message: "is required".into() }),
+    }
+}
+
+/// The settings every service shares.
+#[derive(Debug, Clone)]
+pub struct Common {
+    pub kafka_brokers: String,
+    pub database_url: Secret,
+    /// How many partitions Tally creates its topics with (`TALLY_KAFKA_PARTITIONS`).
+    pub kafka_partitions: i32,
+    /// Distinguishes instances of one stage (`TALLY_INSTANCE_ID`); part of the aggregator's
+    /// transactional id, so it must be stable across restarts of one instance.
+    pub instance_id: String,
+}
+
+impl Common {
+    pub fn from_env() -> Result<Common, SettingError> {
+        Ok(Common {
+            kafka_brokers: var_or("TALLY_KAFKA_BROKERS", "127.0.0.1:9092")?,
+            database_url: Secret(var_or(
+                "TALLY_DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/tally",
+            )?),
+            kafka_partitions: var_or("TALLY_KAFKA_PARTITIONS", "8")?,
+            instance_id: var_or("TALLY_INSTANCE_ID", "0")?,
+        })
+    }
+}
+
+/// A listening address setting.
+pub fn addr(name: &'static str, default: &str) -> Result<SocketAddr, SettingError> {
+    var_or(name, default)
+}
+
+/// A value that must never appear in logs, errors or metrics. `Debug` and `Display` print
+/// `[redacted]`; the value is read with [`Secret::expose`] only where it is used.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("postgres://user:hunter2@db/tally");
+        assert_eq!(format!("{s} {s:?}"), "[redacted] [redacted]");
+        assert_eq!(s.expose(), "postgres://user:hunter2@db/tally");
+    }
+}

@@ -1,0 +1,103 @@
+//! What ingest knows of the org registry: which orgs exist and which ingest keys are valid.
+//!
+//! Read from PostgreSQL (the api writes it) into memory, refreshed every few seconds and at once
+//! (rate-limited) when a request names an org or key not yet known, so an org created a moment
+//! ago can send at once. Ingest never writes the registry.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use tally_common::shutdown::Shutdown;
+use tokio::sync::Mutex;
+
+const REFRESH_EVERY: Duration = Duration::from_secs(5);
+const MIN_REFRESH_GAP: Duration = Duration::from_millis(250);
+
+#[derive(Default)]
+struct Snapshot {
+    orgs: HashSet<String>,
+    ingest_key_hashes: HashSet<String>,
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    pool: PgPool,
+    snapshot: Arc<RwLock<Snapshot>>,
+    /// Serialises refreshes and remembers the last one, for the rate limit.
+    last_refresh: Arc<Mutex<Instant>>,
+}
+
+impl Registry {
+    pub async fn load(pool: PgPool) -> Result<Registry, sqlx::Error> {
+        let registry = Registry {
+            pool,
+            snapshot: Arc::default(),
+            last_refresh: Arc::new(Mutex::new(Instant::now())),
+        };
+        registry.reload().await?;
+        Ok(registry)
+    }
+
+    async fn reload(&self) -> Result<(), sqlx::Error> {
+        let orgs: Vec<(String,)> = sqlx::query_as("SELECT org_id FROM orgs").fetch_all(&self.pool).await?;
+        let keys: Vec<(String,)> = sqlx::query_as(
+            "SELECT key_hash FROM api_keys WHERE scope = 'ingest' AND revoked_at IS NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let snapshot = Snapshot {
+            orgs: orgs.into_iter().map(|(o,)| o).collect(),
+            ingest_key_hashes: keys.into_iter().map(|(k,)| k).collect(),
+        };
+        *self.snapshot.write().expect("registry lock") = snapshot;
+        Ok(())
+    }
+
+    /// Refreshes unless another refresh happened very recently.
+    async fn refresh_soon(&self) {
+        let mut last = self.last_refresh.lock().await;
+        if last.elapsed() < MIN_REFRESH_GAP {
+            return;
+        }
+        if let Err(e) = self.reload().await {
+            tracing::warn!(error = %e, "registry refresh failed; keeping the previous one");
+        }
+        *last = Instant::now();
+    }
+
+    pub async fn refresh_forever(self, shutdown: Shutdown) {
+        while !shutdown.is_requested() {
+            tokio::time::sleep(REFRESH_EVERY).await;
+            self.refresh_soon().await;
+        }
+    }
+
+    fn has_org(&self, org_id: &str) -> bool {
+        self.snapshot.read().expect("registry lock").orgs.contains(org_id)
+    }
+
+    fn has_key(&self, key_hash: &str) -> bool {
+        self.snapshot.read().expect("registry lock").ingest_key_hashes.contains(key_hash)
+    }
+
+    /// Whether `key_hash` is a valid ingest key, refreshing once on a miss.
+    pub async fn is_ingest_key(&self, key_hash: &str) -> bool {
+        if self.has_key(key_hash) {
+            return true;
+        }
+        self.refresh_soon().await;
+        self.has_key(key_hash)
+    }
+
+    /// Which of `org_ids` exist, refreshing once if some are unknown.
+    pub async fn known_orgs<'a>(&self, org_ids: impl Iterator<Item = &'a str> + Clone) -> HashSet<String> {
+        let missing = org_ids.clone().any(|o| !self.has_org(o));
+        if missing {
+            self.refresh_soon().await;
+        }
+        let snapshot = self.snapshot.read().expect("registry lock");
+        org_ids.filter(|o| snapshot.orgs.contains(*o)).map(str::to_string).collect()
+    }
+}

@@ -1,0 +1,27 @@
+//! Ticks: records that carry only a timestamp, written to every partition of the trace-event log.
+//!
+//! The aggregator closes a period when its partition's log time passes the period's end plus the
+//! grace. Ticks make log time advance in partitions whose orgs are silent, so their periods close
+//! on time. Several ingest instances may all tick: extra ticks are harmless.
+
+use std::time::Duration;
+
+use tally_common::shutdown::Shutdown;
+
+use crate::metrics;
+use crate::publish::Publisher;
+
+pub async fn run(publisher: Publisher, every: Duration, shutdown: Shutdown) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = shutdown.clone().requested() => return,
+        }
+        match publisher.tick_all_partitions().await {
+            Ok(n) => metrics::TICKS.inc_by(n as u64),
+            Err(e) => tracing::warn!(error = %e, "could not write ticks"),
+        }
+    }
+}
