@@ -161,7 +161,7 @@ cmd_wait() {
       fi
     elif [[ -f $PIDFILE ]]; then
       rm -f "$PIDFILE"
-      fail_with_log "the broker exited while starting"
+      fail_with_log "the broker (pid file $PIDFILE) is no longer running"
     elif port_open "$KAFKA_PORT"; then
       say "127.0.0.1:$KAFKA_PORT answers, but not from a broker this script started; using it"
       return 0

@@ -1,0 +1,67 @@
+//! Every metric the aggregator exports, declared once. Labels come from closed sets.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge,
+    Histogram, IntCounter, IntCounterVec, IntGauge,
+};
+
+/// Applied events by outcome (`billed`, `child_span`, `not_success`, `duplicate`, `late`).
+/// Counted when the transaction that applied them commits.
+pub static EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "tally_aggregator_events_total",
+        "Trace events applied and committed, by outcome.",
+        &["outcome"]
+    )
+    .expect("metric registers")
+});
+
+pub static TICKS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("tally_aggregator_ticks_total", "Tick records applied and committed.")
+        .expect("metric registers")
+});
+
+/// Records that could not be decoded: kept in the log, skipped by the fold, counted here.
+pub static INVALID_RECORDS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "tally_aggregator_invalid_records_total",
+        "Input records that could not be decoded and were skipped."
+    )
+    .expect("metric registers")
+});
+
+pub static TRANSACTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "tally_aggregator_transactions_total",
+        "Transactions, by result (committed, aborted).",
+        &["result"]
+    )
+    .expect("metric registers")
+});
+
+pub static BATCH_RECORDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "tally_aggregator_batch_records",
+        "Input records per committed transaction.",
+        vec![1.0, 10.0, 100.0, 1000.0, 5000.0, 10000.0, 20000.0, 50000.0]
+    )
+    .expect("metric registers")
+});
+
+pub static STATE_LOADS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "tally_aggregator_state_loads_total",
+        "Partition states restored from the changelog."
+    )
+    .expect("metric registers")
+});
+
+pub static FINGERPRINTS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "tally_aggregator_dedup_fingerprints",
+        "Event-id fingerprints held in memory for deduplication (16 bytes each)."
+    )
+    .expect("metric registers")
+});

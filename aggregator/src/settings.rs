@@ -1,0 +1,42 @@
+//! The aggregator's settings.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tally_common::settings::{addr, var_or, Common, SettingError};
+use tally_metering::FoldConfig;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub common: Common,
+    /// `TALLY_AGGREGATOR_ADDR`: probes and metrics.
+    pub addr: SocketAddr,
+    /// `TALLY_GRACE_HOURS`: how long after its end a period accepts events. Part of what the log
+    /// means: the replay tool must be given the same value.
+    pub fold: FoldConfig,
+    /// `TALLY_AGGREGATOR_MAX_BATCH`: the most records in one transaction.
+    pub max_batch: usize,
+    /// `TALLY_AGGREGATOR_MAX_BATCH_MS`: the longest a transaction stays open collecting records;
+    /// bounds how stale the published usage can be.
+    pub max_batch_wait: Duration,
+}
+
+impl Settings {
+    pub fn from_env(common: Common) -> Result<Settings, SettingError> {
+        let grace_hours: i64 = var_or("TALLY_GRACE_HOURS", "48")?;
+        if !(0..=24 * 366).contains(&grace_hours) {
+            return Err(SettingError { name: "TALLY_GRACE_HOURS", message: "must be 0-8784".into() });
+        }
+        Ok(Settings {
+            common,
+            addr: addr("TALLY_AGGREGATOR_ADDR", "127.0.0.1:9101")?,
+            fold: FoldConfig { grace: chrono::Duration::hours(grace_hours) },
+            max_batch: var_or("TALLY_AGGREGATOR_MAX_BATCH", "20000")?,
+            max_batch_wait: Duration::from_millis(var_or("TALLY_AGGREGATOR_MAX_BATCH_MS", "100")?),
+        })
+    }
+
+    pub fn transactional_id(&self) -> String {
+        format!("tally-aggregator-{}", self.common.instance_id)
+    }
+}
