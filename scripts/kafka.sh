@@ -132,7 +132,9 @@ running_pid() {
   local pid
   pid=$(cat "$PIDFILE" 2>/dev/null) || return 1
   [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'kafka\.Kafka' || return 1
+  local args
+  args=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+  [[ $args == *" kafka.Kafka "* ]] || return 1
   echo "$pid"
 }
 

@@ -211,7 +211,11 @@ cmd_start() {
 cmd_stop() {
   VER=$(server_version) || true
   if [[ ! -f $STARTED ]]; then
-    say "not stopping PostgreSQL: scripts/postgres.sh did not start it"
+    if [[ -n $VER ]] && cluster_online; then
+      say "leaving cluster $VER/$CLUSTER running: scripts/postgres.sh did not start it"
+    else
+      say "not running"
+    fi
     return 0
   fi
   if [[ -n $VER ]] && cluster_online; then

@@ -1,0 +1,35 @@
+//! Every metric the projector exports, declared once.
+
+use std::sync::LazyLock;
+
+use prometheus::{register_histogram, register_int_counter_vec, Histogram, IntCounterVec};
+
+/// Usage updates by result: `applied`, `stale` (an equal or newer version was already stored),
+/// `skipped` (below the stored offset), `invalid`.
+pub static UPDATES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "tally_projector_updates_total",
+        "Usage updates read, by result.",
+        &["result"]
+    )
+    .expect("metric registers")
+});
+
+/// From an event's arrival at ingest to its usage being committed in PostgreSQL.
+pub static FRESHNESS_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "tally_projector_freshness_seconds",
+        "Time from the newest event's arrival (log time) to its usage being committed in PostgreSQL.",
+        vec![0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0]
+    )
+    .expect("metric registers")
+});
+
+pub static BATCH_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "tally_projector_batch_duration_seconds",
+        "Time to write one batch to PostgreSQL.",
+        vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]
+    )
+    .expect("metric registers")
+});

@@ -1,0 +1,226 @@
+#!/usr/bin/env bash
+# Tally's whole local stack: Kafka, PostgreSQL and the four services, on this machine.
+#
+#   scripts/stack.sh up      start whatever is not running yet, wait until all are ready
+#   scripts/stack.sh down    stop the services, Kafka, and PostgreSQL if we started it
+#   scripts/stack.sh logs    tail .tally/logs/*.log (LOGS_FOLLOW=0: print and exit)
+#   scripts/stack.sh status  one line per service
+#
+# `up` does not build: run it through `make up`, which builds target/release/* first.
+# Environment (defaults in brackets): TALLY_HOME [<repo>/.tally], TALLY_ADMIN_TOKEN [kept
+# in .tally/admin-token], TALLY_API_ADDR [127.0.0.1:8080], TALLY_INGEST_ADDR
+# [127.0.0.1:4318], TALLY_AGGREGATOR_ADDR [127.0.0.1:9101], TALLY_PROJECTOR_ADDR
+# [127.0.0.1:9102], TALLY_KAFKA_BROKERS, TALLY_DATABASE_URL, TALLY_READY_SECS [60].
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+export TALLY_HOME=${TALLY_HOME:-$ROOT/.tally}
+case $TALLY_HOME in /*) ;; *) TALLY_HOME=$ROOT/$TALLY_HOME ;; esac
+LOGS=$TALLY_HOME/logs
+RUN=$TALLY_HOME/run
+TOKEN_FILE=$TALLY_HOME/admin-token
+READY_SECS=${TALLY_READY_SECS:-60}
+STOP_SECS=15
+
+# Start order; `down` stops them in reverse.
+SERVICES=(api aggregator projector ingest)
+
+export TALLY_API_ADDR=${TALLY_API_ADDR:-127.0.0.1:8080}
+export TALLY_INGEST_ADDR=${TALLY_INGEST_ADDR:-127.0.0.1:4318}
+export TALLY_AGGREGATOR_ADDR=${TALLY_AGGREGATOR_ADDR:-127.0.0.1:9101}
+export TALLY_PROJECTOR_ADDR=${TALLY_PROJECTOR_ADDR:-127.0.0.1:9102}
+export TALLY_KAFKA_BROKERS=${TALLY_KAFKA_BROKERS:-127.0.0.1:${TALLY_KAFKA_PORT:-9092}}
+export TALLY_DATABASE_URL=${TALLY_DATABASE_URL:-postgres://postgres@127.0.0.1:${TALLY_PG_PORT:-5432}/tally}
+
+say() { echo "tally: $*"; }
+die() { echo "tally: error: $*" >&2; exit 1; }
+
+addr_of() {
+  case $1 in
+    api) echo "$TALLY_API_ADDR" ;;
+    ingest) echo "$TALLY_INGEST_ADDR" ;;
+    aggregator) echo "$TALLY_AGGREGATOR_ADDR" ;;
+    projector) echo "$TALLY_PROJECTOR_ADDR" ;;
+  esac
+}
+bin_of() { echo "$ROOT/target/release/$1"; }
+pidfile_of() { echo "$RUN/$1.pid"; }
+log_of() { echo "$LOGS/$1.log"; }
+
+# The pid from the service's pid file, if that process is alive and runs its binary.
+running_pid() {
+  local pid args
+  pid=$(cat "$(pidfile_of "$1")" 2>/dev/null) || return 1
+  [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+  args=$'\n'$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null)$'\n' || return 1
+  [[ $args == *$'\n'"$(bin_of "$1")"$'\n'* ]] || return 1
+  echo "$pid"
+}
+
+http_code() { curl -s -o /dev/null -w '%{http_code}' -m 2 "http://$1$2" 2>/dev/null || true; }
+
+ensure_admin_token() {
+  mkdir -p "$TALLY_HOME"
+  if [[ -n ${TALLY_ADMIN_TOKEN:-} ]]; then
+    # Keep the file in step with the token the services get, for `make demo` and friends.
+    [[ -f $TOKEN_FILE && $(cat "$TOKEN_FILE") == "$TALLY_ADMIN_TOKEN" ]] ||
+      (umask 077 && printf '%s\n' "$TALLY_ADMIN_TOKEN" >"$TOKEN_FILE")
+  elif [[ ! -s $TOKEN_FILE ]]; then
+    local token
+    if command -v openssl >/dev/null; then
+      token=$(openssl rand -hex 32)
+    else
+      token=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
+    fi
+    (umask 077 && printf '%s\n' "$token" >"$TOKEN_FILE")
+    say "generated an admin token in $TOKEN_FILE"
+  fi
+  TALLY_ADMIN_TOKEN=$(head -n1 "$TOKEN_FILE")
+  export TALLY_ADMIN_TOKEN
+}
+
+start_service() {
+  local name=$1 bin pid log pidfile
+  bin=$(bin_of "$name")
+  log=$(log_of "$name")
+  pidfile=$(pidfile_of "$name")
+  if pid=$(running_pid "$name"); then
+    if [[ $(readlink "/proc/$pid/exe" 2>/dev/null) == *" (deleted)" ]]; then
+      say "$name: already running (pid $pid), but from an older build; 'make down' then 'make up' to restart it"
+    else
+      say "$name: already running (pid $pid)"
+    fi
+    return 0
+  fi
+  rm -f "$pidfile"
+  [[ -x $bin ]] || die "$bin is missing; build it first: make build (or make up)"
+  say "$name: starting on $(addr_of "$name") (log $log)"
+  echo "---- $(date -u +%Y-%m-%dT%H:%M:%SZ) scripts/stack.sh up: starting $name" >>"$log"
+  # setsid: its own session, so a Ctrl-C aimed at make does not reach it. The inner bash
+  # writes its pid and then becomes the service, so the pid file names the service itself.
+  nohup setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$bin" >>"$log" 2>&1 </dev/null &
+  for _ in $(seq 50); do [[ -s $pidfile ]] && break; sleep 0.1; done
+  [[ -s $pidfile ]] || die "$name did not start"
+}
+
+fail_service() {
+  local name=$1
+  shift
+  echo "tally: error: $name: $*" >&2
+  echo "tally: last 30 lines of $(log_of "$name"):" >&2
+  tail -n 30 "$(log_of "$name")" 2>/dev/null | sed 's/^/    /' >&2
+  exit 1
+}
+
+wait_ready() {
+  local name=$1 addr deadline code pidfile
+  addr=$(addr_of "$name")
+  pidfile=$(pidfile_of "$name")
+  deadline=$((SECONDS + READY_SECS))
+  while :; do
+    code=$(http_code "$addr" /readyz)
+    if [[ $code == 200 ]]; then
+      say "$name: ready on http://$addr"
+      return 0
+    fi
+    if [[ -f $pidfile ]] && ! running_pid "$name" >/dev/null; then
+      rm -f "$pidfile"
+      fail_service "$name" "exited before it was ready"
+    fi
+    ((SECONDS < deadline)) ||
+      fail_service "$name" "GET http://$addr/readyz did not answer 200 within ${READY_SECS}s (last: ${code:-no answer})"
+    sleep 0.5
+  done
+}
+
+stop_pid() {
+  local label=$1 pid=$2
+  say "$label: stopping (pid $pid)"
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq $((STOP_SECS * 10))); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  say "$label: still running after ${STOP_SECS}s; killing it"
+  kill -KILL "$pid" 2>/dev/null || true
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+}
+
+cmd_up() {
+  scripts/kafka.sh install
+  scripts/postgres.sh install
+  scripts/kafka.sh start
+  scripts/postgres.sh start
+  scripts/postgres.sh createdb tally
+  ensure_admin_token
+  mkdir -p "$LOGS" "$RUN"
+  local name
+  for name in "${SERVICES[@]}"; do start_service "$name"; done
+  for name in "${SERVICES[@]}"; do wait_ready "$name"; done
+  cat <<EOF
+
+tally: the stack is up
+  ingest       http://$TALLY_INGEST_ADDR        (POST trace events)
+  api          http://$TALLY_API_ADDR
+  aggregator   http://$TALLY_AGGREGATOR_ADDR/metrics
+  projector    http://$TALLY_PROJECTOR_ADDR/metrics
+  kafka        $TALLY_KAFKA_BROKERS
+  postgres     $TALLY_DATABASE_URL
+  admin token  $TALLY_ADMIN_TOKEN
+               (kept in $TOKEN_FILE; send it as: Authorization: Bearer <token>)
+  logs         make logs   (files in $LOGS)
+  stop         make down
+EOF
+}
+
+cmd_down() {
+  local i name pid
+  for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do
+    name=${SERVICES[i]}
+    if pid=$(running_pid "$name"); then
+      stop_pid "$name" "$pid"
+    fi
+    rm -f "$(pidfile_of "$name")"
+  done
+  scripts/kafka.sh stop
+  scripts/postgres.sh stop
+  say "the stack is down"
+}
+
+cmd_logs() {
+  shopt -s nullglob
+  local files=("$LOGS"/*.log)
+  ((${#files[@]})) || die "no logs yet in $LOGS"
+  if [[ ${LOGS_FOLLOW:-1} == 0 ]]; then
+    exec tail -n 50 "${files[@]}"
+  fi
+  exec tail -n 50 -F "${files[@]}"
+}
+
+cmd_status() {
+  scripts/kafka.sh status || true
+  scripts/postgres.sh status || true
+  local name pid addr ready
+  for name in "${SERVICES[@]}"; do
+    addr=$(addr_of "$name")
+    if pid=$(running_pid "$name"); then
+      ready="not ready"
+      [[ $(http_code "$addr" /readyz) == 200 ]] && ready=ready
+      say "$name: running (pid $pid, http://$addr, $ready)"
+    else
+      say "$name: stopped"
+    fi
+  done
+}
+
+case ${1:-} in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  logs) cmd_logs ;;
+  status) cmd_status ;;
+  *)
+    echo "usage: scripts/stack.sh up|down|logs|status" >&2
+    exit 2
+    ;;
+esac
