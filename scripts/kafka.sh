@@ -124,14 +124,22 @@ cmd_install() {
   install_libs
   render_config
   format_storage
-  say "installed ($(basename "$(compgen -G "$LIBS/kafka_2.13-*.jar" | head -n1)" .jar), config $CONF)"
+  [[ ${1:-} == quiet ]] || say "installed ($(basename "$(compgen -G "$LIBS/kafka_2.13-*.jar" | head -n1)" .jar), config $CONF)"
+}
+
+# True while the process exists and is not a zombie (this machine's init reaps slowly).
+alive() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [[ ${stat:0:1} != Z ]]
 }
 
 # The pid in the pid file, if that process is alive and is our broker.
 running_pid() {
   local pid
   pid=$(cat "$PIDFILE" 2>/dev/null) || return 1
-  [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+  [[ $pid =~ ^[0-9]+$ ]] && alive "$pid" || return 1
   local args
   args=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
   [[ $args == *" kafka.Kafka "* ]] || return 1
@@ -184,14 +192,14 @@ cmd_start() {
   for port in "$KAFKA_PORT" "$CONTROLLER_PORT"; do
     ! port_open "$port" || die "127.0.0.1:$port is already in use by another process"
   done
-  cmd_install
+  cmd_install quiet
   mkdir -p "$TALLY_HOME/logs" "$TALLY_HOME/run"
   touch "$LOG"
   stat -c %s "$LOG" >"$OFFSETFILE"
   say "starting on 127.0.0.1:$KAFKA_PORT (log $LOG)"
   # setsid: the broker gets its own session, so a Ctrl-C aimed at make does not reach it.
   # The inner bash writes its own pid and then becomes java, so the pid file names the JVM.
-  # shellcheck disable=SC2086  # HEAP is a list of flags
+  # shellcheck disable=SC2016,SC2086  # single quotes on purpose; HEAP is a list of flags
   nohup setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PIDFILE" \
     java $HEAP -XX:+UseSerialGC -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$LOG4J" -Dlog4j2.shutdownHookEnabled=false \
@@ -212,13 +220,13 @@ cmd_stop() {
   say "stopping (pid $pid)"
   kill -TERM "$pid" 2>/dev/null || true
   for _ in $(seq $((STOP_SECS * 10))); do
-    kill -0 "$pid" 2>/dev/null || break
+    alive "$pid" || break
     sleep 0.1
   done
-  if kill -0 "$pid" 2>/dev/null; then
+  if alive "$pid"; then
     say "still running after ${STOP_SECS}s; killing it"
     kill -KILL "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    while alive "$pid"; do sleep 0.1; done
   fi
   rm -f "$PIDFILE"
   say "stopped"

@@ -155,7 +155,7 @@ cmd_install() {
       pg_ctlcluster "$VER" "$CLUSTER" reload
     fi
   fi
-  say "installed (PostgreSQL $VER, cluster $VER/$CLUSTER, port $PORT)"
+  [[ ${1:-} == quiet ]] || say "installed (PostgreSQL $VER, cluster $VER/$CLUSTER, port $PORT)"
 }
 
 cmd_wait() {
@@ -193,7 +193,7 @@ check_settings() {
 }
 
 cmd_start() {
-  cmd_install
+  cmd_install quiet
   if cluster_online; then
     say "cluster $VER/$CLUSTER already running"
   else

@@ -48,11 +48,19 @@ bin_of() { echo "$ROOT/target/release/$1"; }
 pidfile_of() { echo "$RUN/$1.pid"; }
 log_of() { echo "$LOGS/$1.log"; }
 
+# True while the process exists and is not a zombie (this machine's init reaps slowly).
+alive() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [[ ${stat:0:1} != Z ]]
+}
+
 # The pid from the service's pid file, if that process is alive and runs its binary.
 running_pid() {
   local pid args
   pid=$(cat "$(pidfile_of "$1")" 2>/dev/null) || return 1
-  [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+  [[ $pid =~ ^[0-9]+$ ]] && alive "$pid" || return 1
   args=$'\n'$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null)$'\n' || return 1
   [[ $args == *$'\n'"$(bin_of "$1")"$'\n'* ]] || return 1
   echo "$pid"
@@ -99,6 +107,7 @@ start_service() {
   echo "---- $(date -u +%Y-%m-%dT%H:%M:%SZ) scripts/stack.sh up: starting $name" >>"$log"
   # setsid: its own session, so a Ctrl-C aimed at make does not reach it. The inner bash
   # writes its pid and then becomes the service, so the pid file names the service itself.
+  # shellcheck disable=SC2016  # expanded by the inner bash
   nohup setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$bin" >>"$log" 2>&1 </dev/null &
   for _ in $(seq 50); do [[ -s $pidfile ]] && break; sleep 0.1; done
   [[ -s $pidfile ]] || die "$name did not start"
@@ -139,12 +148,12 @@ stop_pid() {
   say "$label: stopping (pid $pid)"
   kill -TERM "$pid" 2>/dev/null || true
   for _ in $(seq $((STOP_SECS * 10))); do
-    kill -0 "$pid" 2>/dev/null || return 0
+    alive "$pid" || return 0
     sleep 0.1
   done
   say "$label: still running after ${STOP_SECS}s; killing it"
   kill -KILL "$pid" 2>/dev/null || true
-  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  while alive "$pid"; do sleep 0.1; done
 }
 
 cmd_up() {

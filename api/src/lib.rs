@@ -1,0 +1,48 @@
+//! Tally's API: the org registry (orgs and keys) and usage, read from PostgreSQL.
+//!
+//! The api reads the projector's read models and never the log: every figure it shows is one the
+//! pipeline committed. It writes only the registry (orgs, hashed keys), which ingest reads.
+//!
+//! Layout: [`settings`], [`error`] (one error type, one JSON shape, stable codes), [`auth`]
+//! (admin token, read keys), [`orgs`] (admin: orgs and keys), [`usage`] (usage, daily history,
+//! late events).
+
+pub mod auth;
+pub mod error;
+pub mod orgs;
+pub mod settings;
+pub mod usage;
+
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::Router;
+use sqlx::PgPool;
+use tally_common::{probes, shutdown::Shutdown};
+
+pub use settings::Settings;
+
+pub struct AppState {
+    pub settings: Settings,
+    pub pool: PgPool,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/orgs", post(orgs::create_org))
+        .route("/v1/orgs/{org_id}/keys", post(orgs::create_key))
+        .route("/v1/orgs/{org_id}/usage", get(usage::period_usage))
+        .route("/v1/orgs/{org_id}/usage/daily", get(usage::daily_usage))
+        .route("/v1/orgs/{org_id}/late-events", get(usage::late_events))
+        .fallback(|| async { error::ApiError::not_found("no such endpoint") })
+        .with_state(state)
+}
+
+pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
+    let pool = tally_common::db::connect(&settings.common.database_url, 16).await?;
+    let readiness = probes::Readiness::default();
+    let state = Arc::new(AppState { settings: settings.clone(), pool });
+    let app = router(state).merge(probes::router(readiness.clone()));
+    readiness.set(true);
+    probes::serve(settings.addr, app, shutdown).await
+}
