@@ -81,8 +81,13 @@ install_libs() {
   rm -rf "$tmp"
   mkdir -p "$(dirname "$LIBS")"
   # Copy into a fresh folder and swap it in, so an interrupted copy never looks complete.
-  mvn -q -B -Dstyle.color=never -f "$POM" dependency:copy-dependencies -DoutputDirectory="$tmp" -DincludeScope=runtime ||
-    { rm -rf "$tmp"; die "mvn dependency:copy-dependencies failed"; }
+  if ! mvn -q -B -Dstyle.color=never -f "$POM" dependency:copy-dependencies \
+    -DoutputDirectory="$tmp" -DincludeScope=runtime >"$tmp.log" 2>&1; then
+    sed 's/^/    /' "$tmp.log" >&2
+    rm -rf "$tmp" "$tmp.log"
+    die "mvn dependency:copy-dependencies failed (output above)"
+  fi
+  rm -f "$tmp.log"
   compgen -G "$tmp/kafka_2.13-*.jar" >/dev/null || { rm -rf "$tmp"; die "mvn copied no kafka_2.13 jar"; }
   pom_sum >"$tmp/.pom.sha256"
   rm -rf "$LIBS"

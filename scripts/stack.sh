@@ -107,8 +107,9 @@ start_service() {
   echo "---- $(date -u +%Y-%m-%dT%H:%M:%SZ) scripts/stack.sh up: starting $name" >>"$log"
   # setsid: its own session, so a Ctrl-C aimed at make does not reach it. The inner bash
   # writes its pid and then becomes the service, so the pid file names the service itself.
+  # NO_COLOR: tracing-subscriber writes no ANSI colour codes into the log file.
   # shellcheck disable=SC2016  # expanded by the inner bash
-  nohup setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$bin" >>"$log" 2>&1 </dev/null &
+  NO_COLOR=1 nohup setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$bin" >>"$log" 2>&1 </dev/null &
   for _ in $(seq 50); do [[ -s $pidfile ]] && break; sleep 0.1; done
   [[ -s $pidfile ]] || die "$name did not start"
 }

@@ -1,1 +1,114 @@
-fn main() {}
+//! `tally-loadgen demo` sends the sample workload and prints each org's usage;
+//! `tally-loadgen bench` drives the running pipeline at full speed (see BENCHMARKS.md).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use tally_loadgen::api::Api;
+use tally_loadgen::send::Sender;
+use tally_loadgen::WorkloadSpec;
+use tally_metering::Period;
+
+mod bench;
+
+pub struct Endpoints {
+    pub api: Api,
+    pub ingest_url: String,
+}
+
+fn endpoints() -> anyhow::Result<Endpoints> {
+    let api_addr = std::env::var("TALLY_API_ADDR").unwrap_or_else(|_| "127.0.0.1:8080".into());
+    let ingest_addr = std::env::var("TALLY_INGEST_ADDR").unwrap_or_else(|_| "127.0.0.1:4318".into());
+    let token = match std::env::var("TALLY_ADMIN_TOKEN") {
+        Ok(t) if !t.is_empty() => t,
+        _ => std::fs::read_to_string(".tally/admin-token")
+            .context("TALLY_ADMIN_TOKEN is unset and .tally/admin-token is missing (run `make up`)")?
+            .trim()
+            .to_string(),
+    };
+    Ok(Endpoints { api: Api::new(&format!("http://{api_addr}"), &token), ingest_url: format!("http://{ingest_addr}") })
+}
+
+const DEMO_ORGS: [(&str, &str); 5] = [
+    ("acme", "Acme Corp"),
+    ("globex", "Globex"),
+    ("initech", "Initech"),
+    ("umbrella", "Umbrella"),
+    ("hooli", "Hooli"),
+];
+
+async fn demo() -> anyhow::Result<()> {
+    let ep = endpoints()?;
+    for (id, name) in DEMO_ORGS {
+        ep.api.ensure_org(id, name).await?;
+    }
+    let ingest_key = ep.api.create_key("acme", "ingest").await?;
+    let now = chrono::Utc::now();
+    let spec = WorkloadSpec {
+        orgs: DEMO_ORGS.iter().map(|(id, _)| id.to_string()).collect(),
+        events: 20_000,
+        duplicate_ratio: 0.1,
+        inline_payload_ratio: 0.5,
+        boundary_events: 200,
+        late_events: 5,
+        seed: now.timestamp_millis() as u64,
+        now,
+        grace: chrono::Duration::hours(std::env::var("TALLY_GRACE_HOURS").ok().and_then(|h| h.parse().ok()).unwrap_or(48)),
+        id_prefix: format!("demo-{}", now.timestamp_millis()),
+    };
+    let workload = spec.generate();
+    println!(
+        "sending {} deliveries ({} events, 10% re-delivered; all six operations, child spans, failures, late events)",
+        workload.deliveries.len(),
+        spec.events
+    );
+    let period = Period::containing(now).to_string();
+    let mut before = std::collections::BTreeMap::new();
+    for (org, _) in DEMO_ORGS {
+        let usage = ep.api.usage(org, &period).await?;
+        before.insert(org, usage["traces"].as_u64().unwrap_or(0));
+    }
+    let sender = Sender::new(&ep.ingest_url, &ingest_key);
+    sender.send_all(&workload.deliveries, 500, 8).await?;
+
+    println!("\nusage for {period} (waiting until the pipeline has folded everything this demo sent):\n");
+    println!(
+        "{:<10} {:>8} {:>14} {:>10} {:>11} {:>10} {:>6}",
+        "org", "traces", "payload_bytes", "child_span", "not_success", "duplicate", "late"
+    );
+    for (org, _) in DEMO_ORGS {
+        // Each org's usage grows by what this run sent; earlier runs may already be there.
+        let expected = workload.expected.get(&(org.to_string(), period.clone())).cloned().unwrap_or_default();
+        let target = before[org] + expected.traces;
+        let usage = ep
+            .api
+            .wait_for_usage(org, &period, Duration::from_secs(60), |v| v["traces"].as_u64() == Some(target))
+            .await?;
+        let nb = &usage["not_billed"];
+        println!(
+            "{:<10} {:>8} {:>14} {:>10} {:>11} {:>10} {:>6}",
+            org, usage["traces"], usage["payload_bytes"], nb["child_span"], nb["not_success"], nb["duplicate"], nb["late"]
+        );
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let command = std::env::args().nth(1).unwrap_or_default();
+    let result = match command.as_str() {
+        "demo" => demo().await,
+        "bench" => bench::run(endpoints()).await,
+        _ => {
+            eprintln!("usage: tally-loadgen demo | bench");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tally-loadgen: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

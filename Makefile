@@ -1,0 +1,51 @@
+# Tally, on this machine: no Docker. Kafka (KRaft, from Maven Central) and PostgreSQL (Debian's
+# cluster) are installed and run by scripts/kafka.sh and scripts/postgres.sh; scripts/stack.sh
+# runs the whole stack. State lives in .tally/ (data, logs, pid files, the admin token).
+
+CARGO ?= cargo
+TALLY_HOME ?= .tally
+TALLY_API_ADDR ?= 127.0.0.1:8080
+LOADGEN := target/release/tally-loadgen
+
+.PHONY: build up down logs status test demo bench clean-data
+
+build:
+	$(CARGO) build --release --workspace --bins
+
+up: build
+	scripts/stack.sh up
+
+down:
+	scripts/stack.sh down
+
+logs:
+	scripts/stack.sh logs
+
+status:
+	scripts/stack.sh status
+
+# One test thread: the end-to-end tests share the broker and the database.
+test: build
+	scripts/kafka.sh install && scripts/kafka.sh start
+	scripts/postgres.sh install && scripts/postgres.sh start && scripts/postgres.sh createdb tally
+	$(CARGO) test --release --workspace -- --test-threads=1
+
+demo: up
+	$(LOADGEN) demo
+	@echo
+	@echo 'tally: ask the API, with the admin token from $(TALLY_HOME)/admin-token (<org_id>: one the demo printed):'
+	@echo '  curl -s -H "Authorization: Bearer $$(cat $(TALLY_HOME)/admin-token)" http://$(TALLY_API_ADDR)/v1/orgs/<org_id>/usage'
+	@echo '  curl -s -H "Authorization: Bearer $$(cat $(TALLY_HOME)/admin-token)" http://$(TALLY_API_ADDR)/v1/orgs/<org_id>/usage/daily'
+	@echo 'tally: stop the stack with: make down'
+
+bench: up
+	$(LOADGEN) bench
+
+# Forget every event and every figure: the broker's log and the tally database go together
+# (the read models remember log offsets). Keeps the downloaded jars and the admin token.
+clean-data: down
+	scripts/postgres.sh start
+	dropdb -h 127.0.0.1 -U postgres --if-exists --force tally
+	scripts/postgres.sh stop
+	rm -rf $(TALLY_HOME)/kafka/data $(TALLY_HOME)/kafka/cluster-id \
+		$(TALLY_HOME)/kafka/formatted-controller-port $(TALLY_HOME)/logs $(TALLY_HOME)/run

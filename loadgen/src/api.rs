@@ -1,0 +1,85 @@
+//! Reading Tally's API: the small client the demo, the benchmark and the tests share.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+#[derive(Clone)]
+pub struct Api {
+    client: reqwest::Client,
+    base: String,
+    admin_token: String,
+}
+
+impl Api {
+    pub fn new(base: &str, admin_token: &str) -> Api {
+        Api {
+            client: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("http client"),
+            base: base.trim_end_matches('/').to_string(),
+            admin_token: admin_token.to_string(),
+        }
+    }
+
+    /// Creates an org, or leaves it if it exists.
+    pub async fn ensure_org(&self, org_id: &str, name: &str) -> anyhow::Result<()> {
+        let response = self
+            .client
+            .post(format!("{}/v1/orgs", self.base))
+            .bearer_auth(&self.admin_token)
+            .json(&json!({"org_id": org_id, "name": name}))
+            .send()
+            .await?;
+        match response.status().as_u16() {
+            201 | 409 => Ok(()),
+            s => bail!("creating org {org_id}: {s} {}", response.text().await.unwrap_or_default()),
+        }
+    }
+
+    /// Creates a key (`read` or `ingest`) for an org and returns it.
+    pub async fn create_key(&self, org_id: &str, scope: &str) -> anyhow::Result<String> {
+        let response = self
+            .client
+            .post(format!("{}/v1/orgs/{org_id}/keys", self.base))
+            .bearer_auth(&self.admin_token)
+            .json(&json!({"scope": scope}))
+            .send()
+            .await?;
+        if response.status().as_u16() != 201 {
+            bail!("creating a key: {}", response.status());
+        }
+        let value: Value = response.json().await?;
+        Ok(value["key"].as_str().context("key in answer")?.to_string())
+    }
+
+    pub async fn usage(&self, org_id: &str, period: &str) -> anyhow::Result<Value> {
+        let response = self
+            .client
+            .get(format!("{}/v1/orgs/{org_id}/usage?period={period}", self.base))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("usage of {org_id} {period}: {}", response.status());
+        }
+        Ok(response.json().await?)
+    }
+
+    /// Polls `usage` until `done` holds for it or `timeout` passes; returns the last answer.
+    pub async fn wait_for_usage(
+        &self,
+        org_id: &str,
+        period: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let usage = self.usage(org_id, period).await?;
+            if done(&usage) || Instant::now() > deadline {
+                return Ok(usage);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
