@@ -24,11 +24,24 @@ logs:
 status:
 	scripts/stack.sh status
 
-# One test thread: the end-to-end tests share the broker and the database.
+# The tests get a broker and a database of their own, fresh every run, beside any stack that
+# `make up` started: a test broker on 19092 with its data in .tally/test, and database tally_test.
+# One test thread: the end-to-end tests share that broker and database.
+TEST_HOME := $(CURDIR)/.tally/test
+TEST_KAFKA := TALLY_HOME=$(TEST_HOME) TALLY_KAFKA_PORT=19092 TALLY_KAFKA_CONTROLLER_PORT=19093
 test: build
-	scripts/kafka.sh install && scripts/kafka.sh start
-	scripts/postgres.sh install && scripts/postgres.sh start && scripts/postgres.sh createdb tally
+	scripts/kafka.sh install
+	$(TEST_KAFKA) scripts/kafka.sh stop
+	rm -rf $(TEST_HOME)
+	$(TEST_KAFKA) scripts/kafka.sh start
+	scripts/postgres.sh install && scripts/postgres.sh start
+	dropdb -h 127.0.0.1 -U postgres --if-exists --force tally_test
+	scripts/postgres.sh createdb tally_test
+	TALLY_TEST_KAFKA_BROKERS=127.0.0.1:19092 \
+	TALLY_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/tally_test \
+	TALLY_TEST_LOGS=$(TEST_HOME)/logs \
 	$(CARGO) test --release --workspace -- --test-threads=1
+	$(TEST_KAFKA) scripts/kafka.sh stop
 
 demo: up
 	$(LOADGEN) demo

@@ -1,0 +1,206 @@
+//! The end-to-end harness: Tally's real binaries, started as processes against the real Kafka
+//! broker and PostgreSQL that `make test` provides (a broker of its own on 19092, database
+//! `tally_test`), on free loopback ports, killed with SIGKILL when a test wants a crash.
+//!
+//! Every test uses org ids of its own, so tests share the broker and database without seeing
+//! each other's usage.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tally_loadgen::api::Api;
+
+pub const SERVICES: [&str; 4] = ["api", "aggregator", "projector", "ingest"];
+
+pub fn kafka_brokers() -> String {
+    std::env::var("TALLY_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into())
+}
+
+pub fn database_url() -> String {
+    std::env::var("TALLY_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/tally_test".into())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn binary(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release").join(name)
+}
+
+fn logs_dir() -> PathBuf {
+    let dir = std::env::var("TALLY_TEST_LOGS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tally/test/logs"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A short random suffix for org and event ids.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{:08x}", rand::random::<u32>())
+}
+
+/// One running set of Tally's services.
+pub struct Stack {
+    pub admin_token: String,
+    pub addrs: HashMap<&'static str, String>,
+    pub env: Vec<(String, String)>,
+    children: HashMap<&'static str, Child>,
+    pub restarts: HashMap<&'static str, u32>,
+}
+
+impl Stack {
+    /// Starts all four services with default settings.
+    pub async fn start() -> anyhow::Result<Stack> {
+        Stack::start_with(&[]).await
+    }
+
+    /// Starts all four services, with extra environment variables.
+    pub async fn start_with(extra: &[(&str, &str)]) -> anyhow::Result<Stack> {
+        let admin_token = format!("test-admin-{:032x}", rand::random::<u128>());
+        let mut addrs = HashMap::new();
+        for service in SERVICES {
+            addrs.insert(service, format!("127.0.0.1:{}", free_port()));
+        }
+        let mut env: Vec<(String, String)> = vec![
+            ("TALLY_KAFKA_BROKERS".into(), kafka_brokers()),
+            ("TALLY_DATABASE_URL".into(), database_url()),
+            ("TALLY_ADMIN_TOKEN".into(), admin_token.clone()),
+            ("TALLY_API_ADDR".into(), addrs["api"].clone()),
+            ("TALLY_INGEST_ADDR".into(), addrs["ingest"].clone()),
+            ("TALLY_AGGREGATOR_ADDR".into(), addrs["aggregator"].clone()),
+            ("TALLY_PROJECTOR_ADDR".into(), addrs["projector"].clone()),
+            ("NO_COLOR".into(), "1".into()),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut stack =
+            Stack { admin_token, addrs, env, children: HashMap::new(), restarts: HashMap::new() };
+        for service in SERVICES {
+            stack.spawn(service)?;
+            stack.wait_ready(service).await?;
+        }
+        Ok(stack)
+    }
+
+    fn spawn(&mut self, service: &'static str) -> anyhow::Result<()> {
+        let log_path = logs_dir().join(format!("{service}.log"));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let child = Command::new(binary(service))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .with_context(|| format!("starting {} (run `make build` first)", binary(service).display()))?;
+        self.children.insert(service, child);
+        Ok(())
+    }
+
+    pub async fn wait_ready(&mut self, service: &'static str) -> anyhow::Result<()> {
+        let url = format!("http://{}/readyz", self.addrs[service]);
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(r) = client.get(&url).send().await {
+                if r.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if let Some(status) = self.children.get_mut(service).and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("{service} exited with {status} before it was ready (see {}/{service}.log)", logs_dir().display());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("{service} was not ready within 60 s")
+    }
+
+    /// SIGKILL: the process gets no chance to finish anything.
+    pub fn kill9(&mut self, service: &'static str) {
+        if let Some(mut child) = self.children.remove(service) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn restart(&mut self, service: &'static str) -> anyhow::Result<()> {
+        self.kill9(service);
+        *self.restarts.entry(service).or_default() += 1;
+        self.spawn(service)?;
+        self.wait_ready(service).await
+    }
+
+    pub fn api(&self) -> Api {
+        Api::new(&format!("http://{}", self.addrs["api"]), &self.admin_token)
+    }
+
+    pub fn ingest_url(&self) -> String {
+        format!("http://{}", self.addrs["ingest"])
+    }
+
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.addrs["api"])
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for service in SERVICES {
+            self.kill9(service);
+        }
+    }
+}
+
+/// The fields of an API usage answer that a workload's [`Expected`] fixes.
+fn observed(usage: &serde_json::Value) -> tally_loadgen::Expected {
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(u64::MAX);
+    let mut by_operation = std::collections::BTreeMap::new();
+    for op in tally_schemas::Operation::ALL {
+        let u = &usage["by_operation"][op.as_str()];
+        let (t, b) = (n(&u["traces"]), n(&u["payload_bytes"]));
+        if t != 0 || b != 0 {
+            by_operation.insert(op, (t, b));
+        }
+    }
+    let nb = &usage["not_billed"];
+    tally_loadgen::Expected {
+        traces: n(&usage["traces"]),
+        payload_bytes: n(&usage["payload_bytes"]),
+        by_operation,
+        child_span: n(&nb["child_span"]),
+        not_success: n(&nb["not_success"]),
+        duplicate: n(&nb["duplicate"]),
+        late: n(&nb["late"]),
+    }
+}
+
+/// Waits until the API shows exactly the expected usage for every (org, period), or fails
+/// listing every difference.
+pub async fn assert_usage_eventually(
+    api: &Api,
+    expected: &std::collections::BTreeMap<(String, String), tally_loadgen::Expected>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut diffs = Vec::new();
+        for ((org, period), want) in expected {
+            let usage = api.usage(org, period).await?;
+            let got = observed(&usage);
+            if &got != want {
+                diffs.push(format!("{org} {period}:\n  want {want:?}\n  got  {got:?}"));
+            }
+        }
+        if diffs.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("usage differs after {timeout:?}:\n{}", diffs.join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
