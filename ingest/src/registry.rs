@@ -1,8 +1,10 @@
 //! What ingest knows of the org registry: which orgs exist and which ingest keys are valid.
 //!
-//! Read from PostgreSQL (the api writes it) into memory, refreshed every few seconds and at once
-//! (rate-limited) when a request names an org or key not yet known, so an org created a moment
-//! ago can send at once. Ingest never writes the registry.
+//! Read from PostgreSQL (the api writes it) into memory, refreshed every few seconds, and also
+//! when a request names an org or key not yet known, so an org or key created a moment ago works
+//! at once. Misses are coalesced: a request waits for one reload that started after it arrived,
+//! so a storm of unknown keys costs one query per reload round, not one per request. Ingest
+//! never writes the registry.
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
@@ -13,7 +15,6 @@ use tally_common::shutdown::Shutdown;
 use tokio::sync::Mutex;
 
 const REFRESH_EVERY: Duration = Duration::from_secs(5);
-const MIN_REFRESH_GAP: Duration = Duration::from_millis(250);
 
 #[derive(Default)]
 struct Snapshot {
@@ -25,8 +26,8 @@ struct Snapshot {
 pub struct Registry {
     pool: PgPool,
     snapshot: Arc<RwLock<Snapshot>>,
-    /// Serialises refreshes and remembers the last one, for the rate limit.
-    last_refresh: Arc<Mutex<Instant>>,
+    /// Serialises reloads and remembers when the last one started.
+    last_reload: Arc<Mutex<Instant>>,
 }
 
 impl Registry {
@@ -34,7 +35,7 @@ impl Registry {
         let registry = Registry {
             pool,
             snapshot: Arc::default(),
-            last_refresh: Arc::new(Mutex::new(Instant::now())),
+            last_reload: Arc::new(Mutex::new(Instant::now())),
         };
         registry.reload().await?;
         Ok(registry)
@@ -55,22 +56,22 @@ impl Registry {
         Ok(())
     }
 
-    /// Refreshes unless another refresh happened very recently.
-    async fn refresh_soon(&self) {
-        let mut last = self.last_refresh.lock().await;
-        if last.elapsed() < MIN_REFRESH_GAP {
+    /// Makes sure a reload that started at or after `since` has completed.
+    async fn reload_since(&self, since: Instant) {
+        let mut last = self.last_reload.lock().await;
+        if *last >= since {
             return;
         }
+        *last = Instant::now();
         if let Err(e) = self.reload().await {
             tracing::warn!(error = %e, "registry refresh failed; keeping the previous one");
         }
-        *last = Instant::now();
     }
 
     pub async fn refresh_forever(self, shutdown: Shutdown) {
         while !shutdown.is_requested() {
             tokio::time::sleep(REFRESH_EVERY).await;
-            self.refresh_soon().await;
+            self.reload_since(Instant::now()).await;
         }
     }
 
@@ -87,7 +88,7 @@ impl Registry {
         if self.has_key(key_hash) {
             return true;
         }
-        self.refresh_soon().await;
+        self.reload_since(Instant::now()).await;
         self.has_key(key_hash)
     }
 
@@ -95,7 +96,7 @@ impl Registry {
     pub async fn known_orgs<'a>(&self, org_ids: impl Iterator<Item = &'a str> + Clone) -> HashSet<String> {
         let missing = org_ids.clone().any(|o| !self.has_org(o));
         if missing {
-            self.refresh_soon().await;
+            self.reload_since(Instant::now()).await;
         }
         let snapshot = self.snapshot.read().expect("registry lock");
         org_ids.filter(|o| snapshot.orgs.contains(*o)).map(str::to_string).collect()
