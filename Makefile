@@ -39,7 +39,7 @@ test: build
 	scripts/postgres.sh createdb tally_test
 	TALLY_TEST_KAFKA_BROKERS=127.0.0.1:19092 \
 	TALLY_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/tally_test \
-	TALLY_TEST_LOGS=$(TEST_HOME)/logs \
+	TALLY_TEST_HOME=$(TEST_HOME) TALLY_TEST_LOGS=$(TEST_HOME)/logs \
 	$(CARGO) test --release --workspace -- --test-threads=1
 	$(TEST_KAFKA) scripts/kafka.sh stop
 

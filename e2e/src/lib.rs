@@ -52,6 +52,8 @@ pub struct Stack {
     pub addrs: HashMap<&'static str, String>,
     pub env: Vec<(String, String)>,
     children: HashMap<&'static str, Child>,
+    /// Further instances of a stage, by (service, instance id).
+    extra: HashMap<(&'static str, u32), Child>,
     pub restarts: HashMap<&'static str, u32>,
 }
 
@@ -80,7 +82,7 @@ impl Stack {
         ];
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let mut stack =
-            Stack { admin_token, addrs, env, children: HashMap::new(), restarts: HashMap::new() };
+            Stack { admin_token, addrs, env, children: HashMap::new(), extra: HashMap::new(), restarts: HashMap::new() };
         for service in SERVICES {
             stack.spawn(service)?;
             stack.wait_ready(service).await?;
@@ -134,6 +136,42 @@ impl Stack {
         self.wait_ready(service).await
     }
 
+    /// Starts another instance of `service` (aggregator or projector) with its own instance id.
+    pub async fn start_instance(&mut self, service: &'static str, instance: u32) -> anyhow::Result<()> {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let addr_var = format!("TALLY_{}_ADDR", service.to_ascii_uppercase());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(logs_dir().join(format!("{service}-{instance}.log")))?;
+        let child = Command::new(binary(service))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env(addr_var, &addr)
+            .env("TALLY_INSTANCE_ID", instance.to_string())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()?;
+        self.extra.insert((service, instance), child);
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(r) = client.get(format!("http://{addr}/readyz")).send().await {
+                if r.status().is_success() {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("{service} instance {instance} was not ready within 60 s")
+    }
+
+    pub fn kill9_instance(&mut self, service: &'static str, instance: u32) {
+        if let Some(mut child) = self.extra.remove(&(service, instance)) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     pub fn api(&self) -> Api {
         Api::new(&format!("http://{}", self.addrs["api"]), &self.admin_token)
     }
@@ -151,6 +189,10 @@ impl Drop for Stack {
     fn drop(&mut self) {
         for service in SERVICES {
             self.kill9(service);
+        }
+        for (_, mut child) in self.extra.drain() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }

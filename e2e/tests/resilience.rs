@@ -1,0 +1,137 @@
+//! Start-up without dependencies, and ingest when Kafka stops answering.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::json;
+use tally_e2e::{assert_usage_eventually, unique, Stack};
+use tally_loadgen::generate::event;
+use tally_loadgen::Expected;
+use tally_schemas::Operation;
+
+fn binary(name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release").join(name)
+}
+
+/// Runs a service that cannot start and returns its exit status and stderr.
+fn run_to_failure(name: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let started = Instant::now();
+    let output = Command::new(binary(name))
+        .env("TALLY_ADMIN_TOKEN", "a-test-admin-token-of-some-length")
+        .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
+        .output()
+        .expect("runs");
+    assert!(started.elapsed() < Duration::from_secs(60), "{name} gave up within a minute");
+    (output.status.code(), String::from_utf8_lossy(&output.stderr).to_string())
+}
+
+#[test]
+fn services_without_kafka_or_postgres_exit_with_one_clear_line() {
+    let free_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let kafka_down: Vec<_> = ["ingest", "aggregator", "projector"]
+        .into_iter()
+        .map(|name| {
+            std::thread::spawn(move || {
+                let env = [("TALLY_KAFKA_BROKERS", "127.0.0.1:1"), ("TALLY_AGGREGATOR_ADDR", "127.0.0.1:0"), ("TALLY_PROJECTOR_ADDR", "127.0.0.1:0")];
+                (name, run_to_failure(name, &env))
+            })
+        })
+        .collect();
+    for handle in kafka_down {
+        let (name, (code, stderr)) = handle.join().unwrap();
+        assert_eq!(code, Some(1), "{name}: {stderr}");
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(last.starts_with(&format!("{name}: kafka: cannot reach Kafka at 127.0.0.1:1")), "{name}: {stderr}");
+    }
+    let url = format!("postgres://tally:s3cret-password@127.0.0.1:{free_port}/tally");
+    for name in ["api", "ingest", "projector"] {
+        let (code, stderr) = run_to_failure(
+            name,
+            &[
+                ("TALLY_DATABASE_URL", url.as_str()),
+                ("TALLY_KAFKA_BROKERS", &tally_e2e::kafka_brokers()),
+                ("TALLY_API_ADDR", "127.0.0.1:0"),
+                ("TALLY_INGEST_ADDR", "127.0.0.1:0"),
+                ("TALLY_PROJECTOR_ADDR", "127.0.0.1:0"),
+            ],
+        );
+        assert_eq!(code, Some(1), "{name}: {stderr}");
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(last.contains(&format!("cannot reach PostgreSQL at 127.0.0.1:{free_port}/tally")), "{name}: {stderr}");
+        assert!(!stderr.contains("s3cret"), "{name} printed the database password: {stderr}");
+    }
+}
+
+/// Resumes the test broker even if the test fails half-way.
+struct Paused(i32);
+
+impl Paused {
+    fn broker() -> Paused {
+        let home = std::env::var("TALLY_TEST_HOME")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.tally/test").to_string());
+        let pid: i32 = std::fs::read_to_string(format!("{home}/run/kafka.pid")).expect("test broker pid").trim().parse().unwrap();
+        assert!(Command::new("kill").args(["-STOP", &pid.to_string()]).status().unwrap().success());
+        Paused(pid)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0.to_string()]).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_kafka_stalls_ingest_answers_503_and_a_retry_counts_once() -> anyhow::Result<()> {
+    let stack = Stack::start_with(&[("TALLY_INGEST_KAFKA_TIMEOUT_MS", "1500")]).await?;
+    let api = stack.api();
+    let org = unique("stall-");
+    api.ensure_org(&org, "Stall").await?;
+    let key = api.create_key(&org, "ingest").await?;
+    let now = chrono::Utc::now();
+    let batch: Vec<_> = (0..3)
+        .map(|i| {
+            let mut e = event(&format!("{org}-e{i}"), &org, "t", &format!("s{i}"), None, Operation::LlmCall, "success", now);
+            e["payload_bytes"] = 10.into();
+            e
+        })
+        .collect();
+    let http = reqwest::Client::new();
+    let send = || http.post(format!("{}/v1/events", stack.ingest_url())).bearer_auth(&key).json(&json!(batch)).send();
+
+    {
+        let _paused = Paused::broker();
+        let response = send().await?;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().get("retry-after").is_some());
+        let body: serde_json::Value = response.json().await?;
+        assert_eq!(body["error"]["code"], "unavailable");
+        assert!(body.get("accepted").is_none(), "nothing is reported accepted");
+    }
+
+    // The client retries with the same event ids until it gets a 2xx.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let response = send().await?;
+        if response.status().is_success() {
+            let body: serde_json::Value = response.json().await?;
+            assert_eq!(body["accepted"], 3);
+            break;
+        }
+        assert!(Instant::now() < deadline, "ingest recovers after the broker does");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let period = tally_metering::Period::containing(now).to_string();
+    let got = api.wait_for_usage(&org, &period, Duration::from_secs(60), |u| u["traces"] == 3).await?;
+    assert_eq!(got["traces"], 3, "each event once, whether or not the stalled attempt reached the log");
+    let mut want = Expected { traces: 3, payload_bytes: 30, ..Default::default() };
+    want.by_operation.insert(Operation::LlmCall, (3, 30));
+    // Duplicates depend on whether the stalled write landed; billed usage does not.
+    let dup = got["not_billed"]["duplicate"].as_u64().unwrap();
+    assert!(dup == 0 || dup == 3, "{got}");
+    want.duplicate = dup;
+    assert_usage_eventually(&api, &[((org, period), want)].into(), Duration::from_secs(10)).await?;
+    Ok(())
+}
