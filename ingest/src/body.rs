@@ -87,8 +87,8 @@ mod tests {
         assert!(nd[1].is_err());
         assert!(matches!(split(b"not json", false, 10), Err(BodyError::NotJson(_))));
         assert!(matches!(split(b"nope\nnope", true, 10), Err(BodyError::NotJson(_))));
-        assert_eq!(split(b"  ", false, 10), Err(BodyError::Empty));
-        assert_eq!(split(b"[]", false, 10), Err(BodyError::Empty));
+        assert_eq!(split(b"  ", false, 10).unwrap_err(), BodyError::Empty);
+        assert_eq!(split(b"[]", false, 10).unwrap_err(), BodyError::Empty);
         assert_eq!(
             split(b"[1,2,3]", false, 2).unwrap_err(),
             BodyError::TooManyEvents { count: 3, limit: 2 }

@@ -1,6 +1,342 @@
-//! The benchmark (see BENCHMARKS.md).
+//! `make bench`: drives the running pipeline at full speed and measures it (see BENCHMARKS.md).
+//!
+//! 1. Throughput with precomputed `payload_bytes`: unique events plus 10% re-deliveries, sent
+//!    for `TALLY_BENCH_SECS` (default 60) as fast as ingest takes them; the clock stops when the
+//!    API shows every event folded. The totals are checked, not assumed.
+//! 2. The same with 1 KiB inline payloads (ingest compresses each one to measure it).
+//! 3. Freshness at a paced 50,000 events/s: probe events, one at a time, from ingest's 200 to
+//!    the moment the API shows them; p50 and p99.
+//! 4. Raw Kafka on the same machine: the same records produced (idempotent, acks=all) and
+//!    consumed with no processing, for the ratio.
 
-pub async fn run(endpoints: anyhow::Result<crate::Endpoints>) -> anyhow::Result<()> {
-    let _ = endpoints?;
-    anyhow::bail!("the benchmark is not written yet")
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures::future::join_all;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use tally_metering::Period;
+
+use crate::Endpoints;
+use tally_loadgen::api::Api;
+use tally_loadgen::send::Sender;
+
+const BATCH: usize = 1000;
+const CONCURRENCY: usize = 8;
+const ORGS: usize = 16;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Builds request bodies fast: a fixed template with the id, org and time filled in.
+struct BodyMaker {
+    run: String,
+    orgs: Vec<String>,
+    ended_at: String,
+    inline_payload: Option<String>,
+}
+
+impl BodyMaker {
+    /// A batch of `BATCH` deliveries starting at event number `first`: 90% new events, 10%
+    /// re-deliveries of events of the previous batch.
+    fn body(&self, first: u64) -> (String, u64) {
+        let mut s = String::with_capacity(BATCH * 400);
+        s.push('[');
+        let fresh = BATCH as u64 * 9 / 10;
+        for k in 0..BATCH as u64 {
+            let n = if k < fresh { first + k } else { first.saturating_sub(1 + k - fresh) };
+            if k > 0 {
+                s.push(',');
+            }
+            let org = &self.orgs[(n % ORGS as u64) as usize];
+            let _ = write!(
+                s,
+                r#"{{"event_id":"{run}-{n}","org_id":"{org}","trace_id":"t{n}","span_id":"s{n}","operation":"llm_call","status":"success","started_at":"{t}","ended_at":"{t}""#,
+                run = self.run,
+                t = self.ended_at
+            );
+            match &self.inline_payload {
+                Some(p) => {
+                    let _ = write!(s, r#","payload":{p}}}"#);
+                }
+                None => s.push_str(r#","payload_bytes":1024}"#),
+            }
+        }
+        s.push(']');
+        (s, fresh)
+    }
+}
+
+struct Phase {
+    name: &'static str,
+    unique: u64,
+    deliveries: u64,
+    send_secs: f64,
+    e2e_secs: f64,
+}
+
+/// Sends for `secs` seconds at most `rate` deliveries/s (0: unlimited), then waits until the API
+/// shows all unique events. Returns the measurements.
+async fn phase(
+    name: &'static str,
+    ep: &Endpoints,
+    key: &str,
+    maker: Arc<BodyMaker>,
+    secs: u64,
+    rate: u64,
+    baseline: u64,
+) -> anyhow::Result<Phase> {
+    let sender = Sender::new(&ep.ingest_url, key);
+    let next = Arc::new(AtomicU64::new(0));
+    let unique = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let stop_at = started + Duration::from_secs(secs);
+    let tasks: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let (sender, next, unique, maker) = (sender.clone(), next.clone(), unique.clone(), maker.clone());
+            tokio::spawn(async move {
+                while Instant::now() < stop_at {
+                    let batch_no = next.fetch_add(1, Ordering::Relaxed);
+                    if rate > 0 {
+                        let due = started + Duration::from_secs_f64(batch_no as f64 * BATCH as f64 / rate as f64);
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                    let (body, fresh) = maker.body(batch_no * (BATCH as u64 * 9 / 10));
+                    sender.send_body(body.into_bytes()).await?;
+                    unique.fetch_add(fresh, Ordering::Relaxed);
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for t in join_all(tasks).await {
+        t??;
+    }
+    let send_secs = started.elapsed().as_secs_f64();
+    let unique = unique.load(Ordering::Relaxed);
+    let deliveries = sender.accepted.load(Ordering::Relaxed);
+    // Done when the API shows every unique event of this phase, exactly.
+    let target = baseline + unique;
+    let period = Period::containing(chrono::Utc::now()).to_string();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let mut total = 0;
+        for org in &maker.orgs {
+            total += ep.api.usage(org, &period).await?["traces"].as_u64().unwrap_or(0);
+        }
+        if total == target {
+            break;
+        }
+        if total > target {
+            bail!("{name}: the API shows {total} traces, more than the {target} sent: counted twice");
+        }
+        if Instant::now() > deadline {
+            bail!("{name}: the API shows {total} of {target} traces after 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(Phase { name, unique, deliveries, send_secs, e2e_secs: started.elapsed().as_secs_f64() })
+}
+
+async fn total_traces(api: &Api, orgs: &[String]) -> anyhow::Result<u64> {
+    let period = Period::containing(chrono::Utc::now()).to_string();
+    let mut total = 0;
+    for org in orgs {
+        total += api.usage(org, &period).await?["traces"].as_u64().unwrap_or(0);
+    }
+    Ok(total)
+}
+
+/// Probe events, one at a time, while load runs: accepted by ingest → visible in the API.
+async fn freshness(ep: &Endpoints, key: &str, probe_org: &str, run: &str, until: Instant) -> anyhow::Result<Vec<f64>> {
+    let sender = Sender::new(&ep.ingest_url, key);
+    let period = Period::containing(chrono::Utc::now()).to_string();
+    let mut seen = ep.api.usage(probe_org, &period).await?["traces"].as_u64().unwrap_or(0);
+    let mut samples = Vec::new();
+    let mut n = 0;
+    while Instant::now() < until {
+        n += 1;
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let body = format!(
+            r#"{{"event_id":"{run}-probe-{n}","org_id":"{probe_org}","trace_id":"p{n}","span_id":"p{n}","operation":"tool_call","status":"success","started_at":"{now}","ended_at":"{now}","payload_bytes":1}}"#
+        );
+        sender.send_body(body.into_bytes()).await?;
+        let accepted = Instant::now();
+        loop {
+            let traces = ep.api.usage(probe_org, &period).await?["traces"].as_u64().unwrap_or(0);
+            if traces > seen {
+                seen = traces;
+                samples.push(accepted.elapsed().as_secs_f64());
+                break;
+            }
+            if accepted.elapsed() > Duration::from_secs(30) {
+                bail!("a probe event was not visible after 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(samples)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Raw Kafka: produce `count` records like ingest's and consume them back, no processing.
+async fn raw_kafka(brokers: &str, maker: &BodyMaker, count: u64) -> anyhow::Result<(f64, f64)> {
+    let topic = format!("tally-bench-raw-{}", maker.run);
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    admin
+        .create_topics(
+            &[rdkafka::admin::NewTopic::new(&topic, 8, rdkafka::admin::TopicReplication::Fixed(1))],
+            &rdkafka::admin::AdminOptions::new(),
+        )
+        .await?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    // The same bytes ingest writes: one event's record, about 330 bytes.
+    let (sample, _) = maker.body(0);
+    let first: serde_json::Value = serde_json::from_str::<serde_json::Value>(&sample)?[0].clone();
+    let record = serde_json::to_vec(&serde_json::json!({"kind": "trace_completed", "event_id": first["event_id"],
+        "org_id": first["org_id"], "trace_id": first["trace_id"], "span_id": first["span_id"], "operation": "llm_call",
+        "status": "success", "started_at": first["started_at"], "ended_at": first["ended_at"], "payload_bytes": 1024}))?;
+    let started = Instant::now();
+    let mut inflight = Vec::with_capacity(10_000);
+    for i in 0..count {
+        let key = maker.orgs[(i % ORGS as u64) as usize].clone();
+        loop {
+            match producer.send_result(FutureRecord::to(&topic).key(&key).payload(&record)) {
+                Ok(f) => {
+                    inflight.push(f);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
+        }
+        if inflight.len() >= 10_000 {
+            for r in join_all(inflight.drain(..)).await {
+                r.map_err(|_| anyhow::anyhow!("canceled"))?.map_err(|(e, _)| e)?;
+            }
+        }
+    }
+    for r in join_all(inflight.drain(..)).await {
+        r.map_err(|_| anyhow::anyhow!("canceled"))?.map_err(|(e, _)| e)?;
+    }
+    let produce_rate = count as f64 / started.elapsed().as_secs_f64();
+
+    let topic_for_consumer = topic.clone();
+    let brokers = brokers.to_string();
+    let consume_rate = tokio::task::spawn_blocking(move || -> anyhow::Result<f64> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", format!("{topic_for_consumer}-reader"))
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .create()?;
+        consumer.subscribe(&[&topic_for_consumer])?;
+        let started = Instant::now();
+        let mut n = 0u64;
+        while n < count {
+            match consumer.poll(Duration::from_secs(10)) {
+                Some(Ok(_)) => n += 1,
+                Some(Err(e)) => bail!("raw consume: {e}"),
+                None => bail!("raw consume stalled at {n} of {count}"),
+            }
+        }
+        Ok(count as f64 / started.elapsed().as_secs_f64())
+    })
+    .await??;
+    admin.delete_topics(&[&topic], &rdkafka::admin::AdminOptions::new()).await?;
+    Ok((produce_rate, consume_rate))
+}
+
+pub async fn run(endpoints: anyhow::Result<Endpoints>) -> anyhow::Result<()> {
+    let ep = endpoints?;
+    let secs = env_u64("TALLY_BENCH_SECS", 60);
+    let inline_secs = env_u64("TALLY_BENCH_INLINE_SECS", 20);
+    let fresh_secs = env_u64("TALLY_BENCH_FRESHNESS_SECS", 30);
+    let fresh_rate = env_u64("TALLY_BENCH_FRESHNESS_RATE", 50_000);
+    let brokers = std::env::var("TALLY_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let run = format!("bench{}", chrono::Utc::now().timestamp());
+    let orgs: Vec<String> = (0..ORGS).map(|i| format!("{run}-o{i}")).collect();
+    for org in &orgs {
+        ep.api.ensure_org(org, "Benchmark org").await?;
+    }
+    let probe_org = format!("{run}-probe");
+    ep.api.ensure_org(&probe_org, "Benchmark probe").await?;
+    let key = ep.api.create_key(&orgs[0], "ingest").await?;
+    let ended_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
+    let kib = serde_json::to_string(&tally_loadgen::generate::payload(&mut rng, 1024))?;
+
+    println!("tally bench: run {run}; {ORGS} orgs, batches of {BATCH}, {CONCURRENCY} concurrent requests, 10% re-deliveries");
+    let precomputed = Arc::new(BodyMaker { run: format!("{run}-a"), orgs: orgs.clone(), ended_at: ended_at.clone(), inline_payload: None });
+    let mut phases = Vec::new();
+    println!("phase 1: {secs} s at full speed, precomputed payload_bytes ...");
+    phases.push(phase("precomputed payload_bytes", &ep, &key, precomputed.clone(), secs, 0, 0).await?);
+    let baseline = total_traces(&ep.api, &orgs).await?;
+    println!("phase 2: {inline_secs} s at full speed, 1 KiB inline payloads ({} bytes of JSON) ...", kib.len());
+    let inline = Arc::new(BodyMaker { run: format!("{run}-b"), orgs: orgs.clone(), ended_at: ended_at.clone(), inline_payload: Some(kib) });
+    phases.push(phase("1 KiB inline payloads", &ep, &key, inline, inline_secs, 0, baseline).await?);
+    let baseline = total_traces(&ep.api, &orgs).await?;
+    println!("phase 3: {fresh_secs} s paced at {fresh_rate} events/s, with freshness probes ...");
+    let paced = Arc::new(BodyMaker { run: format!("{run}-c"), orgs: orgs.clone(), ended_at, inline_payload: None });
+    let until = Instant::now() + Duration::from_secs(fresh_secs);
+    let (load, samples) = tokio::join!(
+        phase("paced load", &ep, &key, paced, fresh_secs, fresh_rate, baseline),
+        freshness(&ep, &key, &probe_org, &run, until)
+    );
+    let load = load?;
+    let mut samples = samples?;
+    samples.sort_by(f64::total_cmp);
+    println!("phase 4: raw Kafka, the same records, no processing ...");
+    let raw_count = phases[0].deliveries.min(2_000_000);
+    let (raw_produce, raw_consume) = raw_kafka(&brokers, &precomputed, raw_count).await.context("raw kafka")?;
+
+    println!();
+    println!("| phase | unique events | deliveries | ingest accepted/s | end to end (deliveries/s, until visible in the API) |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for p in phases.iter().chain(std::iter::once(&load)) {
+        println!(
+            "| {} | {} | {} | {:.0} | {:.0} |",
+            p.name,
+            p.unique,
+            p.deliveries,
+            p.deliveries as f64 / p.send_secs,
+            p.deliveries as f64 / p.e2e_secs
+        );
+    }
+    println!();
+    println!(
+        "freshness at {} events/s offered ({} probes): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        fresh_rate,
+        samples.len(),
+        percentile(&samples, 0.5) * 1000.0,
+        percentile(&samples, 0.99) * 1000.0,
+        samples.last().copied().unwrap_or(f64::NAN) * 1000.0
+    );
+    let e2e = phases[0].deliveries as f64 / phases[0].e2e_secs;
+    println!(
+        "raw Kafka on this machine ({raw_count} records): produce {raw_produce:.0}/s, consume {raw_consume:.0}/s; \
+         Tally end to end = {:.1}% of raw produce",
+        100.0 * e2e / raw_produce
+    );
+    Ok(())
 }
