@@ -174,15 +174,15 @@ impl Aggregator {
         let mut counts = BatchCounts::default();
         let started = Instant::now();
         let mut in_transaction = false;
+        let mut wait = Duration::from_millis(100);
         while counts.records < self.settings.max_batch {
-            let wait = if in_transaction {
+            // Reading the clock for every record costs more than folding it: look every 64.
+            if in_transaction && counts.records % 64 == 1 {
                 match self.settings.max_batch_wait.checked_sub(started.elapsed()) {
-                    Some(w) => w,
+                    Some(w) => wait = w,
                     None => break,
                 }
-            } else {
-                Duration::from_millis(100)
-            };
+            }
             let polled = self.consumer.poll(wait);
             if self.rebalanced.swap(false, Ordering::SeqCst) {
                 // Whatever this batch read may belong to partitions now owned elsewhere, and the
@@ -194,7 +194,7 @@ impl Aggregator {
                 return Ok(());
             }
             let message = match polled {
-                None if in_transaction => continue,
+                None if in_transaction => break,
                 None => return Ok(()),
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "consumer error");
@@ -301,7 +301,7 @@ fn state_for<'a>(
 
 /// Applies one input record to a partition's fold.
 fn apply(state: &mut PartitionState, payload: &[u8], arrival: DateTime<Utc>, counts: &mut BatchCounts) {
-    match serde_json::from_slice::<TraceEventRecordV1>(payload) {
+    match TraceEventRecordV1::from_json(payload) {
         Ok(TraceEventRecordV1::TraceCompleted(event)) => {
             let outcome = state.fold.apply_event(&event, arrival);
             *counts.outcomes.entry(outcome).or_default() += 1;

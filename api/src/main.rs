@@ -1,3 +1,6 @@
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use tally_common::{settings::Common, shutdown::Shutdown, telemetry};
 
 #[tokio::main]

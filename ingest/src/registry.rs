@@ -75,10 +75,6 @@ impl Registry {
         }
     }
 
-    fn has_org(&self, org_id: &str) -> bool {
-        self.snapshot.read().expect("registry lock").orgs.contains(org_id)
-    }
-
     fn has_key(&self, key_hash: &str) -> bool {
         self.snapshot.read().expect("registry lock").ingest_key_hashes.contains(key_hash)
     }
@@ -92,13 +88,17 @@ impl Registry {
         self.has_key(key_hash)
     }
 
-    /// Which of `org_ids` exist, refreshing once if some are unknown.
-    pub async fn known_orgs<'a>(&self, org_ids: impl Iterator<Item = &'a str> + Clone) -> HashSet<String> {
-        let missing = org_ids.clone().any(|o| !self.has_org(o));
-        if missing {
-            self.reload_since(Instant::now()).await;
+    /// Which of `org_ids` do not exist, after one reload if some seemed unknown. Usually empty,
+    /// and then allocation-free.
+    pub async fn unknown_orgs<'a>(&self, org_ids: impl Iterator<Item = &'a str> + Clone) -> HashSet<String> {
+        let unknown = |ids: &mut dyn Iterator<Item = &'a str>| -> HashSet<String> {
+            let snapshot = self.snapshot.read().expect("registry lock");
+            ids.filter(|o| !snapshot.orgs.contains(*o)).map(str::to_string).collect()
+        };
+        if unknown(&mut org_ids.clone()).is_empty() {
+            return HashSet::new();
         }
-        let snapshot = self.snapshot.read().expect("registry lock");
-        org_ids.filter(|o| snapshot.orgs.contains(*o)).map(str::to_string).collect()
+        self.reload_since(Instant::now()).await;
+        unknown(&mut org_ids.clone())
     }
 }

@@ -141,13 +141,13 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
     let arrival = chrono::Utc::now();
     let mut candidates: Vec<Candidate> = elements.into_iter().map(|e| decode(e, arrival)).collect();
 
-    let known = state
+    let unknown = state
         .registry
-        .known_orgs(candidates.iter().filter_map(|c| c.outcome.as_ref().ok()).map(|r| r.org_id.as_str()))
+        .unknown_orgs(candidates.iter().filter_map(|c| c.outcome.as_ref().ok()).map(|r| r.org_id.as_str()))
         .await;
-    for candidate in &mut candidates {
+    for candidate in candidates.iter_mut().filter(|_| !unknown.is_empty()) {
         if let Ok(record) = &candidate.outcome {
-            if !known.contains(&record.org_id) {
+            if unknown.contains(&record.org_id) {
                 candidate.outcome = Err(FieldError::new(
                     FieldErrorCode::UnknownOrg,
                     format!("org_id: no org {:?}", record.org_id),

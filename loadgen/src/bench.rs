@@ -184,6 +184,13 @@ async fn freshness(ep: &Endpoints, key: &str, probe_org: &str, run: &str, until:
     Ok(samples)
 }
 
+fn report(p: &Phase) {
+    println!(
+        "  {}: {} deliveries ({} unique) accepted in {:.1} s, all visible in the API after {:.1} s: {:.0} events/s end to end",
+        p.name, p.deliveries, p.unique, p.send_secs, p.e2e_secs, p.deliveries as f64 / p.e2e_secs
+    );
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -246,11 +253,14 @@ async fn raw_kafka(brokers: &str, maker: &BodyMaker, count: u64) -> anyhow::Resu
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &brokers)
             .set("group.id", format!("{topic_for_consumer}-reader"))
-            .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
             .create()?;
-        consumer.subscribe(&[&topic_for_consumer])?;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..8 {
+            tpl.add_partition_offset(&topic_for_consumer, p, rdkafka::Offset::Beginning)?;
+        }
+        consumer.assign(&tpl)?;
         let started = Instant::now();
         let mut n = 0u64;
         while n < count {
@@ -291,10 +301,12 @@ pub async fn run(endpoints: anyhow::Result<Endpoints>) -> anyhow::Result<()> {
     let mut phases = Vec::new();
     println!("phase 1: {secs} s at full speed, precomputed payload_bytes ...");
     phases.push(phase("precomputed payload_bytes", &ep, &key, precomputed.clone(), secs, 0, 0).await?);
+    report(&phases[0]);
     let baseline = total_traces(&ep.api, &orgs).await?;
     println!("phase 2: {inline_secs} s at full speed, 1 KiB inline payloads ({} bytes of JSON) ...", kib.len());
     let inline = Arc::new(BodyMaker { run: format!("{run}-b"), orgs: orgs.clone(), ended_at: ended_at.clone(), inline_payload: Some(kib) });
     phases.push(phase("1 KiB inline payloads", &ep, &key, inline, inline_secs, 0, baseline).await?);
+    report(&phases[1]);
     let baseline = total_traces(&ep.api, &orgs).await?;
     println!("phase 3: {fresh_secs} s paced at {fresh_rate} events/s, with freshness probes ...");
     let paced = Arc::new(BodyMaker { run: format!("{run}-c"), orgs: orgs.clone(), ended_at, inline_payload: None });

@@ -84,10 +84,17 @@ async fn demo() -> anyhow::Result<()> {
             .api
             .wait_for_usage(org, &period, Duration::from_secs(60), |v| v["traces"].as_u64() == Some(target))
             .await?;
+        let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
         let nb = &usage["not_billed"];
         println!(
             "{:<10} {:>8} {:>14} {:>10} {:>11} {:>10} {:>6}",
-            org, usage["traces"], usage["payload_bytes"], nb["child_span"], nb["not_success"], nb["duplicate"], nb["late"]
+            org,
+            n(&usage["traces"]),
+            n(&usage["payload_bytes"]),
+            n(&nb["child_span"]),
+            n(&nb["not_success"]),
+            n(&nb["duplicate"]),
+            n(&nb["late"])
         );
     }
     Ok(())

@@ -8,7 +8,35 @@
 //! The function is part of the log's contract: changing it would make restored state disagree
 //! with new events. Never change it in place; version the changelog topic instead.
 
+use std::collections::HashSet;
+use std::hash::{BuildHasherDefault, Hasher};
+
 use xxhash_rust::xxh3::xxh3_128;
+
+/// A set of fingerprints. They are uniformly distributed already, so the set uses their low 64
+/// bits as the hash instead of hashing them again.
+pub type FingerprintSet = HashSet<u128, BuildHasherDefault<FingerprintHasher>>;
+
+/// The identity hasher behind [`FingerprintSet`].
+#[derive(Default)]
+pub struct FingerprintHasher(u64);
+
+impl Hasher for FingerprintHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached for keys other than u128; fold them in so the hasher stays correct.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u128(&mut self, value: u128) {
+        self.0 = value as u64;
+    }
+}
 
 /// The fingerprint under which an event id is remembered.
 pub fn fingerprint(event_id: &str) -> u128 {

@@ -9,7 +9,7 @@
 //! grace, and an event whose period has closed when it is applied is late. The same log therefore
 //! always gives the same usage, the same late events and the same close decisions.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
@@ -18,7 +18,7 @@ use tally_schemas::{
     UsageTotalsV1, UsageUpdateV1,
 };
 
-use crate::dedup::fingerprint;
+use crate::dedup::{fingerprint, FingerprintSet};
 use crate::period::Period;
 use crate::rules::{classify, Classification, MAX_EVENT_AGE};
 
@@ -135,7 +135,7 @@ pub struct PeriodChange {
 struct PeriodState {
     snapshot: PeriodSnapshot,
     /// Fingerprints of the event ids counted while open, or seen late once closed.
-    seen: HashSet<u128>,
+    seen: FingerprintSet,
     pending_fingerprints: Vec<u128>,
     pending_late: Vec<LateEventV1>,
     fingerprints_cleared: bool,
@@ -144,7 +144,7 @@ struct PeriodState {
 }
 
 impl PeriodState {
-    fn new(snapshot: PeriodSnapshot, seen: HashSet<u128>) -> Self {
+    fn new(snapshot: PeriodSnapshot, seen: FingerprintSet) -> Self {
         PeriodState {
             snapshot,
             seen,
@@ -247,7 +247,7 @@ impl Fold {
             if watermark >= closes_at {
                 snapshot.closed_at = Some(watermark);
             }
-            PeriodState::new(snapshot, HashSet::new())
+            PeriodState::new(snapshot, FingerprintSet::default())
         });
         let is_new_deadline = state.snapshot.version == 0;
 
@@ -377,7 +377,7 @@ impl Fold {
                     state.snapshot.closed_at = Some(watermark);
                     state.snapshot.version += 1;
                     state.snapshot.updated_at = state.snapshot.updated_at.max(watermark);
-                    state.seen = HashSet::new();
+                    state.seen = FingerprintSet::default();
                     state.pending_fingerprints.clear();
                     state.fingerprints_cleared = true;
                     state.dirty = true;

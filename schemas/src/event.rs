@@ -313,9 +313,83 @@ pub enum TraceEventRecordV1 {
     Tick,
 }
 
+impl TraceEventRecordV1 {
+    /// Decodes one record of `tally.trace-events.v1`: the same result as
+    /// `serde_json::from_slice`, without serde's buffering of internally tagged enums, which
+    /// costs more than the fold itself on the aggregator's hot path.
+    pub fn from_json(bytes: &[u8]) -> Result<TraceEventRecordV1, serde_json::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        enum Kind {
+            TraceCompleted,
+            Tick,
+        }
+        #[derive(Deserialize)]
+        struct Wire {
+            kind: Kind,
+            event_id: Option<String>,
+            org_id: Option<String>,
+            trace_id: Option<String>,
+            span_id: Option<String>,
+            #[serde(default)]
+            parent_span_id: Option<String>,
+            operation: Option<Operation>,
+            status: Option<Status>,
+            started_at: Option<DateTime<Utc>>,
+            ended_at: Option<DateTime<Utc>>,
+            payload_bytes: Option<u64>,
+            #[serde(default)]
+            attributes: Option<BTreeMap<String, String>>,
+        }
+        fn required<T>(value: Option<T>, field: &'static str) -> Result<T, serde_json::Error> {
+            value.ok_or_else(|| serde::de::Error::missing_field(field))
+        }
+        // One UTF-8 check of the whole record is cheaper than serde_json's check of every string.
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            <serde_json::Error as serde::de::Error>::custom(format!("record is not UTF-8: {e}"))
+        })?;
+        let wire: Wire = serde_json::from_str(text)?;
+        Ok(match wire.kind {
+            Kind::Tick => TraceEventRecordV1::Tick,
+            Kind::TraceCompleted => TraceEventRecordV1::TraceCompleted(TraceCompletedRecordV1 {
+                event_id: required(wire.event_id, "event_id")?,
+                org_id: required(wire.org_id, "org_id")?,
+                trace_id: required(wire.trace_id, "trace_id")?,
+                span_id: required(wire.span_id, "span_id")?,
+                parent_span_id: wire.parent_span_id,
+                operation: required(wire.operation, "operation")?,
+                status: required(wire.status, "status")?,
+                started_at: required(wire.started_at, "started_at")?,
+                ended_at: required(wire.ended_at, "ended_at")?,
+                payload_bytes: required(wire.payload_bytes, "payload_bytes")?,
+                attributes: wire.attributes,
+            }),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fast_record_decoding_agrees_with_serde() {
+        for text in [
+            include_str!("../examples/trace-event-record.v1.json"),
+            include_str!("../examples/trace-event-record.v1.tick.json"),
+        ] {
+            let slow: TraceEventRecordV1 = serde_json::from_str(text).unwrap();
+            assert_eq!(TraceEventRecordV1::from_json(text.as_bytes()).unwrap(), slow);
+        }
+        let mut value: serde_json::Value =
+            serde_json::from_str(include_str!("../examples/trace-event-record.v1.json")).unwrap();
+        value.as_object_mut().unwrap().remove("payload_bytes");
+        let text = serde_json::to_vec(&value).unwrap();
+        assert!(serde_json::from_slice::<TraceEventRecordV1>(&text).is_err());
+        assert!(TraceEventRecordV1::from_json(&text).is_err());
+        assert!(TraceEventRecordV1::from_json(br#"{"kind":"other"}"#).is_err());
+        assert!(TraceEventRecordV1::from_json(b"[]").is_err());
+    }
 
     fn sample() -> TraceCompletedV1 {
         serde_json::from_str(include_str!("../examples/trace-completed.v1.root.json")).unwrap()

@@ -1,6 +1,7 @@
 //! The fold's laws: order, batching, duplicates and restarts never change the totals.
 
 use super::*;
+use std::collections::HashSet;
 use proptest::prelude::*;
 use tally_schemas::Status;
 
