@@ -20,7 +20,7 @@ use anyhow::Context;
 use chrono::{DateTime, TimeZone, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tally_common::kafka::base_config;
 use tally_common::probes::Readiness;
@@ -63,7 +63,8 @@ pub struct Aggregator {
     settings: Settings,
     consumer: BaseConsumer<RebalanceFlag>,
     rebalanced: Arc<AtomicBool>,
-    producer: ThreadedProducer<DefaultProducerContext>,
+    /// Polled by this thread itself after each send; `commit_transaction` flushes it.
+    producer: BaseProducer<DefaultProducerContext>,
     changelog_reader: BaseConsumer,
     partitions: HashMap<i32, PartitionState>,
 }
@@ -93,9 +94,12 @@ impl Aggregator {
             .set("heartbeat.interval.ms", "1000")
             .set("partition.assignment.strategy", "range")
             .set("fetch.wait.max.ms", "20")
+            .set("max.partition.fetch.bytes", "8388608")
+            .set("fetch.max.bytes", "67108864")
+            .set("queued.max.messages.kbytes", "262144")
             .create_with_context(flag)
             .context("creating the consumer")?;
-        let producer: ThreadedProducer<DefaultProducerContext> = base_config(&brokers)
+        let producer: BaseProducer<DefaultProducerContext> = base_config(&brokers)
             .set("transactional.id", settings.transactional_id())
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -221,6 +225,7 @@ impl Aggregator {
         if !in_transaction {
             return Ok(());
         }
+        metrics::BATCH_SECONDS.observe(started.elapsed().as_secs_f64());
         self.commit(offsets, counts)
     }
 
@@ -254,6 +259,7 @@ impl Aggregator {
             tpl.add_partition_offset(Topic::TraceEvents.name(), *partition, Offset::Offset(*next))
                 .map_err(|e| BatchError::Retry(e.into()))?;
         }
+        let commit_started = Instant::now();
         let group = self
             .consumer
             .group_metadata()
@@ -262,6 +268,7 @@ impl Aggregator {
             .send_offsets_to_transaction(&tpl, &group, KAFKA_TIMEOUT)
             .map_err(BatchError::from_kafka)?;
         self.producer.commit_transaction(KAFKA_TIMEOUT).map_err(BatchError::from_kafka)?;
+        metrics::COMMIT_SECONDS.observe(commit_started.elapsed().as_secs_f64());
 
         metrics::TRANSACTIONS.with_label_values(&["committed"]).inc();
         metrics::BATCH_RECORDS.observe(counts.records as f64);
@@ -319,7 +326,7 @@ fn apply(state: &mut PartitionState, payload: &[u8], arrival: DateTime<Utc>, cou
     }
 }
 
-fn send<K, P>(producer: &ThreadedProducer<DefaultProducerContext>, record: BaseRecord<'_, K, P>) -> Result<(), BatchError>
+fn send<K, P>(producer: &BaseProducer<DefaultProducerContext>, record: BaseRecord<'_, K, P>) -> Result<(), BatchError>
 where
     K: rdkafka::message::ToBytes + ?Sized,
     P: rdkafka::message::ToBytes + ?Sized,
@@ -327,10 +334,13 @@ where
     let mut record = record;
     loop {
         match producer.send(record) {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                producer.poll(Duration::ZERO);
+                return Ok(());
+            }
             Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
                 record = r;
-                std::thread::sleep(Duration::from_millis(5));
+                producer.poll(Duration::from_millis(5));
             }
             Err((e, _)) => return Err(BatchError::from_kafka(e)),
         }

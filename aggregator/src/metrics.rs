@@ -65,3 +65,24 @@ pub static FINGERPRINTS: LazyLock<IntGauge> = LazyLock::new(|| {
     )
     .expect("metric registers")
 });
+
+/// Time spent in `send_offsets_to_transaction` and `commit_transaction`: while it runs, the
+/// aggregator folds nothing.
+pub static COMMIT_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "tally_aggregator_commit_duration_seconds",
+        "Time to commit one transaction (offsets and commit).",
+        vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]
+    )
+    .expect("metric registers")
+});
+
+/// Time from a batch's first record to its commit starting (folding and producing).
+pub static BATCH_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "tally_aggregator_batch_duration_seconds",
+        "Time to read, fold and produce one batch, before its commit.",
+        vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]
+    )
+    .expect("metric registers")
+});

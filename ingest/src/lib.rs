@@ -41,8 +41,10 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     tokio::spawn(registry.clone().refresh_forever(shutdown.clone()));
     tokio::spawn(ticker::run(publisher.clone(), settings.tick_interval, shutdown.clone()));
 
-    let state = Arc::new(routes::AppState { settings: settings.clone(), registry, publisher });
+    let state = Arc::new(routes::AppState { settings: settings.clone(), registry, publisher: publisher.clone() });
     let router = routes::router(state).merge(probes::router(readiness.clone()));
     readiness.set(true);
-    probes::serve(settings.addr, router, shutdown).await
+    let served = probes::serve(settings.addr, router, shutdown).await;
+    publisher.flush();
+    served
 }

@@ -77,8 +77,12 @@ pub struct TraceCompletedV1 {
     pub operation: Operation,
     pub status: Status,
     /// RFC 3339; not after `ended_at`.
+    #[serde(with = "crate::rfc3339")]
+    #[schemars(with = "DateTime<Utc>")]
     pub started_at: DateTime<Utc>,
     /// RFC 3339; decides the billing period (the UTC month containing it).
+    #[serde(with = "crate::rfc3339")]
+    #[schemars(with = "DateTime<Utc>")]
     pub ended_at: DateTime<Utc>,
     /// The trace's content; metered as the length of its gzip-compressed compact JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -288,7 +292,11 @@ pub struct TraceCompletedRecordV1 {
     pub parent_span_id: Option<String>,
     pub operation: Operation,
     pub status: Status,
+    #[serde(with = "crate::rfc3339")]
+    #[schemars(with = "DateTime<Utc>")]
     pub started_at: DateTime<Utc>,
+    #[serde(with = "crate::rfc3339")]
+    #[schemars(with = "DateTime<Utc>")]
     pub ended_at: DateTime<Utc>,
     /// Gzip-compressed size of the payload, computed once at ingest (or sent by the emitter).
     pub payload_bytes: u64,
@@ -335,7 +343,9 @@ impl TraceEventRecordV1 {
             parent_span_id: Option<String>,
             operation: Option<Operation>,
             status: Option<Status>,
+            #[serde(default, deserialize_with = "crate::rfc3339::option::deserialize")]
             started_at: Option<DateTime<Utc>>,
+            #[serde(default, deserialize_with = "crate::rfc3339::option::deserialize")]
             ended_at: Option<DateTime<Utc>>,
             payload_bytes: Option<u64>,
             #[serde(default)]

@@ -15,6 +15,7 @@
 //! new version with a new type (and, for topics, a new topic name).
 
 pub mod event;
+pub mod rfc3339;
 pub mod topics;
 pub mod usage;
 
