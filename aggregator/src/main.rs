@@ -1,23 +1,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use tally_common::{settings::Common, shutdown::Shutdown, telemetry};
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    telemetry::init("aggregator");
-    let settings = match Common::from_env().and_then(tally_aggregator::Settings::from_env) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("aggregator: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    match tally_aggregator::run(settings, Shutdown::on_signals()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("aggregator: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    tally_common::service_main("aggregator", tally_aggregator::Settings::from_env, tally_aggregator::run).await
 }

@@ -1,23 +1,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use tally_common::{settings::Common, shutdown::Shutdown, telemetry};
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    telemetry::init("api");
-    let settings = match Common::from_env().and_then(tally_api::Settings::from_env) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("api: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    match tally_api::run(settings, Shutdown::on_signals()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("api: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    tally_common::service_main("api", tally_api::Settings::from_env, tally_api::run).await
 }

@@ -16,3 +16,31 @@ pub mod probes;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
+
+/// The whole `main` of a Tally service: logging, typed settings (exit 2 with one line if they are
+/// invalid), the run until SIGINT/SIGTERM, and one line naming what failed (exit 1).
+pub async fn service_main<S, F, Fut>(
+    service: &'static str,
+    settings: impl FnOnce(settings::Common) -> Result<S, settings::SettingError>,
+    run: F,
+) -> std::process::ExitCode
+where
+    F: FnOnce(S, shutdown::Shutdown) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    telemetry::init(service);
+    let settings = match settings::Common::from_env().and_then(settings) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{service}: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match run(settings, shutdown::Shutdown::on_signals()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{service}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
