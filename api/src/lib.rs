@@ -5,10 +5,11 @@
 //!
 //! Layout: [`settings`], [`error`] (one error type, one JSON shape, stable codes), [`auth`]
 //! (admin token, read keys), [`orgs`] (admin: orgs and keys), [`usage`] (usage, daily history,
-//! late events).
+//! late events), [`metrics`].
 
 pub mod auth;
 pub mod error;
+pub mod metrics;
 pub mod orgs;
 pub mod settings;
 pub mod usage;
@@ -35,6 +36,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/orgs/{org_id}/usage/daily", get(usage::daily_usage))
         .route("/v1/orgs/{org_id}/late-events", get(usage::late_events))
         .fallback(|| async { error::ApiError::not_found("no such endpoint") })
+        .route_layer(axum::middleware::from_fn(metrics::track))
         .with_state(state)
 }
 

@@ -1,0 +1,39 @@
+//! Every metric the api exports, declared once. The route label is the matched route pattern
+//! (`/v1/orgs/{org_id}/usage`), never the path, so org ids never become label values.
+
+use std::sync::LazyLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus::{register_histogram_vec, register_int_counter_vec, HistogramVec, IntCounterVec};
+
+pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("tally_api_requests_total", "Requests, by route and status.", &["route", "status"])
+        .expect("metric registers")
+});
+
+pub static REQUEST_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "tally_api_request_duration_seconds",
+        "Time to answer a request, by route.",
+        &["route"],
+        vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]
+    )
+    .expect("metric registers")
+});
+
+/// Counts and times every request.
+pub async fn track(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    REQUEST_SECONDS.with_label_values(&[&route]).observe(started.elapsed().as_secs_f64());
+    REQUESTS.with_label_values(&[&route, response.status().as_str()]).inc();
+    response
+}
