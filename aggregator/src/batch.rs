@@ -230,6 +230,7 @@ impl Aggregator {
     }
 
     fn commit(&mut self, offsets: HashMap<i32, i64>, counts: BatchCounts) -> Result<(), BatchError> {
+        let produce_started = Instant::now();
         let usage_topic = Topic::Usage.name();
         let changelog_topic = Topic::AggregatorChangelog.name();
         let mut fingerprints = 0;
@@ -259,7 +260,8 @@ impl Aggregator {
             tpl.add_partition_offset(Topic::TraceEvents.name(), *partition, Offset::Offset(*next))
                 .map_err(|e| BatchError::Retry(e.into()))?;
         }
-        let commit_started = Instant::now();
+        metrics::COMMIT_SECONDS.with_label_values(&["produce"]).observe(produce_started.elapsed().as_secs_f64());
+        let offsets_started = Instant::now();
         let group = self
             .consumer
             .group_metadata()
@@ -267,8 +269,10 @@ impl Aggregator {
         self.producer
             .send_offsets_to_transaction(&tpl, &group, KAFKA_TIMEOUT)
             .map_err(BatchError::from_kafka)?;
+        metrics::COMMIT_SECONDS.with_label_values(&["offsets"]).observe(offsets_started.elapsed().as_secs_f64());
+        let commit_started = Instant::now();
         self.producer.commit_transaction(KAFKA_TIMEOUT).map_err(BatchError::from_kafka)?;
-        metrics::COMMIT_SECONDS.observe(commit_started.elapsed().as_secs_f64());
+        metrics::COMMIT_SECONDS.with_label_values(&["commit"]).observe(commit_started.elapsed().as_secs_f64());
 
         metrics::TRANSACTIONS.with_label_values(&["committed"]).inc();
         metrics::BATCH_RECORDS.observe(counts.records as f64);

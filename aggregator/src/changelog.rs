@@ -214,7 +214,7 @@ pub fn load_partition(
             if Instant::now() > deadline {
                 return Err(ChangelogError::Timeout { partition, timeout });
             }
-            match reader.poll(Duration::from_millis(200)) {
+            match reader.poll(Duration::from_millis(20)) {
                 Some(Ok(message)) => {
                     let key = message.key().unwrap_or_default();
                     entries.push(decode(key, message.payload())?);

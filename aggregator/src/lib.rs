@@ -27,7 +27,7 @@ pub use settings::Settings;
 
 /// Starts the aggregator and runs it until shutdown or a fatal error.
 pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
-    kafka::ensure_topics(&settings.common.kafka_brokers, settings.common.kafka_partitions, 1)
+    kafka::ensure_topics(&settings.common.kafka_brokers, settings.common.kafka_partitions, settings.common.kafka_replication)
         .await
         .context("kafka")?;
     let readiness = probes::Readiness::default();

@@ -3,8 +3,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge,
-    Histogram, IntCounter, IntCounterVec, IntGauge,
+    register_histogram, register_histogram_vec, register_int_counter, register_int_counter_vec,
+    register_int_gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
 };
 
 /// Applied events by outcome (`billed`, `child_span`, `not_success`, `duplicate`, `late`).
@@ -66,12 +66,14 @@ pub static FINGERPRINTS: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("metric registers")
 });
 
-/// Time spent in `send_offsets_to_transaction` and `commit_transaction`: while it runs, the
-/// aggregator folds nothing.
-pub static COMMIT_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
-    register_histogram!(
+/// Time spent committing a transaction, by step (`produce`: handing the outputs to the producer;
+/// `offsets`: `send_offsets_to_transaction`; `commit`: `commit_transaction`, which also waits for
+/// the outputs' acknowledgements). While it runs, the aggregator folds nothing.
+pub static COMMIT_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
         "tally_aggregator_commit_duration_seconds",
-        "Time to commit one transaction (offsets and commit).",
+        "Time to commit one transaction, by step (produce, offsets, commit).",
+        &["step"],
         vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]
     )
     .expect("metric registers")

@@ -37,6 +37,9 @@ pub struct Common {
     pub database_url: Secret,
     /// How many partitions Tally creates its topics with (`TALLY_KAFKA_PARTITIONS`).
     pub kafka_partitions: i32,
+    /// The replication factor Tally creates its topics with (`TALLY_KAFKA_REPLICATION`; 1 for the
+    /// single local broker, 3 in production).
+    pub kafka_replication: i32,
     /// Distinguishes instances of one stage (`TALLY_INSTANCE_ID`); part of the aggregator's
     /// transactional id, so it must be stable across restarts of one instance.
     pub instance_id: String,
@@ -51,6 +54,7 @@ impl Common {
                 "postgres://postgres@127.0.0.1:5432/tally",
             )?),
             kafka_partitions: var_or("TALLY_KAFKA_PARTITIONS", "8")?,
+            kafka_replication: var_or("TALLY_KAFKA_REPLICATION", "1")?,
             instance_id: var_or("TALLY_INSTANCE_ID", "0")?,
         })
     }

@@ -135,3 +135,38 @@ async fn when_kafka_stalls_ingest_answers_503_and_a_retry_counts_once() -> anyho
     assert_usage_eventually(&api, &[((org, period), want)].into(), Duration::from_secs(10)).await?;
     Ok(())
 }
+
+/// A projector whose database remembers offsets beyond the end of the log (the log was reset)
+/// refuses to start, instead of silently skipping everything up to those offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projector_refuses_read_models_ahead_of_the_log() -> anyhow::Result<()> {
+    let db = tally_e2e::unique("tally_guard_");
+    let admin = sqlx::PgPool::connect(&tally_e2e::database_url()).await?;
+    sqlx::query(&format!("CREATE DATABASE {db}")).execute(&admin).await?;
+    let url = tally_e2e::database_url().rsplit_once('/').unwrap().0.to_string() + "/" + &db;
+    let brokers = tally_e2e::kafka_brokers();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let addr = format!("127.0.0.1:{port}");
+    let env = [("TALLY_DATABASE_URL", url.as_str()), ("TALLY_KAFKA_BROKERS", brokers.as_str()), ("TALLY_PROJECTOR_ADDR", addr.as_str())];
+
+    // A first start migrates the new database.
+    let mut first = Command::new(binary("projector")).envs(env).stderr(std::process::Stdio::null()).spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while reqwest::get(format!("http://{addr}/readyz")).await.map(|r| r.status().is_success()).unwrap_or(false) == false {
+        assert!(Instant::now() < deadline, "projector ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    first.kill()?;
+    first.wait()?;
+
+    let pool = sqlx::PgPool::connect(&url).await?;
+    sqlx::query("INSERT INTO projector_offsets (topic, partition, next_offset) VALUES ('tally.usage.v1', 0, 1000000000000)")
+        .execute(&pool)
+        .await?;
+    pool.close().await;
+    let (code, stderr) = run_to_failure("projector", &env);
+    sqlx::query(&format!("DROP DATABASE {db} WITH (FORCE)")).execute(&admin).await?;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("the read models are ahead of tally.usage.v1 (partition 0"), "{stderr}");
+    Ok(())
+}

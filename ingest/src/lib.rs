@@ -30,7 +30,7 @@ pub use settings::Settings;
 
 /// Starts ingest and runs it until shutdown.
 pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
-    kafka::ensure_topics(&settings.common.kafka_brokers, settings.common.kafka_partitions, 1)
+    kafka::ensure_topics(&settings.common.kafka_brokers, settings.common.kafka_partitions, settings.common.kafka_replication)
         .await
         .context("kafka")?;
     let pool = tally_common::db::connect(&settings.common.database_url, 4).await?;

@@ -18,16 +18,19 @@ pub mod project;
 pub mod settings;
 pub mod store;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use tally_schemas::Topic;
 use tally_common::{kafka, probes, shutdown::Shutdown};
 
 pub use settings::Settings;
 
 pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
-    kafka::ensure_topics(&settings.common.kafka_brokers, settings.common.kafka_partitions, 1)
+    kafka::ensure_topics(&settings.common.kafka_brokers, settings.common.kafka_partitions, settings.common.kafka_replication)
         .await
         .context("kafka")?;
     let pool = tally_common::db::connect(&settings.common.database_url, 4).await?;
+    check_not_ahead_of_the_log(&settings, &pool).await?;
     let readiness = probes::Readiness::default();
     let server = tokio::spawn(probes::serve(settings.addr, probes::router(readiness.clone()), shutdown.clone()));
     let projector = project::Projector::start(&settings, pool)?;
@@ -38,4 +41,41 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     };
     readiness.set(false);
     result
+}
+
+/// Refuses to start when PostgreSQL remembers offsets beyond the end of `tally.usage.v1`: the log
+/// was reset (or the database belongs to another cluster), and projecting would silently skip
+/// everything up to the remembered offsets.
+async fn check_not_ahead_of_the_log(settings: &Settings, pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    let stored: Vec<(i32, i64)> =
+        sqlx::query_as("SELECT partition, next_offset FROM projector_offsets WHERE topic = $1")
+            .bind(Topic::Usage.name())
+            .fetch_all(pool)
+            .await?;
+    if stored.is_empty() {
+        return Ok(());
+    }
+    let consumer: BaseConsumer = kafka::base_config(&settings.common.kafka_brokers).create()?;
+    let ends = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(i32, i64, i64)>> {
+        stored
+            .into_iter()
+            .map(|(partition, next)| {
+                let (_, high) = consumer
+                    .fetch_watermarks(Topic::Usage.name(), partition, std::time::Duration::from_secs(10))
+                    .unwrap_or((0, -1));
+                Ok((partition, next, high))
+            })
+            .collect()
+    })
+    .await??;
+    for (partition, next, high) in ends {
+        if next > high {
+            bail!(
+                "the read models are ahead of {} (partition {partition}: projected up to offset {next}, \
+                 the log ends at {high}); the log was reset: drop the database too (`make clean-data`)",
+                Topic::Usage.name()
+            );
+        }
+    }
+    Ok(())
 }
