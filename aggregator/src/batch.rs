@@ -67,6 +67,8 @@ pub struct Aggregator {
     producer: BaseProducer<DefaultProducerContext>,
     changelog_reader: BaseConsumer,
     partitions: HashMap<i32, PartitionState>,
+    /// Whether a transaction is open: a failed batch must abort it before anything else.
+    in_transaction: bool,
 }
 
 /// Outcome counts of a batch, published to metrics only once the batch commits.
@@ -129,6 +131,7 @@ impl Aggregator {
             producer,
             changelog_reader,
             partitions: HashMap::new(),
+            in_transaction: false,
         })
     }
 
@@ -143,12 +146,24 @@ impl Aggregator {
                 Err(BatchError::Retry(e)) => {
                     tracing::warn!(error = %format!("{e:#}"), "batch aborted; rewinding to the committed state");
                     metrics::TRANSACTIONS.with_label_values(&["aborted"]).inc();
+                    // A producer that cannot abort cannot be trusted with another transaction:
+                    // exit, and the restarted instance fences this one.
+                    self.abort()?;
                     self.reset().map_err(|e| e.context("rewinding after an aborted batch"))?;
                     std::thread::sleep(Duration::from_millis(200));
                 }
             }
         }
         tracing::info!("aggregator stopping");
+        Ok(())
+    }
+
+    /// Aborts the open transaction, if any.
+    fn abort(&mut self) -> anyhow::Result<()> {
+        if self.in_transaction {
+            self.producer.abort_transaction(KAFKA_TIMEOUT).context("aborting the transaction")?;
+            self.in_transaction = false;
+        }
         Ok(())
     }
 
@@ -177,11 +192,10 @@ impl Aggregator {
         let mut offsets: HashMap<i32, i64> = HashMap::new();
         let mut counts = BatchCounts::default();
         let started = Instant::now();
-        let mut in_transaction = false;
         let mut wait = Duration::from_millis(100);
         while counts.records < self.settings.max_batch {
             // Reading the clock for every record costs more than folding it: look every 64.
-            if in_transaction && counts.records % 64 == 1 {
+            if self.in_transaction && counts.records % 64 == 1 {
                 match self.settings.max_batch_wait.checked_sub(started.elapsed()) {
                     Some(w) => wait = w,
                     None => break,
@@ -191,14 +205,12 @@ impl Aggregator {
             if self.rebalanced.swap(false, Ordering::SeqCst) {
                 // Whatever this batch read may belong to partitions now owned elsewhere, and the
                 // polled message may be from before the rebalance: start over from the commit.
-                if in_transaction {
-                    self.producer.abort_transaction(KAFKA_TIMEOUT).map_err(BatchError::from_kafka)?;
-                }
+                self.abort().map_err(BatchError::Fatal)?;
                 self.reset().map_err(BatchError::Retry)?;
                 return Ok(());
             }
             let message = match polled {
-                None if in_transaction => break,
+                None if self.in_transaction => break,
                 None => return Ok(()),
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "consumer error");
@@ -207,9 +219,9 @@ impl Aggregator {
                 Some(Ok(message)) => message,
             };
             let partition = message.partition();
-            if !in_transaction {
+            if !self.in_transaction {
                 self.producer.begin_transaction().map_err(BatchError::from_kafka)?;
-                in_transaction = true;
+                self.in_transaction = true;
             }
             offsets.insert(partition, message.offset() + 1);
             counts.records += 1;
@@ -222,7 +234,7 @@ impl Aggregator {
             };
             apply(state, message.payload().unwrap_or_default(), arrival, &mut counts);
         }
-        if !in_transaction {
+        if !self.in_transaction {
             return Ok(());
         }
         metrics::BATCH_SECONDS.observe(started.elapsed().as_secs_f64());
@@ -272,6 +284,7 @@ impl Aggregator {
         metrics::COMMIT_SECONDS.with_label_values(&["offsets"]).observe(offsets_started.elapsed().as_secs_f64());
         let commit_started = Instant::now();
         self.producer.commit_transaction(KAFKA_TIMEOUT).map_err(BatchError::from_kafka)?;
+        self.in_transaction = false;
         metrics::COMMIT_SECONDS.with_label_values(&["commit"]).observe(commit_started.elapsed().as_secs_f64());
 
         metrics::TRANSACTIONS.with_label_values(&["committed"]).inc();

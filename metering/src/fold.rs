@@ -167,11 +167,15 @@ pub struct Fold {
     /// check cost one comparison.
     next_deadline: Option<DateTime<Utc>>,
     changed: Vec<PeriodKey>,
+    /// Periods purged since the last drain, already out of `orgs`: an event that arrives for
+    /// such a period before the drain starts a fresh state, exactly as it would after the drain,
+    /// so where batches end never changes the result.
+    purged: Vec<(PeriodKey, PeriodState)>,
 }
 
 impl Fold {
     pub fn new(config: FoldConfig) -> Self {
-        Fold { config, watermark: None, orgs: HashMap::new(), next_deadline: None, changed: Vec::new() }
+        Fold { config, watermark: None, orgs: HashMap::new(), next_deadline: None, changed: Vec::new(), purged: Vec::new() }
     }
 
     /// Rebuilds a fold from persisted state: the watermark and, per (org, period), its snapshot
@@ -320,6 +324,20 @@ impl Fold {
         keys.sort();
         keys.dedup();
         let mut changes = Vec::with_capacity(keys.len());
+        // Purges first: a period purged and started afresh in one batch deletes before it writes.
+        let mut purged = std::mem::take(&mut self.purged);
+        purged.sort_by(|a, b| a.0.cmp(&b.0));
+        for (key, mut state) in purged {
+            let update = state.dirty.then(|| state.snapshot.to_update(&key, std::mem::take(&mut state.pending_late)));
+            changes.push(PeriodChange {
+                key,
+                update,
+                snapshot: state.snapshot,
+                new_fingerprints: state.pending_fingerprints,
+                fingerprints_cleared: state.fingerprints_cleared,
+                purged: true,
+            });
+        }
         for key in keys {
             let Some(periods) = self.orgs.get_mut(&key.org_id) else { continue };
             let Some(state) = periods.get_mut(&key.period) else { continue };
@@ -332,15 +350,9 @@ impl Fold {
                 snapshot: state.snapshot.clone(),
                 new_fingerprints: std::mem::take(&mut state.pending_fingerprints),
                 fingerprints_cleared: std::mem::take(&mut state.fingerprints_cleared),
-                purged: state.purged,
+                purged: false,
             });
             state.dirty = false;
-            if state.purged {
-                periods.remove(&key.period);
-                if periods.is_empty() {
-                    self.orgs.remove(&key.org_id);
-                }
-            }
         }
         changes
     }
@@ -391,6 +403,14 @@ impl Fold {
                 self.changed.push(PeriodKey { org_id: org_id.clone(), period: *period });
             }
         }
+        for (org_id, periods) in self.orgs.iter_mut() {
+            let gone: Vec<Period> = periods.iter().filter(|(_, s)| s.purged).map(|(p, _)| *p).collect();
+            for period in gone {
+                let state = periods.remove(&period).expect("just listed");
+                self.purged.push((PeriodKey { org_id: org_id.clone(), period }, state));
+            }
+        }
+        self.orgs.retain(|_, periods| !periods.is_empty());
         self.recompute_deadline();
     }
 
