@@ -41,11 +41,18 @@ pub async fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), 
     }
 }
 
-/// Allows the admin and `org_id`'s read keys. Another org's key gets 404, as if the org did not
-/// exist, so keys cannot probe which orgs exist.
+/// Allows the admin and `org_id`'s read keys, for an org that exists. Another org's key gets 404,
+/// as if the org did not exist, so keys cannot probe which orgs exist. (A read key's own org
+/// always exists: keys reference their org.)
 pub async fn require_reader(state: &AppState, headers: &HeaderMap, org_id: &str) -> Result<(), ApiError> {
     match caller(state, headers).await? {
-        Caller::Admin => Ok(()),
+        Caller::Admin => {
+            let found: Option<(String,)> = sqlx::query_as("SELECT org_id FROM orgs WHERE org_id = $1")
+                .bind(org_id)
+                .fetch_optional(&state.pool)
+                .await?;
+            found.map(|_| ()).ok_or_else(|| ApiError::not_found(format!("no org {org_id:?}")))
+        }
         Caller::Reader { org_id: own } if own == org_id => Ok(()),
         Caller::Reader { .. } => Err(ApiError::not_found(format!("no org {org_id:?}"))),
         Caller::Ingester => Err(ApiError::forbidden("ingest keys cannot read usage; use a read key")),

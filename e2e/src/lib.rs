@@ -29,7 +29,8 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn binary(name: &str) -> PathBuf {
+/// A service binary built by `make build`.
+pub fn binary(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release").join(name)
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use tally_e2e::{assert_usage_eventually, unique, Stack};
 use tally_loadgen::send::Sender;
 use tally_loadgen::WorkloadSpec;
@@ -57,5 +57,3 @@ async fn usage_is_exact_after_repeated_kill_9() -> anyhow::Result<()> {
     assert_usage_eventually(&api, &workload.expected, Duration::from_secs(180)).await?;
     Ok(())
 }
-
-use rand::SeedableRng;

@@ -5,14 +5,10 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::json;
-use tally_e2e::{assert_usage_eventually, unique, Stack};
+use tally_e2e::{assert_usage_eventually, binary, unique, Stack};
 use tally_loadgen::generate::event;
 use tally_loadgen::Expected;
 use tally_schemas::Operation;
-
-fn binary(name: &str) -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release").join(name)
-}
 
 /// Runs a service that cannot start and returns its exit status and stderr.
 fn run_to_failure(name: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
