@@ -9,11 +9,13 @@
 //! - [`topics`]: every topic name and its settings, in one place.
 //! - [`event`]: `TraceCompletedV1` as emitters send it, its validation, and the record ingest logs.
 //! - [`usage`]: the usage updates the aggregator publishes.
+//! - [`billing`]: tiers, invoices, subscription changes and notifications.
 //! - [`json_schemas`]: the JSON Schemas published under `docs/schemas/`, generated from these types.
 //!
 //! Compatibility rule: a published `V1` type only ever gains optional fields; anything else is a
 //! new version with a new type (and, for topics, a new topic name).
 
+pub mod billing;
 pub mod event;
 pub mod rfc3339;
 pub mod topics;
@@ -22,6 +24,11 @@ pub mod usage;
 pub use event::{
     FieldError, FieldErrorCode, Operation, Status, TraceCompletedRecordV1, TraceCompletedV1,
     TraceEventRecordV1,
+};
+pub use billing::{
+    BilledUsageV1, BillingEventRecordV1, InvoiceFinalizedV1, InvoiceStatusV1, InvoiceV1, LineItemV1,
+    LineKind, Metric, NotificationV1, SubscriptionChangedV1, SubscriptionSource, ThresholdLevel, Tier,
+    UsageThresholdCrossedV1,
 };
 pub use topics::Topic;
 pub use usage::{
@@ -40,6 +47,18 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
             "trace-event-record.v1.json",
             serde_json::to_value(schemars::schema_for!(TraceEventRecordV1))
                 .expect("schema is json"),
+        ),
+        (
+            "billing-event-record.v1.json",
+            serde_json::to_value(schemars::schema_for!(BillingEventRecordV1)).expect("schema is json"),
+        ),
+        (
+            "notification.v1.json",
+            serde_json::to_value(schemars::schema_for!(NotificationV1)).expect("schema is json"),
+        ),
+        (
+            "invoice.v1.json",
+            serde_json::to_value(schemars::schema_for!(InvoiceV1)).expect("schema is json"),
         ),
         (
             "usage-update.v1.json",

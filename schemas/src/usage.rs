@@ -10,7 +10,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::Operation;
+use crate::{InvoiceV1, Operation, Tier};
 
 /// Billable usage of one operation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -97,6 +97,13 @@ pub struct UsageUpdateV1 {
     /// The log time at which the period was seen closed, once it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed_at: Option<DateTime<Utc>>,
+    /// The tier that prices this period: the one in effect now while the period runs, the one in
+    /// effect at its end once it has ended.
+    #[serde(default)]
+    pub tier: Tier,
+    /// The final invoice, in the one update that finalizes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invoice: Option<InvoiceV1>,
 }
 
 impl UsageUpdateV1 {
