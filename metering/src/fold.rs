@@ -8,14 +8,25 @@
 //! Time comes only from the records: a period closes when the watermark reaches its end plus the
 //! grace, and an event whose period has closed when it is applied is late. The same log therefore
 //! always gives the same usage, the same late events and the same close decisions.
+//!
+//! The fold also reads partition `p` of `tally.billing-events.v1`, which holds the same orgs
+//! (same key, same partitioner). Subscription changes take effect at the billing log time
+//! (never earlier than the billing watermark, so effective times only grow); the tier in effect at
+//! a period's end prices it. A closed period's invoice is finalized once the billing watermark
+//! has also passed the period's end: from then on no subscription change can still be recorded
+//! before that end, so the final invoice depends on the two logs alone, not on how their records
+//! interleaved on the way in.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
+use tally_pricing::{levels_reached, percent_used_basis_points, basis_points_decimal, Pricing};
 use tally_schemas::{
-    DailyUsageV1, LateEventV1, Operation, OperationUsageV1, PeriodStateV1, TraceCompletedRecordV1,
-    UsageTotalsV1, UsageUpdateV1,
+    BilledUsageV1, DailyUsageV1, InvoiceFinalizedV1, InvoiceV1, LateEventV1, Metric, NotificationV1,
+    Operation, OperationUsageV1, PeriodStateV1, SubscriptionChangedV1, ThresholdLevel, Tier,
+    TraceCompletedRecordV1, UsageThresholdCrossedV1, UsageTotalsV1, UsageUpdateV1,
 };
 
 use crate::dedup::{fingerprint, FingerprintSet};
@@ -23,16 +34,35 @@ use crate::period::Period;
 use crate::rules::{classify, Classification, MAX_EVENT_AGE};
 
 /// Settings of the fold. They are part of what the log means: a replay must use the same ones.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FoldConfig {
     /// How long after its end a period still accepts events (`TALLY_GRACE_HOURS`).
     pub grace: Duration,
+    /// The prices that finalize invoices and set usage thresholds.
+    pub pricing: Arc<Pricing>,
+}
+
+impl FoldConfig {
+    /// The built-in prices and the given grace.
+    pub fn with_grace(grace: Duration) -> Self {
+        FoldConfig { grace, pricing: Arc::new(Pricing::builtin()) }
+    }
 }
 
 impl Default for FoldConfig {
     fn default() -> Self {
-        FoldConfig { grace: Duration::hours(48) }
+        FoldConfig::with_grace(Duration::hours(48))
     }
+}
+
+/// An org's subscription history: (effective log time, tier), in time order.
+pub type TierHistory = Vec<(DateTime<Utc>, Tier)>;
+
+/// The tier in effect just before `at`: the last change that took effect strictly before it.
+pub fn tier_at(history: Option<&TierHistory>, at: DateTime<Utc>) -> Tier {
+    history
+        .and_then(|h| h.iter().rev().find(|(effective, _)| *effective < at))
+        .map_or(Tier::Starter, |(_, tier)| *tier)
 }
 
 /// One org's usage in one period.
@@ -75,21 +105,43 @@ pub struct PeriodSnapshot {
     pub daily: BTreeMap<NaiveDate, BTreeMap<Operation, OperationUsageV1>>,
     pub updated_at: DateTime<Utc>,
     pub closed_at: Option<DateTime<Utc>>,
+    /// The tier that prices the period (see [`UsageUpdateV1::tier`]).
+    #[serde(default)]
+    pub tier: Tier,
+    /// The thresholds already notified, so each is notified once.
+    #[serde(default)]
+    pub notified: Vec<(Metric, ThresholdLevel)>,
+    /// The final invoice was issued; nothing about the period changes any more.
+    #[serde(default)]
+    pub finalized: bool,
 }
 
 impl PeriodSnapshot {
-    fn empty(updated_at: DateTime<Utc>) -> Self {
+    fn empty(updated_at: DateTime<Utc>, tier: Tier) -> Self {
         PeriodSnapshot {
             version: 0,
             totals: UsageTotalsV1::default(),
             daily: BTreeMap::new(),
             updated_at,
             closed_at: None,
+            tier,
+            notified: Vec::new(),
+            finalized: false,
         }
     }
 
+    /// The usage the invoice prices.
+    pub fn billed(&self) -> BilledUsageV1 {
+        BilledUsageV1 { traces: self.totals.traces, payload_bytes: self.totals.payload_bytes }
+    }
+
     /// The usage update that publishes this state.
-    pub fn to_update(&self, key: &PeriodKey, late_events: Vec<LateEventV1>) -> UsageUpdateV1 {
+    pub fn to_update(
+        &self,
+        key: &PeriodKey,
+        late_events: Vec<LateEventV1>,
+        invoice: Option<InvoiceV1>,
+    ) -> UsageUpdateV1 {
         UsageUpdateV1 {
             org_id: key.org_id.clone(),
             period: key.period.to_string(),
@@ -111,6 +163,8 @@ impl PeriodSnapshot {
             late_events,
             updated_at: self.updated_at,
             closed_at: self.closed_at,
+            tier: self.tier,
+            invoice,
         }
     }
 }
@@ -129,6 +183,8 @@ pub struct PeriodChange {
     pub fingerprints_cleared: bool,
     /// No event can belong to this period any more: its state may be deleted.
     pub purged: bool,
+    /// Threshold crossings and the finalized invoice, to publish exactly once with this change.
+    pub notifications: Vec<NotificationV1>,
 }
 
 #[derive(Debug)]
@@ -138,6 +194,8 @@ struct PeriodState {
     seen: FingerprintSet,
     pending_fingerprints: Vec<u128>,
     pending_late: Vec<LateEventV1>,
+    pending_notifications: Vec<NotificationV1>,
+    pending_invoice: Option<InvoiceV1>,
     fingerprints_cleared: bool,
     dirty: bool,
     purged: bool,
@@ -150,19 +208,79 @@ impl PeriodState {
             seen,
             pending_fingerprints: Vec::new(),
             pending_late: Vec::new(),
+            pending_notifications: Vec::new(),
+            pending_invoice: None,
             fingerprints_cleared: false,
             dirty: false,
             purged: false,
         }
     }
+
+    /// Notifies each threshold of the period's tier that usage has reached and that was not
+    /// notified before. Only while the period is open: a closed period's usage is final.
+    fn check_thresholds(&mut self, pricing: &Pricing, key_org: &str, period: Period, at: DateTime<Utc>) {
+        if self.snapshot.closed_at.is_some() {
+            return;
+        }
+        let tier = pricing.tier(self.snapshot.tier);
+        for metric in Metric::ALL {
+            let used = self.snapshot.billed().get(metric);
+            let included = tier.metric(metric).included;
+            for &level in levels_reached(used, included) {
+                if self.snapshot.notified.contains(&(metric, level)) {
+                    continue;
+                }
+                self.snapshot.notified.push((metric, level));
+                self.pending_notifications.push(NotificationV1::UsageThresholdCrossed(UsageThresholdCrossedV1 {
+                    org_id: key_org.to_string(),
+                    period: period.to_string(),
+                    metric,
+                    level,
+                    tier: self.snapshot.tier,
+                    used,
+                    included,
+                    percent_used: percent_used_basis_points(used, included)
+                        .map_or_else(|| "100.00".to_string(), basis_points_decimal),
+                    crossed_at: at,
+                }));
+            }
+        }
+    }
+
+    /// Whether a record must be applied to see the cheap per-event threshold check fire.
+    fn thresholds_due(&self, pricing: &Pricing) -> bool {
+        let tier = pricing.tier(self.snapshot.tier);
+        Metric::ALL.iter().any(|&m| {
+            let notified = self.snapshot.notified.iter().filter(|(nm, _)| *nm == m).count();
+            notified < levels_reached(self.snapshot.billed().get(m), tier.metric(m).included).len()
+        })
+    }
+
+    fn touch(&mut self, at: DateTime<Utc>) -> bool {
+        self.snapshot.version += 1;
+        self.snapshot.updated_at = self.snapshot.updated_at.max(at);
+        !std::mem::replace(&mut self.dirty, true)
+    }
 }
 
-/// The state of one partition of the trace-event log.
+/// The two watermarks of a partition: the newest record time seen in each log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Watermarks {
+    pub trace: Option<DateTime<Utc>>,
+    pub billing: Option<DateTime<Utc>>,
+}
+
+/// The state of one partition of the trace-event log (and the same partition of the
+/// billing-event log).
 #[derive(Debug)]
 pub struct Fold {
     config: FoldConfig,
     watermark: Option<DateTime<Utc>>,
+    billing_watermark: Option<DateTime<Utc>>,
     orgs: HashMap<String, BTreeMap<Period, PeriodState>>,
+    subscriptions: HashMap<String, TierHistory>,
+    /// Orgs whose subscription history changed since the last drain.
+    subscriptions_changed: Vec<String>,
     /// The earliest instant at which some period must close or be purged: lets the per-record
     /// check cost one comparison.
     next_deadline: Option<DateTime<Utc>>,
@@ -175,7 +293,17 @@ pub struct Fold {
 
 impl Fold {
     pub fn new(config: FoldConfig) -> Self {
-        Fold { config, watermark: None, orgs: HashMap::new(), next_deadline: None, changed: Vec::new(), purged: Vec::new() }
+        Fold {
+            config,
+            watermark: None,
+            billing_watermark: None,
+            orgs: HashMap::new(),
+            subscriptions: HashMap::new(),
+            subscriptions_changed: Vec::new(),
+            next_deadline: None,
+            changed: Vec::new(),
+            purged: Vec::new(),
+        }
     }
 
     /// Rebuilds a fold from persisted state: the watermark and, per (org, period), its snapshot
@@ -185,8 +313,21 @@ impl Fold {
         watermark: Option<DateTime<Utc>>,
         periods: impl IntoIterator<Item = (PeriodKey, PeriodSnapshot, Vec<u128>)>,
     ) -> Self {
+        Fold::restore_all(config, Watermarks { trace: watermark, billing: None }, Vec::new(), periods)
+    }
+
+    /// Rebuilds a fold from everything persisted: both watermarks, the subscription histories and
+    /// the periods.
+    pub fn restore_all(
+        config: FoldConfig,
+        watermarks: Watermarks,
+        subscriptions: impl IntoIterator<Item = (String, TierHistory)>,
+        periods: impl IntoIterator<Item = (PeriodKey, PeriodSnapshot, Vec<u128>)>,
+    ) -> Self {
         let mut fold = Fold::new(config);
-        fold.watermark = watermark;
+        fold.watermark = watermarks.trace;
+        fold.billing_watermark = watermarks.billing;
+        fold.subscriptions = subscriptions.into_iter().collect();
         for (key, snapshot, fingerprints) in periods {
             fold.orgs
                 .entry(key.org_id)
@@ -197,8 +338,8 @@ impl Fold {
         fold
     }
 
-    pub fn config(&self) -> FoldConfig {
-        self.config
+    pub fn config(&self) -> &FoldConfig {
+        &self.config
     }
 
     /// The newest arrival time seen in this partition.
@@ -206,9 +347,18 @@ impl Fold {
         self.watermark
     }
 
+    pub fn watermarks(&self) -> Watermarks {
+        Watermarks { trace: self.watermark, billing: self.billing_watermark }
+    }
+
     /// The current state of one (org, period).
     pub fn get(&self, org_id: &str, period: Period) -> Option<&PeriodSnapshot> {
         self.orgs.get(org_id)?.get(&period).map(|s| &s.snapshot)
+    }
+
+    /// An org's subscription history.
+    pub fn subscription(&self, org_id: &str) -> Option<&TierHistory> {
+        self.subscriptions.get(org_id)
     }
 
     /// Every (org, period) held, in key order.
@@ -236,6 +386,48 @@ impl Fold {
         self.advance(arrival);
     }
 
+    /// A tick of the billing-event log.
+    pub fn apply_billing_tick(&mut self, at: DateTime<Utc>) {
+        self.advance_billing(at);
+    }
+
+    /// Applies a subscription change recorded at `at` (its billing-log timestamp). It takes
+    /// effect at `max(at, billing watermark)` and reprices every period of the org that has not
+    /// ended by then.
+    pub fn apply_subscription(&mut self, change: &SubscriptionChangedV1, at: DateTime<Utc>) {
+        self.advance_billing(at);
+        let effective = self.billing_watermark.expect("advance_billing sets it");
+        let org = change.org_id.as_str();
+        let history = self.subscriptions.entry(change.org_id.clone()).or_default();
+        history.push((effective, change.tier));
+        // Keep what can still price a period: changes of the last ~3 months and the one before.
+        let horizon = effective - MAX_EVENT_AGE - Duration::days(62);
+        let keep_from = history.iter().rposition(|(t, _)| *t < horizon).unwrap_or(0);
+        history.drain(..keep_from);
+        if !self.subscriptions_changed.iter().any(|o| o == org) {
+            self.subscriptions_changed.push(change.org_id.clone());
+        }
+        self.ensure_period(org, Period::containing(effective), effective);
+        self.finalize_due();
+        let history = self.subscriptions.get(org);
+        let pricing = &self.config.pricing;
+        if let Some(periods) = self.orgs.get_mut(org) {
+            for (period, state) in periods.iter_mut() {
+                if state.snapshot.finalized || period.end() <= effective {
+                    continue;
+                }
+                let tier = tier_at(history, period.end());
+                if tier != state.snapshot.tier {
+                    state.snapshot.tier = tier;
+                    if state.touch(effective) {
+                        self.changed.push(PeriodKey { org_id: org.to_string(), period: *period });
+                    }
+                    state.check_thresholds(pricing, org, *period, effective);
+                }
+            }
+        }
+    }
+
     /// Applies one trace event that arrived at `arrival` (its record timestamp).
     pub fn apply_event(&mut self, event: &TraceCompletedRecordV1, arrival: DateTime<Utc>) -> Outcome {
         self.advance(arrival);
@@ -246,10 +438,17 @@ impl Fold {
             Some(periods) => periods,
             None => self.orgs.entry(event.org_id.clone()).or_default(),
         };
+        let subscriptions = &self.subscriptions;
         let state = periods.entry(period).or_insert_with(|| {
-            let mut snapshot = PeriodSnapshot::empty(arrival);
+            let tier = tier_at(subscriptions.get(event.org_id.as_str()), period.end());
+            let mut snapshot = PeriodSnapshot::empty(arrival, tier);
             if watermark >= closes_at {
                 snapshot.closed_at = Some(watermark);
+            }
+            // A period purged already had its invoice issued (or never had usage before its
+            // purge): a straggler is recorded as late, never invoiced a second time.
+            if watermark >= period.end() + MAX_EVENT_AGE {
+                snapshot.finalized = true;
             }
             PeriodState::new(snapshot, FingerprintSet::default())
         });
@@ -304,14 +503,14 @@ impl Fold {
                 });
             }
         }
-        snap.version += 1;
-        snap.updated_at = snap.updated_at.max(arrival);
-        if !state.dirty {
-            state.dirty = true;
+        if outcome == Outcome::Billed && state.thresholds_due(&self.config.pricing) {
+            state.check_thresholds(&self.config.pricing, &event.org_id, period, arrival);
+        }
+        if state.touch(arrival) {
             self.changed.push(PeriodKey { org_id: event.org_id.clone(), period });
         }
         if is_new_deadline {
-            let deadline = Self::deadline_of(self.config, period, &state.snapshot);
+            let deadline = Self::deadline_of(&self.config, period, &state.snapshot);
             self.next_deadline = Some(self.next_deadline.map_or(deadline, |d| d.min(deadline)));
         }
         outcome
@@ -328,7 +527,9 @@ impl Fold {
         let mut purged = std::mem::take(&mut self.purged);
         purged.sort_by(|a, b| a.0.cmp(&b.0));
         for (key, mut state) in purged {
-            let update = state.dirty.then(|| state.snapshot.to_update(&key, std::mem::take(&mut state.pending_late)));
+            let update = state.dirty.then(|| {
+                state.snapshot.to_update(&key, std::mem::take(&mut state.pending_late), state.pending_invoice.take())
+            });
             changes.push(PeriodChange {
                 key,
                 update,
@@ -336,13 +537,14 @@ impl Fold {
                 new_fingerprints: state.pending_fingerprints,
                 fingerprints_cleared: state.fingerprints_cleared,
                 purged: true,
+                notifications: state.pending_notifications,
             });
         }
         for key in keys {
             let Some(periods) = self.orgs.get_mut(&key.org_id) else { continue };
             let Some(state) = periods.get_mut(&key.period) else { continue };
             let update = state.dirty.then(|| {
-                state.snapshot.to_update(&key, std::mem::take(&mut state.pending_late))
+                state.snapshot.to_update(&key, std::mem::take(&mut state.pending_late), state.pending_invoice.take())
             });
             changes.push(PeriodChange {
                 key: key.clone(),
@@ -351,21 +553,61 @@ impl Fold {
                 new_fingerprints: std::mem::take(&mut state.pending_fingerprints),
                 fingerprints_cleared: std::mem::take(&mut state.fingerprints_cleared),
                 purged: false,
+                notifications: std::mem::take(&mut state.pending_notifications),
             });
             state.dirty = false;
         }
         changes
     }
 
-    /// When a period must next be looked at: its close while open, its purge once closed. After
-    /// `end + MAX_EVENT_AGE` ingest accepts no event for it, so its state can go.
-    fn deadline_of(config: FoldConfig, period: Period, snapshot: &PeriodSnapshot) -> DateTime<Utc> {
+    /// The subscription histories changed since the previous drain, in org order.
+    pub fn drain_subscription_changes(&mut self) -> Vec<(String, TierHistory)> {
+        let mut orgs = std::mem::take(&mut self.subscriptions_changed);
+        orgs.sort();
+        orgs.into_iter()
+            .map(|org| {
+                let history = self.subscriptions.get(&org).cloned().unwrap_or_default();
+                (org, history)
+            })
+            .collect()
+    }
+
+    /// When a period must next be looked at: its close while open, its purge once closed and
+    /// finalized (never before: its invoice must be issued first). After `end + MAX_EVENT_AGE`
+    /// ingest accepts no event for it, so its state can go.
+    fn deadline_of(config: &FoldConfig, period: Period, snapshot: &PeriodSnapshot) -> DateTime<Utc> {
         let closes_at = period.closes_at(config.grace);
         if snapshot.closed_at.is_none() {
             closes_at
+        } else if !snapshot.finalized {
+            DateTime::<Utc>::MAX_UTC
         } else {
             closes_at.max(period.end() + MAX_EVENT_AGE)
         }
+    }
+
+    /// Starts an empty state for (org, period) so the period is invoiced even without usage,
+    /// unless it exists or has already closed.
+    fn ensure_period(&mut self, org: &str, period: Period, at: DateTime<Utc>) {
+        // Past the purge horizon the period's invoice, if any, was issued long ago.
+        if self.watermark.is_some_and(|w| w >= period.end() + MAX_EVENT_AGE) {
+            return;
+        }
+        let tier = tier_at(self.subscriptions.get(org), period.end());
+        let periods = self.orgs.entry(org.to_string()).or_default();
+        if periods.contains_key(&period) {
+            return;
+        }
+        let mut snapshot = PeriodSnapshot::empty(at, tier);
+        if let Some(w) = self.watermark.filter(|w| *w >= period.closes_at(self.config.grace)) {
+            snapshot.closed_at = Some(w);
+        }
+        let mut state = PeriodState::new(snapshot, FingerprintSet::default());
+        state.touch(at);
+        let deadline = Self::deadline_of(&self.config, period, &state.snapshot);
+        periods.insert(period, state);
+        self.changed.push(PeriodKey { org_id: org.to_string(), period });
+        self.next_deadline = Some(self.next_deadline.map_or(deadline, |d| d.min(deadline)));
     }
 
     fn advance(&mut self, arrival: DateTime<Utc>) {
@@ -378,23 +620,78 @@ impl Fold {
         }
     }
 
-    fn close_and_purge(&mut self, watermark: DateTime<Utc>) {
-        let config = self.config;
+    fn advance_billing(&mut self, at: DateTime<Utc>) {
+        let previous = self.billing_watermark;
+        if previous.is_some_and(|w| at <= w) {
+            return;
+        }
+        self.billing_watermark = Some(at);
+        // A new month in the billing log: every subscribed org gets that period's invoice.
+        let entered = Period::containing(at);
+        if previous.is_some_and(|w| Period::containing(w) < entered) {
+            let mut orgs: Vec<String> = self.subscriptions.keys().cloned().collect();
+            orgs.sort();
+            for org in orgs {
+                self.ensure_period(&org, entered, at);
+            }
+        }
+        self.finalize_due();
+    }
+
+    /// Finalizes every closed period whose end the billing watermark has passed.
+    fn finalize_due(&mut self) {
+        let Some(billing) = self.billing_watermark else { return };
+        let mut finalized_any = false;
         for (org_id, periods) in self.orgs.iter_mut() {
             for (period, state) in periods.iter_mut() {
-                if state.purged || watermark < Self::deadline_of(config, *period, &state.snapshot) {
+                if state.snapshot.finalized || state.snapshot.closed_at.is_none() || billing < period.end() {
+                    continue;
+                }
+                Self::finalize(&self.config, self.subscriptions.get(org_id), org_id, *period, state);
+                self.changed.push(PeriodKey { org_id: org_id.clone(), period: *period });
+                finalized_any = true;
+            }
+        }
+        if finalized_any {
+            self.recompute_deadline();
+        }
+    }
+
+    /// Issues the final invoice of a closed period: its final usage, priced on the tier in
+    /// effect at its end, dated at the instant the period closes (end plus grace). Every input
+    /// is decided by the logs alone, whatever the interleaving of their records.
+    fn finalize(config: &FoldConfig, history: Option<&TierHistory>, org_id: &str, period: Period, state: &mut PeriodState) {
+        let snap = &mut state.snapshot;
+        snap.tier = tier_at(history, period.end());
+        snap.finalized = true;
+        let closes_at = period.closes_at(config.grace);
+        let invoice = config.pricing.invoice(org_id, &period.to_string(), snap.tier, snap.billed(), Some(closes_at));
+        state.pending_notifications.push(NotificationV1::InvoiceFinalized(InvoiceFinalizedV1 { invoice: invoice.clone() }));
+        state.pending_invoice = Some(invoice);
+        let closed_at = snap.closed_at.expect("only closed periods are finalized");
+        state.touch(closed_at);
+    }
+
+    fn close_and_purge(&mut self, watermark: DateTime<Utc>) {
+        let config = self.config.clone();
+        let billing = self.billing_watermark;
+        for (org_id, periods) in self.orgs.iter_mut() {
+            for (period, state) in periods.iter_mut() {
+                if state.purged || watermark < Self::deadline_of(&config, *period, &state.snapshot) {
                     continue;
                 }
                 if state.snapshot.closed_at.is_none() {
                     state.snapshot.closed_at = Some(watermark);
-                    state.snapshot.version += 1;
-                    state.snapshot.updated_at = state.snapshot.updated_at.max(watermark);
+                    state.touch(watermark);
                     state.seen = FingerprintSet::default();
                     state.pending_fingerprints.clear();
                     state.fingerprints_cleared = true;
-                    state.dirty = true;
+                    if billing.is_some_and(|b| b >= period.end()) {
+                        let history = self.subscriptions.get(org_id);
+                        Self::finalize(&config, history, org_id, *period, state);
+                    }
                     // the purge may be due at once (a long silence)
-                    if watermark >= Self::deadline_of(config, *period, &state.snapshot) {
+                    if watermark >= Self::deadline_of(&config, *period, &state.snapshot) {
                         state.purged = true;
                     }
                 } else {
@@ -415,7 +712,7 @@ impl Fold {
     }
 
     fn recompute_deadline(&mut self) {
-        let config = self.config;
+        let config = &self.config;
         self.next_deadline = self
             .orgs
             .values()
@@ -428,3 +725,6 @@ impl Fold {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod billing_tests;

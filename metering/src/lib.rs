@@ -17,6 +17,6 @@ pub mod fold;
 pub mod period;
 pub mod rules;
 
-pub use fold::{Fold, FoldConfig, Outcome, PeriodChange, PeriodKey, PeriodSnapshot};
+pub use fold::{tier_at, Fold, FoldConfig, Outcome, PeriodChange, PeriodKey, PeriodSnapshot, TierHistory, Watermarks};
 pub use period::Period;
 pub use rules::{classify, Classification};

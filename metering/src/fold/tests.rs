@@ -68,7 +68,7 @@ fn counts_each_reason_once() {
 
 #[test]
 fn periods_close_from_log_time_and_late_events_are_kept_visible() {
-    let mut fold = Fold::new(FoldConfig { grace: Duration::hours(48) });
+    let mut fold = Fold::new(FoldConfig::with_grace(Duration::hours(48)));
     let oct_event = event("o1", "acme", "2026-10-31T23:59:59Z");
     assert_eq!(fold.apply_event(&oct_event, at("2026-11-01T00:00:01Z")), Outcome::Billed);
     fold.drain_changes();
@@ -105,6 +105,7 @@ fn periods_close_from_log_time_and_late_events_are_kept_visible() {
 
     // 35 days after its end nothing can belong to October any more: its state is purged.
     fold.drain_changes();
+    fold.apply_billing_tick(at("2026-12-06T00:00:00Z"));
     fold.apply_tick(at("2026-12-06T00:00:00Z"));
     let changes = fold.drain_changes();
     assert!(changes.iter().all(|c| c.purged), "{changes:?}");
@@ -117,10 +118,13 @@ fn a_period_closes_only_once_even_when_purged_at_the_same_time() {
     let mut fold = Fold::new(FoldConfig::default());
     fold.apply_event(&event("a", "acme", "2026-10-15T00:00:00Z"), at("2026-10-16T00:00:00Z"));
     fold.drain_changes();
+    fold.apply_billing_tick(at("2026-12-31T00:00:00Z"));
     fold.apply_tick(at("2027-01-01T00:00:00Z"));
     let changes = fold.drain_changes();
     assert_eq!(changes.len(), 1);
     assert!(changes[0].purged);
+    let invoice = changes[0].update.as_ref().unwrap().invoice.as_ref().expect("finalized on the way out");
+    assert_eq!(invoice.usage.traces, 1);
     assert_eq!(changes[0].update.as_ref().unwrap().state, tally_schemas::PeriodStateV1::Closed);
 }
 
