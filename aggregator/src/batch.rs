@@ -1,7 +1,11 @@
 //! The transactional loop: one batch of input records becomes one Kafka transaction.
 //!
-//! decode → apply to the pure fold → drain changes → write usage updates and changelog records →
-//! send the consumed offsets → commit. If anything fails, the transaction is aborted, every
+//! decode → apply to the pure fold → drain changes → write usage updates, notifications and
+//! changelog records → send the consumed offsets → commit.
+//!
+//! The loop reads two co-partitioned logs: partition `p` of `tally.trace-events.v1` and partition
+//! `p` of `tally.billing-events.v1` (same key, same partitioner, same partition count; the range
+//! assignor hands both to the same member) feed the same fold. If anything fails, the transaction is aborted, every
 //! partition's in-memory state is dropped (it is reloaded from the changelog on next use) and the
 //! consumer is rewound to the committed offsets: nothing of the failed batch survives anywhere.
 //!
@@ -11,7 +15,7 @@
 //! for a session timeout). Offsets are committed with the consumer group's metadata, so a
 //! member that lost its partitions in a rebalance can no longer commit for them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +30,7 @@ use tally_common::kafka::base_config;
 use tally_common::probes::Readiness;
 use tally_common::shutdown::Shutdown;
 use tally_metering::{Fold, Outcome, PeriodKey};
-use tally_schemas::{Topic, TraceEventRecordV1};
+use tally_schemas::{BillingEventRecordV1, NotificationV1, Topic, TraceEventRecordV1};
 
 use crate::changelog::{self, ChunkRange};
 use crate::metrics;
@@ -78,6 +82,8 @@ struct BatchCounts {
     ticks: u64,
     invalid: u64,
     outcomes: HashMap<Outcome, u64>,
+    subscription_changes: u64,
+    billing_ticks: u64,
 }
 
 impl Aggregator {
@@ -121,7 +127,9 @@ impl Aggregator {
             .set("fetch.max.bytes", "52428800")
             .create()
             .context("creating the changelog reader")?;
-        consumer.subscribe(&[Topic::TraceEvents.name()]).context("subscribing")?;
+        consumer
+            .subscribe(&[Topic::TraceEvents.name(), Topic::BillingEvents.name()])
+            .context("subscribing")?;
         readiness.set(true);
         tracing::info!(transactional_id = %settings.transactional_id(), "aggregator ready");
         Ok(Aggregator {
@@ -189,7 +197,7 @@ impl Aggregator {
     }
 
     fn batch(&mut self) -> Result<(), BatchError> {
-        let mut offsets: HashMap<i32, i64> = HashMap::new();
+        let mut offsets: HashMap<(Topic, i32), i64> = HashMap::new();
         let mut counts = BatchCounts::default();
         let started = Instant::now();
         let mut wait = Duration::from_millis(100);
@@ -219,11 +227,16 @@ impl Aggregator {
                 Some(Ok(message)) => message,
             };
             let partition = message.partition();
+            let topic = if message.topic() == Topic::BillingEvents.name() {
+                Topic::BillingEvents
+            } else {
+                Topic::TraceEvents
+            };
             if !self.in_transaction {
                 self.producer.begin_transaction().map_err(BatchError::from_kafka)?;
                 self.in_transaction = true;
             }
-            offsets.insert(partition, message.offset() + 1);
+            offsets.insert((topic, partition), message.offset() + 1);
             counts.records += 1;
             let state = state_for(&mut self.partitions, &self.changelog_reader, &self.settings, partition)
                 .map_err(BatchError::Retry)?;
@@ -232,7 +245,10 @@ impl Aggregator {
                 counts.invalid += 1;
                 continue;
             };
-            apply(state, message.payload().unwrap_or_default(), arrival, &mut counts);
+            match topic {
+                Topic::BillingEvents => apply_billing(state, message.payload().unwrap_or_default(), arrival, &mut counts),
+                _ => apply(state, message.payload().unwrap_or_default(), arrival, &mut counts),
+            }
         }
         if !self.in_transaction {
             return Ok(());
@@ -241,25 +257,43 @@ impl Aggregator {
         self.commit(offsets, counts)
     }
 
-    fn commit(&mut self, offsets: HashMap<i32, i64>, counts: BatchCounts) -> Result<(), BatchError> {
+    fn commit(&mut self, offsets: HashMap<(Topic, i32), i64>, counts: BatchCounts) -> Result<(), BatchError> {
         let produce_started = Instant::now();
         let usage_topic = Topic::Usage.name();
         let changelog_topic = Topic::AggregatorChangelog.name();
+        let notifications_topic = Topic::Notifications.name();
+        let touched: BTreeSet<i32> = offsets.keys().map(|(_, p)| *p).collect();
         let mut fingerprints = 0;
+        let mut notified: HashMap<&'static str, u64> = HashMap::new();
         for (&partition, state) in self.partitions.iter_mut() {
             fingerprints += state.fold.fingerprint_count();
-            if !offsets.contains_key(&partition) {
+            if !touched.contains(&partition) {
                 continue;
             }
             let changes = state.fold.drain_changes();
+            let subscriptions = state.fold.drain_subscription_changes();
             for change in &changes {
                 if let Some(update) = &change.update {
                     let key = update.key();
                     let payload = serde_json::to_vec(update).expect("updates serialise");
                     send(&self.producer, BaseRecord::to(usage_topic).key(&key).payload(&payload))?;
                 }
+                for notification in &change.notifications {
+                    let payload = serde_json::to_vec(notification).expect("notifications serialise");
+                    send(
+                        &self.producer,
+                        BaseRecord::to(notifications_topic).key(notification.org_id()).payload(&payload),
+                    )?;
+                    let kind = match notification {
+                        NotificationV1::UsageThresholdCrossed(_) => "usage_threshold_crossed",
+                        NotificationV1::InvoiceFinalized(_) => "invoice_finalized",
+                    };
+                    *notified.entry(kind).or_default() += 1;
+                }
             }
-            for (key, value) in changelog::writes_for(&changes, &mut state.chunks, state.fold.watermark()) {
+            for (key, value) in
+                changelog::writes_for(&changes, &subscriptions, &mut state.chunks, state.fold.watermarks())
+            {
                 let mut record = BaseRecord::<String, Vec<u8>>::to(changelog_topic).key(&key).partition(partition);
                 if let Some(value) = &value {
                     record = record.payload(value);
@@ -268,8 +302,8 @@ impl Aggregator {
             }
         }
         let mut tpl = TopicPartitionList::new();
-        for (partition, next) in &offsets {
-            tpl.add_partition_offset(Topic::TraceEvents.name(), *partition, Offset::Offset(*next))
+        for ((topic, partition), next) in &offsets {
+            tpl.add_partition_offset(topic.name(), *partition, Offset::Offset(*next))
                 .map_err(|e| BatchError::Retry(e.into()))?;
         }
         metrics::COMMIT_SECONDS.with_label_values(&["produce"]).observe(produce_started.elapsed().as_secs_f64());
@@ -295,6 +329,11 @@ impl Aggregator {
             metrics::EVENTS.with_label_values(&[outcome.as_str()]).inc_by(n);
         }
         metrics::FINGERPRINTS.set(fingerprints as i64);
+        metrics::BILLING_RECORDS.with_label_values(&["subscription_changed"]).inc_by(counts.subscription_changes);
+        metrics::BILLING_RECORDS.with_label_values(&["tick"]).inc_by(counts.billing_ticks);
+        for (kind, n) in notified {
+            metrics::NOTIFICATIONS.with_label_values(&[kind]).inc_by(n);
+        }
         Ok(())
     }
 }
@@ -308,8 +347,12 @@ fn state_for<'a>(
 ) -> anyhow::Result<&'a mut PartitionState> {
     if !partitions.contains_key(&partition) {
         let loaded = Instant::now();
-        let restored =
-            changelog::load_partition(changelog_reader, settings.fold, partition, CHANGELOG_LOAD_TIMEOUT)?;
+        let restored = changelog::load_partition(
+            changelog_reader,
+            settings.fold.clone(),
+            partition,
+            CHANGELOG_LOAD_TIMEOUT,
+        )?;
         metrics::STATE_LOADS.inc();
         tracing::info!(
             partition,
@@ -338,6 +381,24 @@ fn apply(state: &mut PartitionState, payload: &[u8], arrival: DateTime<Utc>, cou
             // Ingest writes only valid records; anything else was written around it. It stays
             // in the log for inspection and is counted, never silently dropped.
             tracing::warn!(error = %e, "skipping an undecodable input record");
+            counts.invalid += 1;
+        }
+    }
+}
+
+/// Applies one billing-log record to a partition's fold.
+fn apply_billing(state: &mut PartitionState, payload: &[u8], at: DateTime<Utc>, counts: &mut BatchCounts) {
+    match serde_json::from_slice::<BillingEventRecordV1>(payload) {
+        Ok(BillingEventRecordV1::SubscriptionChanged(change)) => {
+            state.fold.apply_subscription(&change, at);
+            counts.subscription_changes += 1;
+        }
+        Ok(BillingEventRecordV1::Tick) => {
+            state.fold.apply_billing_tick(at);
+            counts.billing_ticks += 1;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "skipping an undecodable billing record");
             counts.invalid += 1;
         }
     }

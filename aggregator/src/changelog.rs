@@ -2,7 +2,9 @@
 //! `tally.aggregator-changelog.v1` (compacted; partition `p` holds input partition `p`'s state).
 //!
 //! Keys (org ids cannot contain `/`):
-//! - `w`: the partition's watermark, `{"watermark": RFC 3339}`.
+//! - `w`: the partition's watermarks, `{"watermark": RFC 3339, "billing_watermark": RFC 3339}`
+//!   (the trace log's and the billing log's).
+//! - `t/<org>`: an org's subscription history, `[[effective RFC 3339, tier], ...]`.
 //! - `s/<org>/<period>`: a period's [`PeriodSnapshot`] and its live dedup chunk range, JSON.
 //! - `d/<org>/<period>/<n>`: dedup chunk `n`, at most [`CHUNK_FINGERPRINTS`] fingerprints of
 //!   16 bytes. A chunk is written once; when its period closes, the chunks are deleted with
@@ -19,7 +21,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
-use tally_metering::{dedup, Fold, FoldConfig, PeriodChange, PeriodKey, PeriodSnapshot};
+use tally_metering::{dedup, Fold, FoldConfig, PeriodChange, PeriodKey, PeriodSnapshot, TierHistory, Watermarks};
 use tally_schemas::Topic;
 
 /// The most fingerprints in one chunk record (64 KiB), well below Kafka's message size limit.
@@ -52,13 +54,17 @@ pub struct StateRecord {
 
 #[derive(Serialize, Deserialize)]
 struct WatermarkRecord {
-    watermark: DateTime<Utc>,
+    #[serde(default)]
+    watermark: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    billing_watermark: Option<DateTime<Utc>>,
 }
 
 /// One decoded changelog record.
 #[derive(Debug, PartialEq)]
 pub enum Entry {
-    Watermark(DateTime<Utc>),
+    Watermark(Watermarks),
+    Subscription(String, Option<TierHistory>),
     State(PeriodKey, Option<StateRecord>),
     Chunk(PeriodKey, u64, Option<Vec<u128>>),
 }
@@ -77,10 +83,14 @@ pub type Write = (String, Option<Vec<u8>>);
 /// The changelog writes for one partition's drained changes, keeping `chunks` up to date.
 pub fn writes_for(
     changes: &[PeriodChange],
+    subscriptions: &[(String, TierHistory)],
     chunks: &mut HashMap<PeriodKey, ChunkRange>,
-    watermark: Option<DateTime<Utc>>,
+    watermarks: Watermarks,
 ) -> Vec<Write> {
     let mut writes = Vec::new();
+    for (org, history) in subscriptions {
+        writes.push((format!("t/{org}"), Some(serde_json::to_vec(history).expect("history serialises"))));
+    }
     for change in changes {
         let range = chunks.entry(change.key.clone()).or_default();
         if change.fingerprints_cleared || change.purged {
@@ -103,8 +113,8 @@ pub fn writes_for(
             writes.push((state_key(&change.key), Some(serde_json::to_vec(&record).expect("state serialises"))));
         }
     }
-    if let Some(watermark) = watermark {
-        let record = WatermarkRecord { watermark };
+    if watermarks != Watermarks::default() {
+        let record = WatermarkRecord { watermark: watermarks.trace, billing_watermark: watermarks.billing };
         writes.push((WATERMARK_KEY.to_string(), Some(serde_json::to_vec(&record).expect("serialises"))));
     }
     writes
@@ -127,7 +137,13 @@ pub fn decode(key: &[u8], value: Option<&[u8]>) -> Result<Entry, ChangelogError>
         [WATERMARK_KEY] => {
             let value = value.ok_or_else(|| invalid("tombstone for the watermark".into()))?;
             let record: WatermarkRecord = serde_json::from_slice(value).map_err(|e| invalid(e.to_string()))?;
-            Ok(Entry::Watermark(record.watermark))
+            Ok(Entry::Watermark(Watermarks { trace: record.watermark, billing: record.billing_watermark }))
+        }
+        ["t", org] => {
+            let history = value
+                .map(|v| serde_json::from_slice::<TierHistory>(v).map_err(|e| invalid(e.to_string())))
+                .transpose()?;
+            Ok(Entry::Subscription(org.to_string(), history))
         }
         ["s", org, period] => {
             let pk = parse_period_key(key, org, period)?;
@@ -157,12 +173,19 @@ pub struct Restored {
 /// Rebuilds a partition's state from its changelog entries in log order (last write wins, as
 /// compaction would leave it).
 pub fn restore(config: FoldConfig, entries: impl IntoIterator<Item = Entry>) -> Restored {
-    let mut watermark = None;
+    let mut watermarks = Watermarks::default();
+    let mut subscriptions: BTreeMap<String, TierHistory> = BTreeMap::new();
     let mut states: BTreeMap<PeriodKey, StateRecord> = BTreeMap::new();
     let mut chunk_data: HashMap<(PeriodKey, u64), Vec<u128>> = HashMap::new();
     for entry in entries {
         match entry {
-            Entry::Watermark(w) => watermark = Some(w),
+            Entry::Watermark(w) => watermarks = w,
+            Entry::Subscription(org, Some(h)) => {
+                subscriptions.insert(org, h);
+            }
+            Entry::Subscription(org, None) => {
+                subscriptions.remove(&org);
+            }
             Entry::State(k, Some(s)) => {
                 states.insert(k, s);
             }
@@ -191,7 +214,7 @@ pub fn restore(config: FoldConfig, entries: impl IntoIterator<Item = Entry>) -> 
             (key, record.snapshot, fingerprints)
         })
         .collect();
-    Restored { fold: Fold::restore(config, watermark, periods), chunks }
+    Restored { fold: Fold::restore_all(config, watermarks, subscriptions, periods), chunks }
 }
 
 /// Reads changelog partition `partition` from its start to its end (under `read_committed`, so
@@ -267,12 +290,13 @@ mod tests {
     #[test]
     fn state_survives_the_changelog_round_trip() {
         let config = FoldConfig::default();
-        let mut fold = Fold::new(config);
+        let mut fold = Fold::new(config.clone());
         let mut chunks = HashMap::new();
         let mut log: Vec<Write> = Vec::new();
         let mut persist = |fold: &mut Fold, log: &mut Vec<Write>| {
             let changes = fold.drain_changes();
-            log.extend(writes_for(&changes, &mut chunks, fold.watermark()));
+            let subscriptions = fold.drain_subscription_changes();
+            log.extend(writes_for(&changes, &subscriptions, &mut chunks, fold.watermarks()));
         };
         for i in 0..(CHUNK_FINGERPRINTS + 10) {
             fold.apply_event(&event(i, "2026-10-30T00:00:00Z"), at("2026-10-30T00:00:01Z"));
@@ -282,7 +306,7 @@ mod tests {
         assert_eq!(log.iter().filter(|(k, _)| k.starts_with("d/acme/2026-10/")).count(), 2);
 
         let replay = |log: &[Write]| {
-            restore(config, log.iter().map(|(k, v)| decode(k.as_bytes(), v.as_deref()).unwrap()))
+            restore(config.clone(), log.iter().map(|(k, v)| decode(k.as_bytes(), v.as_deref()).unwrap()))
         };
         let mut restored = replay(&log).fold;
         assert_eq!(restored.periods(), fold.periods());
@@ -292,6 +316,24 @@ mod tests {
             tally_metering::Outcome::Duplicate
         );
 
+        // A subscription in the billing log survives the round trip.
+        fold.apply_subscription(
+            &tally_schemas::SubscriptionChangedV1 {
+                change_id: "c1".into(),
+                org_id: "acme".into(),
+                tier: tally_schemas::Tier::Business,
+                source: tally_schemas::SubscriptionSource::AdminApi,
+                requested_at: at("2026-11-01T00:00:00Z"),
+                stripe_event_id: None,
+            },
+            at("2026-11-01T00:00:02Z"),
+        );
+        persist(&mut fold, &mut log);
+        let restored = replay(&log).fold;
+        assert_eq!(restored.subscription("acme"), fold.subscription("acme"));
+        assert_eq!(restored.watermarks(), fold.watermarks());
+        assert_eq!(restored.periods(), fold.periods());
+
         // October closes: its chunks are deleted, its state stays (closed).
         fold.apply_tick(at("2026-11-03T00:00:00Z"));
         persist(&mut fold, &mut log);
@@ -299,7 +341,11 @@ mod tests {
         assert_eq!(restored.fingerprint_count(), 1);
         assert!(restored.get("acme", "2026-10".parse().unwrap()).unwrap().closed_at.is_some());
 
-        // 35 days after October's end: purged, tombstoned.
+        // Finalized once the billing log passes its end; 35 days after October's end: purged,
+        // tombstoned.
+        fold.apply_billing_tick(at("2026-11-03T00:00:00Z"));
+        persist(&mut fold, &mut log);
+        assert!(replay(&log).fold.get("acme", "2026-10".parse().unwrap()).unwrap().finalized);
         fold.apply_tick(at("2026-12-06T00:00:00Z"));
         persist(&mut fold, &mut log);
         let restored = replay(&log);

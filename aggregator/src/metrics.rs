@@ -88,3 +88,24 @@ pub static BATCH_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     )
     .expect("metric registers")
 });
+
+/// Records of `tally.billing-events.v1` applied and committed, by type
+/// (`subscription_changed`, `tick`).
+pub static BILLING_RECORDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "tally_aggregator_billing_records_total",
+        "Billing-log records applied and committed, by type.",
+        &["type"]
+    )
+    .expect("metric registers")
+});
+
+/// Notifications published, by type (`usage_threshold_crossed`, `invoice_finalized`).
+pub static NOTIFICATIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "tally_aggregator_notifications_total",
+        "Notifications published to tally.notifications.v1 in committed transactions, by type.",
+        &["type"]
+    )
+    .expect("metric registers")
+});

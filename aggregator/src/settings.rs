@@ -12,7 +12,8 @@ pub struct Settings {
     /// `TALLY_AGGREGATOR_ADDR`: probes and metrics.
     pub addr: SocketAddr,
     /// `TALLY_GRACE_HOURS`: how long after its end a period accepts events. Part of what the log
-    /// means: the replay tool must be given the same value.
+    /// means: the replay tool must be given the same value. With the prices of
+    /// `TALLY_PRICING_FILE` (the built-in file by default).
     pub fold: FoldConfig,
     /// `TALLY_AGGREGATOR_MAX_BATCH`: the most records in one transaction.
     pub max_batch: usize,
@@ -28,10 +29,11 @@ impl Settings {
         if !(0..=24 * 366).contains(&grace_hours) {
             return Err(SettingError { name: "TALLY_GRACE_HOURS", message: "must be 0-8784".into() });
         }
+        let fold = FoldConfig { grace: chrono::Duration::hours(grace_hours), pricing: common.pricing()? };
         Ok(Settings {
             common,
             addr: addr("TALLY_AGGREGATOR_ADDR", "127.0.0.1:9101")?,
-            fold: FoldConfig { grace: chrono::Duration::hours(grace_hours) },
+            fold,
             max_batch: var_or("TALLY_AGGREGATOR_MAX_BATCH", "100000")?,
             max_batch_wait: Duration::from_millis(var_or("TALLY_AGGREGATOR_MAX_BATCH_MS", "250")?),
         })

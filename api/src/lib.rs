@@ -5,9 +5,12 @@
 //!
 //! Layout: [`settings`], [`error`] (one error type, one JSON shape, stable codes), [`auth`]
 //! (admin token, read keys), [`orgs`] (admin: orgs and keys), [`usage`] (usage, daily history,
-//! late events), [`metrics`].
+//! late events), [`billing`] (prices, estimates, invoices, subscriptions), [`metrics`].
+//!
+//! The one write to Kafka: a subscription change is recorded in `tally.billing-events.v1`.
 
 pub mod auth;
+pub mod billing;
 pub mod error;
 pub mod metrics;
 pub mod orgs;
@@ -16,7 +19,7 @@ pub mod usage;
 
 use std::sync::Arc;
 
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use sqlx::PgPool;
 use tally_common::{probes, shutdown::Shutdown};
@@ -26,6 +29,8 @@ pub use settings::Settings;
 pub struct AppState {
     pub settings: Settings,
     pub pool: PgPool,
+    pub pricing: Arc<tally_pricing::Pricing>,
+    pub billing_producer: rdkafka::producer::FutureProducer,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -35,6 +40,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/orgs/{org_id}/usage", get(usage::period_usage))
         .route("/v1/orgs/{org_id}/usage/daily", get(usage::daily_usage))
         .route("/v1/orgs/{org_id}/late-events", get(usage::late_events))
+        .route("/v1/orgs/{org_id}/subscription", put(billing::put_subscription).get(billing::get_subscription))
+        .route("/v1/orgs/{org_id}/invoices", get(billing::list_invoices))
+        .route("/v1/orgs/{org_id}/invoices/{period}", get(billing::get_invoice))
+        .route("/v1/pricing", get(billing::get_pricing))
+        .route("/v1/pricing/estimate", post(billing::estimate))
         .fallback(|| async { error::ApiError::not_found("no such endpoint") })
         .route_layer(axum::middleware::from_fn(metrics::track))
         .with_state(state)
@@ -43,7 +53,9 @@ pub fn router(state: Arc<AppState>) -> Router {
 pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     let pool = tally_common::db::connect(&settings.common.database_url, 16).await?;
     let readiness = probes::Readiness::default();
-    let state = Arc::new(AppState { settings: settings.clone(), pool });
+    let pricing = settings.common.pricing()?;
+    let billing_producer = billing::billing_producer(&settings.common.kafka_brokers)?;
+    let state = Arc::new(AppState { settings: settings.clone(), pool, pricing, billing_producer });
     let app = router(state).merge(probes::router(readiness.clone()));
     readiness.set(true);
     probes::serve(settings.addr, app, shutdown).await

@@ -83,7 +83,9 @@ pub async fn period_usage(
         None => "open".into(),
     };
     let r = row.as_ref();
-    Ok(Json(json!({
+    let billing = crate::billing::period_billing(&state, &org_id, period).await?;
+    let billing = crate::billing::usage_billing_fields(&state.pricing, &org_id, period, &billing);
+    let mut body = json!({
         "org_id": org_id,
         "period": {"id": id, "start": period.start(), "end": period.end(), "state": period_state},
         "traces": r.map_or(0, |r| r.traces),
@@ -96,7 +98,11 @@ pub async fn period_usage(
             "late": r.map_or(0, |r| r.not_billed_late),
         },
         "updated_at": r.map(|r| r.updated_at),
-    })))
+    });
+    if let (Some(body), Value::Object(billing)) = (body.as_object_mut(), billing) {
+        body.extend(billing);
+    }
+    Ok(Json(body))
 }
 
 #[derive(Deserialize)]

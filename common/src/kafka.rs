@@ -56,7 +56,8 @@ pub fn partition_count(brokers: &str, topic: Topic) -> Result<usize, KafkaSetupE
 }
 
 /// Creates Tally's topics that do not exist yet (idempotent; any instance of any stage may run
-/// it), then checks that the aggregator's changelog has as many partitions as its input.
+/// it), then checks that the aggregator's changelog and the billing log have as many partitions as
+/// the trace log.
 pub async fn ensure_topics(
     brokers: &str,
     partitions: i32,
@@ -85,14 +86,14 @@ pub async fn ensure_topics(
             }
         }
     }
+    // The aggregator reads partition p of the trace and billing logs together and keeps their
+    // state in partition p of its changelog: the three must have as many partitions.
     let input = wait_for_partitions(brokers, Topic::TraceEvents).await?;
-    let changelog = wait_for_partitions(brokers, Topic::AggregatorChangelog).await?;
-    if input != changelog {
-        return Err(KafkaSetupError::Partitions {
-            topic: Topic::AggregatorChangelog.name(),
-            actual: changelog,
-            expected: input,
-        });
+    for topic in [Topic::AggregatorChangelog, Topic::BillingEvents] {
+        let actual = wait_for_partitions(brokers, topic).await?;
+        if actual != input {
+            return Err(KafkaSetupError::Partitions { topic: topic.name(), actual, expected: input });
+        }
     }
     Ok(())
 }

@@ -43,9 +43,21 @@ pub struct Common {
     /// Distinguishes instances of one stage (`TALLY_INSTANCE_ID`); part of the aggregator's
     /// transactional id, so it must be stable across restarts of one instance.
     pub instance_id: String,
+    /// The price list (`TALLY_PRICING_FILE`; the built-in `pricing/2026-11.toml` when unset).
+    pub pricing_file: Option<std::path::PathBuf>,
 }
 
 impl Common {
+    /// The checked price list this service uses.
+    pub fn pricing(&self) -> Result<std::sync::Arc<tally_pricing::Pricing>, SettingError> {
+        let pricing = match &self.pricing_file {
+            None => tally_pricing::Pricing::builtin(),
+            Some(path) => tally_pricing::Pricing::load(path)
+                .map_err(|e| SettingError { name: "TALLY_PRICING_FILE", message: e.to_string() })?,
+        };
+        Ok(std::sync::Arc::new(pricing))
+    }
+
     pub fn from_env() -> Result<Common, SettingError> {
         Ok(Common {
             kafka_brokers: var_or("TALLY_KAFKA_BROKERS", "127.0.0.1:9092")?,
@@ -56,6 +68,7 @@ impl Common {
             kafka_partitions: var_or("TALLY_KAFKA_PARTITIONS", "8")?,
             kafka_replication: var_or("TALLY_KAFKA_REPLICATION", "1")?,
             instance_id: var_or("TALLY_INSTANCE_ID", "0")?,
+            pricing_file: std::env::var_os("TALLY_PRICING_FILE").filter(|v| !v.is_empty()).map(Into::into),
         })
     }
 }

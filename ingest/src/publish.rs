@@ -163,11 +163,22 @@ impl Publisher {
         .ok_or(PublishError::Timeout(self.timeout))?;
         let now_ms = chrono::Utc::now().timestamp_millis();
         let payload = serde_json::to_vec(&RecordRef::Tick).expect("ticks serialise");
-        self.send_and_wait(partitions, |p, ack| {
-            BaseRecord::with_opaque_to(Topic::TraceEvents.name(), ack)
-                .partition(p as i32)
-                .payload(&payload)
-                .timestamp(now_ms)
+        let billing_payload =
+            serde_json::to_vec(&tally_schemas::BillingEventRecordV1::Tick).expect("ticks serialise");
+        // Both logs tick: the billing log's time must pass a period's end before its invoice
+        // is finalized, whether or not any subscription changes.
+        self.send_and_wait(2 * partitions, |i, ack| {
+            if i < partitions {
+                BaseRecord::with_opaque_to(Topic::TraceEvents.name(), ack)
+                    .partition(i as i32)
+                    .payload(&payload)
+                    .timestamp(now_ms)
+            } else {
+                BaseRecord::with_opaque_to(Topic::BillingEvents.name(), ack)
+                    .partition((i - partitions) as i32)
+                    .payload(&billing_payload)
+                    .timestamp(now_ms)
+            }
         })
         .await?;
         Ok(partitions)

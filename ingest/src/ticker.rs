@@ -1,8 +1,11 @@
-//! Ticks: records that carry only a timestamp, written to every partition of the trace-event log.
+//! Ticks: records that carry only a timestamp, written to every partition of the trace-event log
+//! and of the billing-event log.
 //!
 //! The aggregator closes a period when its partition's log time passes the period's end plus the
-//! grace. Ticks make log time advance in partitions whose orgs are silent, so their periods close
-//! on time. Several ingest instances may all tick: extra ticks are harmless.
+//! grace, and finalizes its invoice once the billing log's time has passed the period's end.
+//! Ticks make log time advance in partitions whose orgs are silent, so their periods close and
+//! their invoices are issued on time. Several ingest instances may all tick: extra ticks are
+//! harmless.
 
 use std::time::Duration;
 

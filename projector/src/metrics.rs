@@ -33,3 +33,10 @@ pub static BATCH_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     )
     .expect("metric registers")
 });
+
+/// Final invoices stored (each (org, period) counts once, however often its finalization is
+/// re-delivered).
+pub static INVOICES: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    prometheus::register_int_counter!("tally_projector_invoices_total", "Final invoices stored.")
+        .expect("metric registers")
+});

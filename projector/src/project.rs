@@ -41,7 +41,8 @@ pub struct Projector {
     next_offsets: HashMap<i32, i64>,
 }
 
-/// Keeps, per (org, period), the newest update of a batch, with the late events of all of them.
+/// Keeps, per (org, period), the newest update of a batch, with the late events of all of them
+/// and the final invoice any of them carried.
 pub fn coalesce(updates: Vec<UsageUpdateV1>) -> Vec<UsageUpdateV1> {
     let mut newest: BTreeMap<(String, String), UsageUpdateV1> = BTreeMap::new();
     for update in updates {
@@ -53,10 +54,12 @@ pub fn coalesce(updates: Vec<UsageUpdateV1>) -> Vec<UsageUpdateV1> {
             Some(held) => {
                 let mut late = std::mem::take(&mut held.late_events);
                 late.extend(update.late_events.iter().cloned());
+                let invoice = held.invoice.take().or_else(|| update.invoice.clone());
                 if update.version > held.version {
                     *held = update;
                 }
                 held.late_events = late;
+                held.invoice = invoice;
             }
         }
     }
@@ -184,6 +187,7 @@ impl Projector {
         metrics::BATCH_SECONDS.observe(started.elapsed().as_secs_f64());
         metrics::UPDATES.with_label_values(&["applied"]).inc_by(written.applied as u64);
         metrics::UPDATES.with_label_values(&["stale"]).inc_by(written.stale as u64);
+        metrics::INVOICES.inc_by(written.invoices as u64);
         let now = chrono::Utc::now();
         for update in &updates {
             metrics::FRESHNESS_SECONDS

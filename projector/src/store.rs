@@ -1,7 +1,7 @@
 //! The projector's SQL: one function per thing it stores.
 
 use sqlx::{PgPool, Postgres, Transaction};
-use tally_schemas::{PeriodStateV1, Topic, UsageUpdateV1};
+use tally_schemas::{InvoiceV1, PeriodStateV1, Topic, UsageUpdateV1};
 
 fn db_int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -21,6 +21,8 @@ pub async fn stored_offset(pool: &PgPool, partition: i32) -> Result<Option<i64>,
 pub struct Written {
     pub applied: usize,
     pub stale: usize,
+    /// Final invoices stored for the first time.
+    pub invoices: usize,
 }
 
 /// Writes a batch of updates and the offsets after them in one transaction.
@@ -38,6 +40,11 @@ pub async fn write_batch(
             written.stale += 1;
         }
         insert_late_events(&mut tx, update).await?;
+        if let Some(invoice) = &update.invoice {
+            if insert_invoice(&mut tx, invoice).await? {
+                written.invoices += 1;
+            }
+        }
     }
     for (partition, next_offset) in offsets {
         sqlx::query(
@@ -65,8 +72,8 @@ async fn upsert_usage(tx: &mut Transaction<'_, Postgres>, u: &UsageUpdateV1) -> 
     let result = sqlx::query(
         "INSERT INTO usage_periods (org_id, period, version, state, traces, payload_bytes,
              not_billed_child_span, not_billed_not_success, not_billed_duplicate, not_billed_late,
-             updated_at, closed_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             updated_at, closed_at, tier)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
          ON CONFLICT (org_id, period) DO UPDATE SET
              version = EXCLUDED.version, state = EXCLUDED.state, traces = EXCLUDED.traces,
              payload_bytes = EXCLUDED.payload_bytes,
@@ -74,7 +81,8 @@ async fn upsert_usage(tx: &mut Transaction<'_, Postgres>, u: &UsageUpdateV1) -> 
              not_billed_not_success = EXCLUDED.not_billed_not_success,
              not_billed_duplicate = EXCLUDED.not_billed_duplicate,
              not_billed_late = EXCLUDED.not_billed_late,
-             updated_at = EXCLUDED.updated_at, closed_at = EXCLUDED.closed_at, projected_at = now()
+             updated_at = EXCLUDED.updated_at, closed_at = EXCLUDED.closed_at, tier = EXCLUDED.tier,
+             projected_at = now()
          WHERE usage_periods.version < EXCLUDED.version",
     )
     .bind(&u.org_id)
@@ -89,6 +97,7 @@ async fn upsert_usage(tx: &mut Transaction<'_, Postgres>, u: &UsageUpdateV1) -> 
     .bind(db_int(nb.late))
     .bind(u.updated_at)
     .bind(u.closed_at)
+    .bind(u.tier.as_str())
     .execute(&mut **tx)
     .await?;
     if result.rows_affected() == 0 {
@@ -158,4 +167,28 @@ async fn insert_late_events(tx: &mut Transaction<'_, Postgres>, u: &UsageUpdateV
         .await?;
     }
     Ok(())
+}
+
+/// Stores a final invoice. It is written once and never changed: a re-delivered or re-projected
+/// finalization finds it there and changes nothing. True when it was stored now.
+async fn insert_invoice(tx: &mut Transaction<'_, Postgres>, invoice: &InvoiceV1) -> Result<bool, sqlx::Error> {
+    let result = sqlx::query(
+        "INSERT INTO invoices (org_id, period, tier, pricing_version, currency, traces, payload_bytes,
+             lines, total_cents, finalized_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (org_id, period) DO NOTHING",
+    )
+    .bind(&invoice.org_id)
+    .bind(&invoice.period)
+    .bind(invoice.tier.as_str())
+    .bind(&invoice.pricing_version)
+    .bind(&invoice.currency)
+    .bind(db_int(invoice.usage.traces))
+    .bind(db_int(invoice.usage.payload_bytes))
+    .bind(sqlx::types::Json(&invoice.lines))
+    .bind(invoice.total_cents)
+    .bind(invoice.finalized_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(result.rows_affected() == 1)
 }

@@ -1,0 +1,388 @@
+//! Prices, invoices and subscriptions.
+//!
+//! Drafts are priced here, on read, from the projected usage and tier, with the same
+//! `Pricing::price` the aggregator finalizes with and the estimator uses: a draft, an estimate
+//! and a final invoice of the same usage are the same lines. Final invoices are read as stored.
+//! A subscription change is not written to PostgreSQL: it is recorded in the billing log, and the
+//! aggregator prices periods from there.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tally_metering::Period;
+use tally_pricing::{percent_used_basis_points, threshold_level, Pricing};
+use tally_schemas::{
+    BilledUsageV1, BillingEventRecordV1, InvoiceStatusV1, InvoiceV1, LineItemV1, Metric,
+    SubscriptionChangedV1, SubscriptionSource, Tier, Topic,
+};
+
+use crate::auth::{require_admin, require_reader};
+use crate::error::{parse_json, ApiError};
+use crate::AppState;
+
+/// The most invoices `GET /v1/orgs/{org_id}/invoices` lists (newest first): eight years.
+const MAX_INVOICES: i64 = 96;
+
+/// The producer of subscription changes: idempotent, `acks=all`, and keyed by org with the same
+/// murmur2 partitioner as ingest, so an org's billing records share its trace records' partition.
+pub fn billing_producer(brokers: &str) -> anyhow::Result<FutureProducer> {
+    Ok(tally_common::kafka::base_config(brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", "murmur2_random")
+        .set("message.timeout.ms", "10000")
+        .create()?)
+}
+
+/// What the read models say about one (org, period).
+pub struct PeriodBilling {
+    pub tier: Tier,
+    pub usage: BilledUsageV1,
+    /// The pipeline has a row for it.
+    pub known: bool,
+    pub state: Option<String>,
+    pub updated_at: Option<DateTime<Utc>>,
+    pub final_invoice: Option<InvoiceV1>,
+}
+
+fn positive(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// The tier, usage and final invoice of (org, period). Without a row for the period, the tier is
+/// the one the org's latest earlier period ended on (tiers carry over), else starter.
+pub async fn period_billing(state: &AppState, org_id: &str, period: Period) -> Result<PeriodBilling, ApiError> {
+    let id = period.to_string();
+    let row: Option<(String, i64, i64, String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT tier, traces, payload_bytes, state, updated_at FROM usage_periods WHERE org_id = $1 AND period = $2",
+    )
+    .bind(org_id)
+    .bind(&id)
+    .fetch_optional(&state.pool)
+    .await?;
+    let final_invoice = stored_invoice(state, org_id, &id).await?;
+    let Some((tier, traces, payload_bytes, period_state, updated_at)) = row else {
+        let earlier: Option<(String,)> = sqlx::query_as(
+            "SELECT tier FROM usage_periods WHERE org_id = $1 AND period < $2 ORDER BY period DESC LIMIT 1",
+        )
+        .bind(org_id)
+        .bind(&id)
+        .fetch_optional(&state.pool)
+        .await?;
+        let tier = earlier.and_then(|(t,)| t.parse().ok()).unwrap_or_default();
+        return Ok(PeriodBilling {
+            tier,
+            usage: BilledUsageV1::default(),
+            known: false,
+            state: None,
+            updated_at: None,
+            final_invoice,
+        });
+    };
+    Ok(PeriodBilling {
+        tier: tier.parse().unwrap_or_default(),
+        usage: BilledUsageV1 { traces: positive(traces), payload_bytes: positive(payload_bytes) },
+        known: true,
+        state: Some(period_state),
+        updated_at: Some(updated_at),
+        final_invoice,
+    })
+}
+
+#[derive(sqlx::FromRow)]
+struct InvoiceRow {
+    org_id: String,
+    period: String,
+    tier: String,
+    pricing_version: String,
+    currency: String,
+    traces: i64,
+    payload_bytes: i64,
+    lines: sqlx::types::Json<Vec<LineItemV1>>,
+    total_cents: i64,
+    finalized_at: DateTime<Utc>,
+}
+
+impl From<InvoiceRow> for InvoiceV1 {
+    fn from(r: InvoiceRow) -> InvoiceV1 {
+        InvoiceV1 {
+            org_id: r.org_id,
+            period: r.period,
+            tier: r.tier.parse().unwrap_or_default(),
+            pricing_version: r.pricing_version,
+            currency: r.currency,
+            status: InvoiceStatusV1::Final,
+            usage: BilledUsageV1 { traces: positive(r.traces), payload_bytes: positive(r.payload_bytes) },
+            lines: r.lines.0,
+            total_cents: r.total_cents,
+            finalized_at: Some(r.finalized_at),
+        }
+    }
+}
+
+const INVOICE_COLUMNS: &str =
+    "org_id, period, tier, pricing_version, currency, traces, payload_bytes, lines, total_cents, finalized_at";
+
+async fn stored_invoice(state: &AppState, org_id: &str, period: &str) -> Result<Option<InvoiceV1>, ApiError> {
+    let row: Option<InvoiceRow> =
+        sqlx::query_as(&format!("SELECT {INVOICE_COLUMNS} FROM invoices WHERE org_id = $1 AND period = $2"))
+            .bind(org_id)
+            .bind(period)
+            .fetch_optional(&state.pool)
+            .await?;
+    Ok(row.map(Into::into))
+}
+
+/// The invoice of a period: the stored final one, or a draft priced now.
+pub fn invoice_of(pricing: &Pricing, org_id: &str, period: Period, billing: &PeriodBilling) -> InvoiceV1 {
+    billing
+        .final_invoice
+        .clone()
+        .unwrap_or_else(|| pricing.invoice(org_id, &period.to_string(), billing.tier, billing.usage, None))
+}
+
+fn percent(bp: Option<u64>) -> Value {
+    bp.and_then(|bp| serde_json::Number::from_f64(bp as f64 / 100.0)).map_or(Value::Null, Value::Number)
+}
+
+/// The billing fields of `GET /v1/orgs/{org_id}/usage`: tier, included amounts, percentages,
+/// the cost (draft or final invoice) and warnings.
+pub fn usage_billing_fields(pricing: &Pricing, org_id: &str, period: Period, billing: &PeriodBilling) -> Value {
+    let tier = pricing.tier(billing.tier);
+    let included = tier.included();
+    let invoice = invoice_of(pricing, org_id, period, billing);
+    let warnings: Vec<Value> = Metric::ALL
+        .iter()
+        .filter_map(|&m| {
+            let (used, inc) = (billing.usage.get(m), included.get(m));
+            threshold_level(used, inc).map(|level| {
+                json!({"metric": m, "level": level, "percent_used": percent(percent_used_basis_points(used, inc))})
+            })
+        })
+        .collect();
+    json!({
+        "tier": billing.tier,
+        "included": {"traces": included.traces, "payload_bytes": included.payload_bytes},
+        "percent_used": {
+            "traces": percent(percent_used_basis_points(billing.usage.traces, included.traces)),
+            "payload_bytes": percent(percent_used_basis_points(billing.usage.payload_bytes, included.payload_bytes)),
+        },
+        "cost": {
+            "currency": invoice.currency,
+            "status": invoice.status,
+            "pricing_version": invoice.pricing_version,
+            "lines": invoice.lines,
+            "total_cents": invoice.total_cents,
+        },
+        "warnings": warnings,
+    })
+}
+
+/// `GET /v1/orgs/{org_id}/invoices`: every period the pipeline knows for the org, newest first;
+/// final invoices as stored, drafts priced now.
+pub async fn list_invoices(
+    State(state): State<Arc<AppState>>,
+    Path(org_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require_reader(&state, &headers, &org_id).await?;
+    let finals: Vec<InvoiceRow> = sqlx::query_as(&format!(
+        "SELECT {INVOICE_COLUMNS} FROM invoices WHERE org_id = $1 ORDER BY period DESC LIMIT $2"
+    ))
+    .bind(&org_id)
+    .bind(MAX_INVOICES)
+    .fetch_all(&state.pool)
+    .await?;
+    let periods: Vec<(String, String, i64, i64)> = sqlx::query_as(
+        "SELECT period, tier, traces, payload_bytes FROM usage_periods u WHERE org_id = $1
+           AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.org_id = u.org_id AND i.period = u.period)
+         ORDER BY period DESC LIMIT $2",
+    )
+    .bind(&org_id)
+    .bind(MAX_INVOICES)
+    .fetch_all(&state.pool)
+    .await?;
+    let mut invoices: Vec<InvoiceV1> = finals.into_iter().map(Into::into).collect();
+    for (period, tier, traces, payload_bytes) in periods {
+        let usage = BilledUsageV1 { traces: positive(traces), payload_bytes: positive(payload_bytes) };
+        invoices.push(state.pricing.invoice(&org_id, &period, tier.parse().unwrap_or_default(), usage, None));
+    }
+    invoices.sort_by(|a, b| b.period.cmp(&a.period));
+    invoices.truncate(MAX_INVOICES as usize);
+    Ok(Json(json!({"org_id": org_id, "invoices": invoices})))
+}
+
+/// `GET /v1/orgs/{org_id}/invoices/{YYYY-MM}`: the final invoice once issued, else the draft.
+/// A past period the pipeline never saw the org in has no invoice (404).
+pub async fn get_invoice(
+    State(state): State<Arc<AppState>>,
+    Path((org_id, period)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<InvoiceV1>, ApiError> {
+    require_reader(&state, &headers, &org_id).await?;
+    let period: Period = period
+        .parse()
+        .map_err(|e: tally_metering::period::ParsePeriodError| ApiError::bad_request("invalid_period", e.to_string()))?;
+    let billing = period_billing(&state, &org_id, period).await?;
+    if billing.final_invoice.is_none() && !billing.known && period != Period::containing(Utc::now()) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invoice_not_found",
+            format!("org {org_id:?} has no invoice for {period}"),
+        ));
+    }
+    Ok(Json(invoice_of(&state.pricing, &org_id, period, &billing)))
+}
+
+/// `GET /v1/pricing`: the price list, from the pricing file. Public.
+pub async fn get_pricing(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let p = &state.pricing;
+    let tiers: Vec<Value> = p
+        .tiers()
+        .iter()
+        .map(|t| {
+            let metric = |m: &tally_pricing::MetricPrice| {
+                json!({
+                    "included": m.included,
+                    "bands": m.bands.iter().map(|b| json!({
+                        "from": b.from,
+                        "up_to": b.up_to,
+                        "unit_amount_decimal": b.rate.to_string(),
+                        "price": b.price,
+                        "per": b.per,
+                    })).collect::<Vec<_>>(),
+                })
+            };
+            json!({
+                "tier": t.tier,
+                "name": t.name,
+                "base_fee_cents": t.base_fee_cents,
+                "features": t.features,
+                "traces": metric(&t.traces),
+                "payload_bytes": metric(&t.payload_bytes),
+            })
+        })
+        .collect();
+    Json(json!({"version": p.version(), "currency": p.currency(), "tiers": tiers}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EstimateRequest {
+    traces: u64,
+    payload_bytes: u64,
+}
+
+/// `POST /v1/pricing/estimate` `{"traces", "payload_bytes"}`: what that usage costs on every
+/// tier, and the cheapest. Public; the same pricing as invoices.
+pub async fn estimate(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let request: EstimateRequest = parse_json(&body)?;
+    let (estimates, cheapest) =
+        state.pricing.estimate(BilledUsageV1 { traces: request.traces, payload_bytes: request.payload_bytes });
+    Ok(Json(json!({
+        "currency": state.pricing.currency(),
+        "pricing_version": state.pricing.version(),
+        "estimates": estimates,
+        "cheapest": cheapest,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscriptionRequest {
+    tier: String,
+}
+
+/// `PUT /v1/orgs/{org_id}/subscription` `{"tier"}` (admin): records a `SubscriptionChanged` in
+/// `tally.billing-events.v1` and answers 202 once Kafka has it. Its effect on usage and drafts
+/// follows through the pipeline.
+pub async fn put_subscription(
+    State(state): State<Arc<AppState>>,
+    Path(org_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    require_admin(&state, &headers).await?;
+    let request: SubscriptionRequest = parse_json(&body)?;
+    let tier: Tier = request.tier.parse().map_err(|e: tally_schemas::billing::UnknownTier| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_tier", e.to_string())
+    })?;
+    let exists: Option<(String,)> = sqlx::query_as("SELECT org_id FROM orgs WHERE org_id = $1")
+        .bind(&org_id)
+        .fetch_optional(&state.pool)
+        .await?;
+    if exists.is_none() {
+        return Err(ApiError::not_found(format!("no org {org_id:?}")));
+    }
+    let mut id = [0u8; 12];
+    rand::rng().fill_bytes(&mut id);
+    let change = SubscriptionChangedV1 {
+        change_id: format!("sub_{}", hex::encode(id)),
+        org_id: org_id.clone(),
+        tier,
+        source: SubscriptionSource::AdminApi,
+        requested_at: Utc::now(),
+        stripe_event_id: None,
+    };
+    let recorded_at = record_subscription_change(&state.billing_producer, &change).await?;
+    tracing::info!(org_id = %org_id, tier = %tier, change_id = %change.change_id, "subscription change recorded");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "org_id": org_id,
+            "tier": tier,
+            "source": change.source,
+            "change_id": change.change_id,
+            "recorded_at": recorded_at,
+        })),
+    ))
+}
+
+/// Writes a subscription change to the billing log and waits for Kafka's acknowledgement;
+/// returns the record's log time.
+pub async fn record_subscription_change(
+    producer: &FutureProducer,
+    change: &SubscriptionChangedV1,
+) -> Result<DateTime<Utc>, ApiError> {
+    let payload = serde_json::to_vec(&BillingEventRecordV1::SubscriptionChanged(change.clone()))
+        .expect("billing records serialise");
+    let now = Utc::now();
+    let record = FutureRecord::to(Topic::BillingEvents.name())
+        .key(change.org_id.as_str())
+        .payload(&payload)
+        .timestamp(now.timestamp_millis());
+    match producer.send(record, Duration::from_secs(10)).await {
+        Ok(_) => Ok(now),
+        Err((e, _)) => {
+            tracing::warn!(error = %e, "could not record a subscription change");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "kafka_unavailable",
+                "the billing log is unavailable; nothing was recorded, retry",
+            ))
+        }
+    }
+}
+
+/// `GET /v1/orgs/{org_id}/subscription`: the tier pricing the current period.
+pub async fn get_subscription(
+    State(state): State<Arc<AppState>>,
+    Path(org_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require_reader(&state, &headers, &org_id).await?;
+    let period = Period::containing(Utc::now());
+    let billing = period_billing(&state, &org_id, period).await?;
+    let features = &state.pricing.tier(billing.tier).features;
+    Ok(Json(json!({"org_id": org_id, "tier": billing.tier, "period": period.to_string(), "features": features})))
+}
