@@ -92,8 +92,8 @@ impl Aggregator {
         let flag = RebalanceFlag::default();
         let rebalanced = flag.0.clone();
         let consumer: BaseConsumer<RebalanceFlag> = base_config(&brokers)
-            .set("group.id", GROUP_ID)
-            .set("group.instance.id", format!("{GROUP_ID}-{}", settings.common.instance_id))
+            .set("group.id", tally_schemas::namespaced(GROUP_ID))
+            .set("group.instance.id", tally_schemas::namespaced(&format!("{GROUP_ID}-{}", settings.common.instance_id)))
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -120,7 +120,7 @@ impl Aggregator {
             .init_transactions(KAFKA_TIMEOUT)
             .context("initialising transactions (is another instance using the same TALLY_INSTANCE_ID?)")?;
         let changelog_reader: BaseConsumer = base_config(&brokers)
-            .set("group.id", format!("{GROUP_ID}-changelog-reader"))
+            .set("group.id", tally_schemas::namespaced(&format!("{GROUP_ID}-changelog-reader")))
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")

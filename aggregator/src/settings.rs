@@ -40,6 +40,6 @@ impl Settings {
     }
 
     pub fn transactional_id(&self) -> String {
-        format!("tally-aggregator-{}", self.common.instance_id)
+        tally_schemas::namespaced(&format!("tally-aggregator-{}", self.common.instance_id))
     }
 }

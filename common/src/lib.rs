@@ -29,7 +29,14 @@ where
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     telemetry::init(service);
-    let settings = match settings::Common::from_env().and_then(settings) {
+    let settings = match settings::Common::from_env()
+        .and_then(|common| {
+            tally_schemas::set_namespace(&common.namespace)
+                .map_err(|message| settings::SettingError { name: "TALLY_NAMESPACE", message })?;
+            Ok(common)
+        })
+        .and_then(settings)
+    {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{service}: {e}");

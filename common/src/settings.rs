@@ -43,6 +43,9 @@ pub struct Common {
     /// Distinguishes instances of one stage (`TALLY_INSTANCE_ID`); part of the aggregator's
     /// transactional id, so it must be stable across restarts of one instance.
     pub instance_id: String,
+    /// A prefix on every topic, consumer group and transactional id (`TALLY_NAMESPACE`, empty by
+    /// default): separate deployments on one Kafka cluster.
+    pub namespace: String,
     /// The price list (`TALLY_PRICING_FILE`; the built-in `pricing/2026-11.toml` when unset).
     pub pricing_file: Option<std::path::PathBuf>,
 }
@@ -68,6 +71,7 @@ impl Common {
             kafka_partitions: var_or("TALLY_KAFKA_PARTITIONS", "8")?,
             kafka_replication: var_or("TALLY_KAFKA_REPLICATION", "1")?,
             instance_id: var_or("TALLY_INSTANCE_ID", "0")?,
+            namespace: var_or("TALLY_NAMESPACE", "")?,
             pricing_file: std::env::var_os("TALLY_PRICING_FILE").filter(|v| !v.is_empty()).map(Into::into),
         })
     }

@@ -71,8 +71,8 @@ impl Projector {
         let flag = RebalanceFlag::default();
         let rebalanced = flag.0.clone();
         let consumer: StreamConsumer<RebalanceFlag> = base_config(&settings.common.kafka_brokers)
-            .set("group.id", GROUP_ID)
-            .set("group.instance.id", format!("{GROUP_ID}-{}", settings.common.instance_id))
+            .set("group.id", tally_schemas::namespaced(GROUP_ID))
+            .set("group.instance.id", tally_schemas::namespaced(&format!("{GROUP_ID}-{}", settings.common.instance_id)))
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")

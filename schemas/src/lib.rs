@@ -30,7 +30,7 @@ pub use billing::{
     LineKind, Metric, NotificationV1, SubscriptionChangedV1, SubscriptionSource, ThresholdLevel, Tier,
     UsageThresholdCrossedV1,
 };
-pub use topics::Topic;
+pub use topics::{namespace, namespaced, set_namespace, Topic};
 pub use usage::{
     DailyUsageV1, LateEventV1, NotBilledV1, OperationUsageV1, PeriodStateV1, UsageTotalsV1,
     UsageUpdateV1,

@@ -2,6 +2,40 @@
 //!
 //! The names are a contract: other teams' consumers subscribe to them. A change of format is a new
 //! topic (`.v2`), never an edit of an existing one.
+//!
+//! A process may run in a *namespace* (`TALLY_NAMESPACE`, empty by default): a prefix on every
+//! topic name, consumer group and transactional id, so several independent Tally deployments
+//! (or test runs that write their own log times) can share one Kafka cluster.
+
+use std::sync::OnceLock;
+
+static NAMESPACE: OnceLock<String> = OnceLock::new();
+static NAMES: OnceLock<Vec<&'static str>> = OnceLock::new();
+
+/// Sets this process's namespace. Call it once, before any topic name is used.
+pub fn set_namespace(namespace: &str) -> Result<(), String> {
+    if namespace.len() > 40
+        || !namespace.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+    {
+        return Err(format!("{namespace:?}: at most 40 of a-z, 0-9, '.', '_' and '-'"));
+    }
+    if NAMES.get().is_some() && NAMESPACE.get().map(String::as_str) != Some(namespace) {
+        return Err("topic names were used before the namespace was set".into());
+    }
+    NAMESPACE.set(namespace.to_string()).or_else(|held| {
+        if held == namespace { Ok(()) } else { Err("the namespace is already set".into()) }
+    })
+}
+
+/// This process's namespace ("" unless set).
+pub fn namespace() -> &'static str {
+    NAMESPACE.get().map_or("", String::as_str)
+}
+
+/// `name` in this process's namespace: for consumer groups and transactional ids.
+pub fn namespaced(name: &str) -> String {
+    format!("{}{name}", namespace())
+}
 
 /// A topic of Tally's, with the settings it is created with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -29,7 +63,16 @@ impl Topic {
         Topic::Notifications,
     ];
 
-    pub const fn name(self) -> &'static str {
+    /// The topic's name in this process's namespace.
+    pub fn name(self) -> &'static str {
+        let names = NAMES.get_or_init(|| {
+            Topic::ALL.iter().map(|t| &*Box::leak(namespaced(t.base_name()).into_boxed_str())).collect()
+        });
+        names[Topic::ALL.iter().position(|t| *t == self).expect("every topic is in ALL")]
+    }
+
+    /// The topic's name outside any namespace.
+    pub const fn base_name(self) -> &'static str {
         match self {
             Topic::TraceEvents => "tally.trace-events.v1",
             Topic::Usage => "tally.usage.v1",
@@ -65,7 +108,7 @@ mod tests {
 
     #[test]
     fn names_are_unique_versioned_and_prefixed() {
-        let mut names: Vec<_> = Topic::ALL.iter().map(|t| t.name()).collect();
+        let mut names: Vec<_> = Topic::ALL.iter().map(|t| t.base_name()).collect();
         names.sort();
         names.dedup();
         assert_eq!(names.len(), Topic::ALL.len());
