@@ -55,6 +55,18 @@ impl Default for FoldConfig {
     }
 }
 
+/// The least usage at which `level` of `included` is reached (see [`levels_reached`]).
+fn threshold_usage(level: ThresholdLevel, included: u64) -> u64 {
+    match level {
+        // With nothing included there is no "approaching": any use exceeds.
+        ThresholdLevel::Approaching if included == 0 => u64::MAX,
+        ThresholdLevel::Exceeded if included == 0 => 1,
+        ThresholdLevel::Exceeded => included,
+        // the least u with 10·u ≥ 9·included
+        ThresholdLevel::Approaching => u64::try_from((9 * included as u128).div_ceil(10)).expect("below included"),
+    }
+}
+
 /// An org's subscription history: (effective log time, tier), in time order.
 pub type TierHistory = Vec<(DateTime<Utc>, Tier)>;
 
@@ -196,6 +208,9 @@ struct PeriodState {
     pending_late: Vec<LateEventV1>,
     pending_notifications: Vec<NotificationV1>,
     pending_invoice: Option<InvoiceV1>,
+    /// Per metric (traces, payload bytes), the usage at which the next threshold falls; `None`
+    /// when it must be recomputed (a new tier, a new notification).
+    next_thresholds: Option<[u64; 2]>,
     fingerprints_cleared: bool,
     dirty: bool,
     purged: bool,
@@ -210,6 +225,7 @@ impl PeriodState {
             pending_late: Vec::new(),
             pending_notifications: Vec::new(),
             pending_invoice: None,
+            next_thresholds: None,
             fingerprints_cleared: false,
             dirty: false,
             purged: false,
@@ -219,6 +235,7 @@ impl PeriodState {
     /// Notifies each threshold of the period's tier that usage has reached and that was not
     /// notified before. Only while the period is open: a closed period's usage is final.
     fn check_thresholds(&mut self, pricing: &Pricing, key_org: &str, period: Period, at: DateTime<Utc>) {
+        self.next_thresholds = None;
         if self.snapshot.closed_at.is_some() {
             return;
         }
@@ -247,13 +264,23 @@ impl PeriodState {
         }
     }
 
-    /// Whether a record must be applied to see the cheap per-event threshold check fire.
-    fn thresholds_due(&self, pricing: &Pricing) -> bool {
-        let tier = pricing.tier(self.snapshot.tier);
-        Metric::ALL.iter().any(|&m| {
-            let notified = self.snapshot.notified.iter().filter(|(nm, _)| *nm == m).count();
-            notified < levels_reached(self.snapshot.billed().get(m), tier.metric(m).included).len()
-        })
+    /// Whether usage has reached a threshold not yet notified: one comparison per metric, against
+    /// the usage at which the next threshold falls (computed once per tier and notification).
+    fn thresholds_due(&mut self, pricing: &Pricing) -> bool {
+        let next = *self.next_thresholds.get_or_insert_with(|| {
+            let tier = pricing.tier(self.snapshot.tier);
+            Metric::ALL.map(|m| {
+                let included = tier.metric(m).included;
+                [ThresholdLevel::Approaching, ThresholdLevel::Exceeded]
+                    .into_iter()
+                    .filter(|level| !self.snapshot.notified.contains(&(m, *level)))
+                    .map(|level| threshold_usage(level, included))
+                    .min()
+                    .unwrap_or(u64::MAX)
+            })
+        });
+        let billed = self.snapshot.billed();
+        billed.traces >= next[0] || billed.payload_bytes >= next[1]
     }
 
     fn touch(&mut self, at: DateTime<Utc>) -> bool {

@@ -266,3 +266,15 @@ proptest! {
         prop_assert_eq!(one, finalize(true));
     }
 }
+
+proptest! {
+    /// The cached threshold positions agree with the pricing crate's definition of the levels.
+    #[test]
+    fn threshold_positions_agree_with_levels(included in prop_oneof![0u64..1_000, any::<u64>()], used in 0..u64::MAX) {
+        for level in [ThresholdLevel::Approaching, ThresholdLevel::Exceeded] {
+            let reached = levels_reached(used, included).contains(&level);
+            let expected = used >= threshold_usage(level, included);
+            prop_assert_eq!(reached, expected, "{:?} used {} included {}", level, used, included);
+        }
+    }
+}
