@@ -46,15 +46,18 @@ pub async fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), 
 /// always exists: keys reference their org.)
 pub async fn require_reader(state: &AppState, headers: &HeaderMap, org_id: &str) -> Result<(), ApiError> {
     match caller(state, headers).await? {
-        Caller::Admin => {
-            let found: Option<(String,)> = sqlx::query_as("SELECT org_id FROM orgs WHERE org_id = $1")
-                .bind(org_id)
-                .fetch_optional(&state.pool)
-                .await?;
-            found.map(|_| ()).ok_or_else(|| ApiError::not_found(format!("no org {org_id:?}")))
-        }
+        Caller::Admin => require_org(state, org_id).await,
         Caller::Reader { org_id: own } if own == org_id => Ok(()),
         Caller::Reader { .. } => Err(ApiError::not_found(format!("no org {org_id:?}"))),
         Caller::Ingester => Err(ApiError::forbidden("ingest keys cannot read usage; use a read key")),
     }
+}
+
+/// 404 unless `org_id` is a registered org.
+pub async fn require_org(state: &AppState, org_id: &str) -> Result<(), ApiError> {
+    let found: Option<(String,)> = sqlx::query_as("SELECT org_id FROM orgs WHERE org_id = $1")
+        .bind(org_id)
+        .fetch_optional(&state.pool)
+        .await?;
+    found.map(|_| ()).ok_or_else(|| ApiError::not_found(format!("no org {org_id:?}")))
 }

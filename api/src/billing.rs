@@ -26,7 +26,7 @@ use tally_schemas::{
     SubscriptionChangedV1, SubscriptionSource, Tier, Topic,
 };
 
-use crate::auth::{require_admin, require_reader};
+use crate::auth::{require_admin, require_org, require_reader};
 use crate::error::{parse_json, ApiError};
 use crate::AppState;
 
@@ -317,13 +317,7 @@ pub async fn put_subscription(
     let tier: Tier = request.tier.parse().map_err(|e: tally_schemas::billing::UnknownTier| {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_tier", e.to_string())
     })?;
-    let exists: Option<(String,)> = sqlx::query_as("SELECT org_id FROM orgs WHERE org_id = $1")
-        .bind(&org_id)
-        .fetch_optional(&state.pool)
-        .await?;
-    if exists.is_none() {
-        return Err(ApiError::not_found(format!("no org {org_id:?}")));
-    }
+    require_org(&state, &org_id).await?;
     let mut id = [0u8; 12];
     rand::rng().fill_bytes(&mut id);
     let change = SubscriptionChangedV1 {

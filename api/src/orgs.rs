@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tally_common::keys;
 
-use crate::auth::require_admin;
+use crate::auth::{require_admin, require_org};
 use crate::error::{parse_json, ApiError};
 use crate::AppState;
 
@@ -73,11 +73,7 @@ pub async fn create_key(
 ) -> Result<impl IntoResponse, ApiError> {
     require_admin(&state, &headers).await?;
     let request: NewKey = parse_json(&body)?;
-    let exists: Option<(String,)> =
-        sqlx::query_as("SELECT org_id FROM orgs WHERE org_id = $1").bind(&org_id).fetch_optional(&state.pool).await?;
-    if exists.is_none() {
-        return Err(ApiError::not_found(format!("no org {org_id:?}")));
-    }
+    require_org(&state, &org_id).await?;
     let (scope, prefix) = match request.scope {
         Scope::Read => ("read", "tally_read_"),
         Scope::Ingest => ("ingest", "tally_ingest_"),
