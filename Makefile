@@ -49,6 +49,9 @@ demo: up
 	@echo 'tally: ask the API, with the admin token from $(TALLY_HOME)/admin-token (<org_id>: one the demo printed):'
 	@echo '  curl -s -H "Authorization: Bearer $$(cat $(TALLY_HOME)/admin-token)" http://$(TALLY_API_ADDR)/v1/orgs/<org_id>/usage'
 	@echo '  curl -s -H "Authorization: Bearer $$(cat $(TALLY_HOME)/admin-token)" http://$(TALLY_API_ADDR)/v1/orgs/<org_id>/usage/daily'
+	@echo '  curl -s -H "Authorization: Bearer $$(cat $(TALLY_HOME)/admin-token)" http://$(TALLY_API_ADDR)/v1/orgs/<org_id>/invoices'
+	@echo '  curl -s -X PUT -H "Authorization: Bearer $$(cat $(TALLY_HOME)/admin-token)" -d '"'"'{"tier": "growth"}'"'"' http://$(TALLY_API_ADDR)/v1/orgs/<org_id>/subscription'
+	@echo '  curl -s -d '"'"'{"traces": 3200000, "payload_bytes": 120000000000}'"'"' http://$(TALLY_API_ADDR)/v1/pricing/estimate'
 	@echo 'tally: stop the stack with: make down'
 
 bench: up

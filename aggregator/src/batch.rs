@@ -37,6 +37,11 @@ use crate::metrics;
 use crate::settings::Settings;
 
 const GROUP_ID: &str = "tally-aggregator";
+/// Part of the static group membership id. A static member that rejoins under a known id is
+/// handed its previous assignment without a rebalance, even if its subscription changed; so the
+/// id changes whenever the set of input topics does (v2: the billing log joined the trace log),
+/// and an upgraded instance joins as a new member and gets both topics' partitions.
+const MEMBERSHIP_VERSION: &str = "v2";
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 const CHANGELOG_LOAD_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -49,12 +54,32 @@ impl ClientContext for RebalanceFlag {}
 impl ConsumerContext for RebalanceFlag {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(tpl) => tracing::info!(partitions = tpl.count(), "partitions assigned"),
+            Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = tpl.count(), "partitions assigned");
+                let mismatched = uncopartitioned(tpl);
+                if !mismatched.is_empty() {
+                    tracing::error!(
+                        ?mismatched,
+                        "assigned a partition of one input log without the same partition of the other: \
+                         those partitions' invoices cannot be finalized (check partition.assignment.strategy \
+                         and that both topics have as many partitions)"
+                    );
+                }
+                metrics::UNCOPARTITIONED.set(mismatched.len() as i64);
+            }
             Rebalance::Revoke(tpl) => tracing::info!(partitions = tpl.count(), "partitions revoked"),
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
         self.0.store(true, Ordering::SeqCst);
     }
+}
+
+/// Partitions assigned for one input log but not the other: the fold of partition `p` needs both.
+fn uncopartitioned(assignment: &TopicPartitionList) -> Vec<i32> {
+    let of = |topic: Topic| -> BTreeSet<i32> {
+        assignment.elements().iter().filter(|e| e.topic() == topic.name()).map(|e| e.partition()).collect()
+    };
+    of(Topic::TraceEvents).symmetric_difference(&of(Topic::BillingEvents)).copied().collect()
 }
 
 /// One input partition's state in memory.
@@ -93,7 +118,10 @@ impl Aggregator {
         let rebalanced = flag.0.clone();
         let consumer: BaseConsumer<RebalanceFlag> = base_config(&brokers)
             .set("group.id", tally_schemas::namespaced(GROUP_ID))
-            .set("group.instance.id", tally_schemas::namespaced(&format!("{GROUP_ID}-{}", settings.common.instance_id)))
+            .set(
+                "group.instance.id",
+                tally_schemas::namespaced(&format!("{GROUP_ID}-{MEMBERSHIP_VERSION}-{}", settings.common.instance_id)),
+            )
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")

@@ -109,3 +109,12 @@ pub static NOTIFICATIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .expect("metric registers")
 });
+
+/// Partitions assigned for one input log without the same partition of the other (should be 0).
+pub static UNCOPARTITIONED: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "tally_aggregator_uncopartitioned_partitions",
+        "Partitions assigned for the trace log or the billing log but not both (should be 0)."
+    )
+    .expect("metric registers")
+});

@@ -1,4 +1,4 @@
-//! `tally-loadgen demo` sends the sample workload and prints each org's usage;
+//! `tally-loadgen demo` sends the sample workload and prints each org's usage and draft invoice;
 //! `tally-loadgen bench` drives the running pipeline at full speed (see BENCHMARKS.md).
 
 use std::time::Duration;
@@ -73,8 +73,8 @@ async fn demo() -> anyhow::Result<()> {
 
     println!("\nusage for {period} (waiting until the pipeline has folded everything this demo sent):\n");
     println!(
-        "{:<10} {:>8} {:>14} {:>10} {:>11} {:>10} {:>6}",
-        "org", "traces", "payload_bytes", "child_span", "not_success", "duplicate", "late"
+        "{:<10} {:>8} {:>14} {:>10} {:>11} {:>10} {:>6} {:>8} {:>12}",
+        "org", "traces", "payload_bytes", "child_span", "not_success", "duplicate", "late", "tier", "draft (usd)"
     );
     for (org, _) in DEMO_ORGS {
         // Each org's usage grows by what this run sent; earlier runs may already be there.
@@ -86,15 +86,18 @@ async fn demo() -> anyhow::Result<()> {
             .await?;
         let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
         let nb = &usage["not_billed"];
+        let cents = usage["cost"]["total_cents"].as_i64().unwrap_or(0);
         println!(
-            "{:<10} {:>8} {:>14} {:>10} {:>11} {:>10} {:>6}",
+            "{:<10} {:>8} {:>14} {:>10} {:>11} {:>10} {:>6} {:>8} {:>12}",
             org,
             n(&usage["traces"]),
             n(&usage["payload_bytes"]),
             n(&nb["child_span"]),
             n(&nb["not_success"]),
             n(&nb["duplicate"]),
-            n(&nb["late"])
+            n(&nb["late"]),
+            usage["tier"].as_str().unwrap_or("?"),
+            format!("{}.{:02}", cents / 100, cents % 100)
         );
     }
     Ok(())
