@@ -123,9 +123,14 @@ pub struct PeriodSnapshot {
     /// The thresholds already notified, so each is notified once.
     #[serde(default)]
     pub notified: Vec<(Metric, ThresholdLevel)>,
-    /// The final invoice was issued; nothing about the period changes any more.
+    /// The final invoice was issued (or, with `late_only`, none is due); nothing about the
+    /// period changes any more.
     #[serde(default)]
     pub finalized: bool,
+    /// Only late events ever reached this period: no usage, so no invoice unless a subscription
+    /// claims it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub late_only: bool,
 }
 
 impl PeriodSnapshot {
@@ -139,6 +144,7 @@ impl PeriodSnapshot {
             tier,
             notified: Vec::new(),
             finalized: false,
+            late_only: false,
         }
     }
 
@@ -427,8 +433,10 @@ impl Fold {
         let org = change.org_id.as_str();
         let history = self.subscriptions.entry(change.org_id.clone()).or_default();
         history.push((effective, change.tier));
-        // Keep what can still price a period: changes of the last ~3 months and the one before.
-        let horizon = effective - MAX_EVENT_AGE - Duration::days(62);
+        // Keep what can still price a period that is not finalized yet (it may close as late as
+        // the grace after its end, and the billing log may lag): the changes of that window
+        // and the one in effect before it.
+        let horizon = effective - MAX_EVENT_AGE - self.config.grace - Duration::days(62);
         let keep_from = history.iter().rposition(|(t, _)| *t < horizon).unwrap_or(0);
         history.drain(..keep_from);
         if !self.subscriptions_changed.iter().any(|o| o == org) {
@@ -470,12 +478,12 @@ impl Fold {
             let tier = tier_at(subscriptions.get(event.org_id.as_str()), period.end());
             let mut snapshot = PeriodSnapshot::empty(arrival, tier);
             if watermark >= closes_at {
+                // Only a late event starts a period already closed. It bills nothing, so it
+                // issues no invoice (a period purged already had its own): the state is final
+                // from the start, unless a subscription claims the period (`ensure_period`).
                 snapshot.closed_at = Some(watermark);
-            }
-            // A period purged already had its invoice issued (or never had usage before its
-            // purge): a straggler is recorded as late, never invoiced a second time.
-            if watermark >= period.end() + MAX_EVENT_AGE {
                 snapshot.finalized = true;
+                snapshot.late_only = true;
             }
             PeriodState::new(snapshot, FingerprintSet::default())
         });
@@ -622,7 +630,17 @@ impl Fold {
         }
         let tier = tier_at(self.subscriptions.get(org), period.end());
         let periods = self.orgs.entry(org.to_string()).or_default();
-        if periods.contains_key(&period) {
+        if let Some(state) = periods.get_mut(&period) {
+            // A period started by late events alone is invoiced after all when the org has a
+            // subscription: the same invoice as if the subscription had been read first.
+            if state.snapshot.late_only {
+                state.snapshot.late_only = false;
+                state.snapshot.finalized = false;
+                if state.touch(at) {
+                    self.changed.push(PeriodKey { org_id: org.to_string(), period });
+                }
+                self.recompute_deadline();
+            }
             return;
         }
         let mut snapshot = PeriodSnapshot::empty(at, tier);

@@ -234,6 +234,22 @@ impl Pricing {
         if file.tiers.len() != Tier::ALL.len() {
             return Err(invalid("unknown or repeated tiers".into()));
         }
+        // Any usage a u64 can hold must price below i64::MAX cents, lines and total.
+        for t in &tiers {
+            let mut most = t.base_fee_cents as u128;
+            for m in [&t.traces, &t.payload_bytes] {
+                for band in &m.bands {
+                    let width = band.up_to.map_or(u64::MAX - band.from, |u| u - band.from);
+                    most += band.rate.amount_cents_wide(width);
+                }
+            }
+            if most > i64::MAX as u128 {
+                return Err(invalid(format!(
+                    "{}: prices this high could overflow an invoice at extreme usage; lower them",
+                    t.tier
+                )));
+            }
+        }
         Ok(Pricing { version: file.version, currency: file.currency, tiers })
     }
 
@@ -431,6 +447,7 @@ mod tests {
             (swap("{ price = \"0.80\", per = 1_000 }", "{ up_to = 20_000_000, price = \"0.80\", per = 1_000 }"), "last band"),
             (swap("per = 1_000 }]", "per = 7 }]"), "whole number of cents"),
             (swap("version = \"2026-11\"", "version = \"2026-11\"\ncolour = \"blue\""), "unknown field"),
+            (swap("price = \"2.00\", per = 1_000", "price = \"5.00\", per = 1_000"), "overflow"),
         ];
         for (text, expected) in cases {
             let err = Pricing::parse(&text).unwrap_err().to_string();

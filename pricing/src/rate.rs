@@ -101,11 +101,17 @@ impl Rate {
         (0..=MAX_DECIMALS).find(|&k| 10u128.pow(k) % self.den == 0)
     }
 
-    /// `quantity × rate`, rounded once to whole cents, half up (0.5 cent → 1 cent).
+    /// `quantity × rate`, rounded once to whole cents, half up (0.5 cent → 1 cent). The pricing
+    /// file is refused when any usage could make an invoice exceed `i64::MAX` cents, so this
+    /// always fits.
     pub fn amount_cents(self, quantity: u64) -> i64 {
+        i64::try_from(self.amount_cents_wide(quantity)).expect("pricing files keep amounts below 2^63 cents")
+    }
+
+    /// [`Rate::amount_cents`] without the narrowing, for the pricing file's checks.
+    pub fn amount_cents_wide(self, quantity: u64) -> u128 {
         let exact_twice = 2 * quantity as u128 * self.num;
-        let rounded = (exact_twice + self.den) / (2 * self.den);
-        i64::try_from(rounded).expect("an amount below 2^63 cents")
+        (exact_twice + self.den) / (2 * self.den)
     }
 
     /// `quantity × rate` exactly, as (numerator, denominator) cents; for tests that check the

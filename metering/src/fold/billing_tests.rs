@@ -278,3 +278,32 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn late_events_alone_issue_no_invoice_unless_a_subscription_claims_the_period() {
+    for subscribed in [false, true] {
+        let mut fold = Fold::new(FoldConfig::default());
+        fold.apply_billing_tick(at("2026-11-04T00:00:00Z"));
+        fold.apply_tick(at("2026-11-04T00:00:00Z"));
+        // October closed on Nov 3: an October event for an org never seen is late.
+        let outcome = fold.apply_event(&event("l1", "acme", at("2026-10-31T10:00:00Z"), 10, Operation::LlmCall), at("2026-11-04T00:00:01Z"));
+        assert_eq!(outcome, Outcome::Late);
+        if subscribed {
+            // Recorded (late) in the billing log before October ended: October is invoiced.
+            let mut lagging = Fold::new(FoldConfig::default());
+            lagging.apply_tick(at("2026-11-04T00:00:00Z"));
+            lagging.apply_event(&event("l1", "acme", at("2026-10-31T10:00:00Z"), 10, Operation::LlmCall), at("2026-11-04T00:00:01Z"));
+            lagging.apply_subscription(&change("acme", Tier::Growth), at("2026-10-20T00:00:00Z"));
+            lagging.apply_billing_tick(at("2026-11-04T00:00:00Z"));
+            let issued = invoices(&lagging.drain_changes());
+            assert_eq!(issued.len(), 1);
+            assert_eq!((issued[0].tier, issued[0].usage.traces, issued[0].total_cents), (Tier::Growth, 0, 50_000));
+        } else {
+            fold.apply_billing_tick(at("2026-11-05T00:00:00Z"));
+            fold.apply_tick(at("2026-11-05T00:00:00Z"));
+            let changes = fold.drain_changes();
+            assert!(invoices(&changes).is_empty(), "no usage, no subscription: no invoice");
+            assert_eq!(fold.get("acme", "2026-10".parse().unwrap()).unwrap().totals.not_billed.late, 1);
+        }
+    }
+}
