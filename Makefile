@@ -37,6 +37,8 @@ test: build
 	scripts/postgres.sh install && scripts/postgres.sh start
 	dropdb -h 127.0.0.1 -U postgres --if-exists --force tally_test
 	scripts/postgres.sh createdb tally_test
+	scripts/python-env.sh
+	TALLY_TEST_PYTHON=$(CURDIR)/.tally/venv/bin/python \
 	TALLY_TEST_KAFKA_BROKERS=127.0.0.1:19092 \
 	TALLY_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/tally_test \
 	TALLY_TEST_HOME=$(TEST_HOME) TALLY_TEST_LOGS=$(TEST_HOME)/logs \
