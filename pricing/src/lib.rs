@@ -10,6 +10,7 @@
 //! - [`Pricing`]: the checked price list: invoices, estimates, included amounts, thresholds.
 
 pub mod rate;
+pub mod stripe;
 
 use std::path::Path;
 

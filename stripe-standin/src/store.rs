@@ -107,6 +107,50 @@ fn metadata(params: &Value) -> Value {
     params.get("metadata").cloned().filter(Value::is_object).unwrap_or_else(|| json!({}))
 }
 
+/// Parses a non-negative decimal string (`"0.00000005"`) into (mantissa, scale).
+fn decimal(text: &str) -> Option<(u128, u32)> {
+    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
+    if whole.is_empty() || frac.len() > 12 || !whole.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((format!("{whole}{frac}").parse().ok()?, frac.len() as u32))
+}
+
+/// One line of a graduated price: the units that fell in a tier, its unit amount, the amount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TierLine {
+    pub quantity: u64,
+    pub unit_amount_decimal: String,
+    pub amount: i64,
+}
+
+/// Prices `quantity` units on graduated `tiers` (as stored on a price): each tier charges the
+/// units that fall in it, `quantity × unit_amount_decimal` exactly, rounded to whole cents half
+/// up, plus its flat amount. Tiers with no units are left out.
+pub fn graduated(tiers: &[Value], quantity: u64) -> Option<Vec<TierLine>> {
+    let mut lines = Vec::new();
+    let mut from = 0u64;
+    for tier in tiers {
+        if quantity <= from {
+            break;
+        }
+        let up_to = tier["up_to"].as_u64();
+        let units = quantity.min(up_to.unwrap_or(u64::MAX)) - from;
+        let unit = tier["unit_amount_decimal"].as_str().unwrap_or("0");
+        let (mantissa, scale) = decimal(unit)?;
+        let den = 10u128.pow(scale);
+        let exact_twice = 2 * units as u128 * mantissa;
+        let rounded = (exact_twice + den) / (2 * den);
+        let flat = tier["flat_amount"].as_i64().unwrap_or(0);
+        lines.push(TierLine { quantity: units, unit_amount_decimal: unit.to_string(), amount: i64::try_from(rounded).ok()? + flat });
+        match up_to {
+            Some(u) => from = u,
+            None => break,
+        }
+    }
+    Some(lines)
+}
+
 /// One meter event as stored.
 #[derive(Debug, Clone)]
 pub struct MeterEvent {
