@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Tally's whole local stack: Kafka, PostgreSQL and the four services, on this machine.
+# Tally's whole local stack: Kafka, PostgreSQL, the Stripe stand-in and the four services, on
+# this machine.
 #
 #   scripts/stack.sh up      start whatever is not running yet, wait until all are ready
 #   scripts/stack.sh down    stop the services, Kafka, and PostgreSQL if we started it
@@ -10,7 +11,11 @@
 # Environment (defaults in brackets): TALLY_HOME [<repo>/.tally], TALLY_ADMIN_TOKEN [kept
 # in .tally/admin-token], TALLY_API_ADDR [127.0.0.1:8080], TALLY_INGEST_ADDR
 # [127.0.0.1:4318], TALLY_AGGREGATOR_ADDR [127.0.0.1:9101], TALLY_PROJECTOR_ADDR
-# [127.0.0.1:9102], TALLY_KAFKA_BROKERS, TALLY_DATABASE_URL, TALLY_READY_SECS [60].
+# [127.0.0.1:9102], TALLY_KAFKA_BROKERS, TALLY_DATABASE_URL, TALLY_READY_SECS [60],
+# STRIPE_STANDIN_ADDR [127.0.0.1:12111]. Unless TALLY_STRIPE_API_BASE is set (real Stripe), the
+# stand-in is started and Tally is pointed at it with a generated sk_test_ key
+# (.tally/stripe-secret-key) and webhook secret (.tally/stripe-webhook-secret); `up` then runs
+# `billing-reporter setup-stripe` there (ids in .tally/stripe-setup.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -25,6 +30,14 @@ STOP_SECS=15
 
 # Start order; `down` stops them in reverse.
 SERVICES=(api aggregator projector ingest)
+export STRIPE_STANDIN_ADDR=${STRIPE_STANDIN_ADDR:-127.0.0.1:12111}
+if [[ -z ${TALLY_STRIPE_API_BASE:-} ]]; then
+  SERVICES=(stripe-standin "${SERVICES[@]}")
+  export TALLY_STRIPE_API_BASE=http://$STRIPE_STANDIN_ADDR
+  USE_STANDIN=1
+else
+  USE_STANDIN=0
+fi
 
 export TALLY_API_ADDR=${TALLY_API_ADDR:-127.0.0.1:8080}
 export TALLY_INGEST_ADDR=${TALLY_INGEST_ADDR:-127.0.0.1:4318}
@@ -42,6 +55,7 @@ addr_of() {
     ingest) echo "$TALLY_INGEST_ADDR" ;;
     aggregator) echo "$TALLY_AGGREGATOR_ADDR" ;;
     projector) echo "$TALLY_PROJECTOR_ADDR" ;;
+    stripe-standin) echo "$STRIPE_STANDIN_ADDR" ;;
   esac
 }
 bin_of() { echo "$ROOT/target/release/$1"; }
@@ -157,6 +171,36 @@ stop_pid() {
   while alive "$pid"; do sleep 0.1; done
 }
 
+# A secret kept in a file under $TALLY_HOME (mode 600), generated once: <prefix><64 hex>.
+kept_secret() {
+  local file=$TALLY_HOME/$1 prefix=$2
+  if [[ ! -s $file ]]; then
+    (umask 077 && printf '%s%s\n' "$prefix" "$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')" >"$file")
+  fi
+  head -n1 "$file"
+}
+
+ensure_stripe_secrets() {
+  ((USE_STANDIN)) || return 0
+  mkdir -p "$TALLY_HOME"
+  TALLY_STRIPE_SECRET_KEY=${TALLY_STRIPE_SECRET_KEY:-$(kept_secret stripe-secret-key sk_test_)}
+  TALLY_STRIPE_WEBHOOK_SECRET=${TALLY_STRIPE_WEBHOOK_SECRET:-$(kept_secret stripe-webhook-secret whsec_)}
+  STRIPE_STANDIN_API_KEY=$TALLY_STRIPE_SECRET_KEY
+  export TALLY_STRIPE_SECRET_KEY TALLY_STRIPE_WEBHOOK_SECRET STRIPE_STANDIN_API_KEY
+}
+
+setup_stripe() {
+  [[ -n ${TALLY_STRIPE_SECRET_KEY:-} ]] || return 0
+  local out=$TALLY_HOME/stripe-setup.json
+  if "$ROOT/target/release/billing-reporter" setup-stripe >"$out.tmp" 2>>"$LOGS/billing-reporter.log"; then
+    mv "$out.tmp" "$out"
+    say "stripe: meters, products and prices set up at $TALLY_STRIPE_API_BASE (ids in $out)"
+  else
+    rm -f "$out.tmp"
+    die "billing-reporter setup-stripe failed (see $LOGS/billing-reporter.log)"
+  fi
+}
+
 cmd_up() {
   scripts/kafka.sh install
   scripts/postgres.sh install
@@ -164,10 +208,12 @@ cmd_up() {
   scripts/postgres.sh start
   scripts/postgres.sh createdb tally
   ensure_admin_token
+  ensure_stripe_secrets
   mkdir -p "$LOGS" "$RUN"
   local name
   for name in "${SERVICES[@]}"; do start_service "$name"; done
   for name in "${SERVICES[@]}"; do wait_ready "$name"; done
+  setup_stripe
   cat <<EOF
 
 tally: the stack is up
@@ -175,6 +221,7 @@ tally: the stack is up
   api          http://$TALLY_API_ADDR
   aggregator   http://$TALLY_AGGREGATOR_ADDR/metrics
   projector    http://$TALLY_PROJECTOR_ADDR/metrics
+  stripe       $TALLY_STRIPE_API_BASE$( ((USE_STANDIN)) && echo "   (the stand-in; key in $TALLY_HOME/stripe-secret-key)")
   kafka        $TALLY_KAFKA_BROKERS
   postgres     $TALLY_DATABASE_URL
   admin token  $TALLY_ADMIN_TOKEN

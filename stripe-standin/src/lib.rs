@@ -89,6 +89,7 @@ impl StandIn {
     pub fn router(self) -> axum::Router {
         axum::Router::new()
             .route("/_standin/healthz", axum::routing::get(|| async { "ok" }))
+            .route("/readyz", axum::routing::get(|| async { "ok" }))
             .route("/_standin/requests", axum::routing::get(requests))
             .route("/_standin/faults", axum::routing::get(get_faults).post(set_faults))
             .fallback(handle)
