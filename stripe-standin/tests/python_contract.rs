@@ -25,6 +25,7 @@ fn stripes_python_library_works_against_the_stand_in() {
     let mut standin = Command::new(env!("CARGO_BIN_EXE_stripe-standin"))
         .env("STRIPE_STANDIN_ADDR", format!("127.0.0.1:{port}"))
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .expect("starting stripe-standin");
     let deadline = Instant::now() + Duration::from_secs(20);
