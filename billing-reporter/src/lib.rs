@@ -4,5 +4,6 @@
 //! - [`setup`]: `setup-stripe`, the meters, products and prices of Tally's price list, found or
 //!   created idempotently.
 
+pub mod client;
 pub mod settings;
 pub mod setup;

@@ -2,7 +2,7 @@
 //! Stripe (or the stand-in) and prints their ids as JSON.
 
 use tally_billing_reporter::settings::StripeSettings;
-use tally_billing_reporter::setup::{describe, setup_stripe};
+use tally_billing_reporter::setup::setup_stripe;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -39,7 +39,7 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("billing-reporter: setting up Stripe at {}: {}", settings.api_base, describe(&e));
+            eprintln!("billing-reporter: setting up Stripe at {}: {e}", settings.api_base);
             std::process::ExitCode::FAILURE
         }
     }

@@ -8,6 +8,8 @@ pub struct StripeSettings {
     pub secret_key: Secret,
     /// `TALLY_STRIPE_API_BASE`: Stripe's API, or the stand-in's (`make up` points it there).
     pub api_base: String,
+    /// `TALLY_STRIPE_MAX_RPS`: requests per second to Stripe, at most (default 20).
+    pub max_rps: u32,
 }
 
 impl StripeSettings {
@@ -15,15 +17,16 @@ impl StripeSettings {
         Ok(StripeSettings {
             secret_key: secret("TALLY_STRIPE_SECRET_KEY")?,
             api_base: var_or("TALLY_STRIPE_API_BASE", "https://api.stripe.com")?,
+            max_rps: var_or("TALLY_STRIPE_MAX_RPS", "20")?,
         })
     }
 
-    /// An async-stripe client for these settings.
-    pub fn client(&self) -> Result<stripe::Client, SettingError> {
-        stripe::ClientBuilder::new(self.secret_key.expose())
-            .url(self.api_base.as_str())
-            .app_info("tally", Some(env!("CARGO_PKG_VERSION").to_string()), None)
-            .build()
-            .map_err(|e| SettingError { name: "TALLY_STRIPE_API_BASE", message: e.to_string() })
+    /// Tally's Stripe client for these settings.
+    pub fn client(&self) -> Result<crate::client::StripeHttp, SettingError> {
+        if !(self.api_base.starts_with("https://") || self.api_base.starts_with("http://")) {
+            return Err(SettingError { name: "TALLY_STRIPE_API_BASE", message: "must be an http(s) URL".into() });
+        }
+        let policy = crate::client::RetryPolicy { max_rps: self.max_rps, ..Default::default() };
+        Ok(crate::client::StripeHttp::new(&self.api_base, self.secret_key.clone(), policy))
     }
 }

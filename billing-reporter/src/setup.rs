@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use stripe::{Client, StripeError};
+use stripe_client_core::StripeClient;
 use stripe_billing::billing_meter::{
     CreateBillingMeter, CreateBillingMeterCustomerMapping, CreateBillingMeterCustomerMappingType,
     CreateBillingMeterDefaultAggregation, CreateBillingMeterDefaultAggregationFormula,
@@ -32,26 +32,28 @@ pub struct StripeSetup {
     pub prices: BTreeMap<String, String>,
 }
 
-/// A Stripe error in one line: the status, Stripe's type, code and message (never the key: Stripe
-/// masks it in its own messages).
-pub fn describe(e: &StripeError) -> String {
-    match e {
-        StripeError::Stripe(error, status) => format!(
-            "Stripe answered {status} {}{}: {}",
-            error.type_.as_str(),
-            error.code.as_ref().map(|c| format!(" ({})", c.as_str())).unwrap_or_default(),
-            error.message.as_deref().unwrap_or("no message")
-        ),
-        other => other.to_string(),
+/// Tells a "no such object" answer from other errors, for find-or-create.
+pub trait MissingResource {
+    fn is_missing(&self) -> bool;
+}
+
+impl MissingResource for stripe::StripeError {
+    fn is_missing(&self) -> bool {
+        matches!(self, stripe::StripeError::Stripe(_, 404))
     }
 }
 
-fn is_missing(e: &StripeError) -> bool {
-    matches!(e, StripeError::Stripe(_, 404))
+impl MissingResource for crate::client::StripeCallError {
+    fn is_missing(&self) -> bool {
+        matches!(self, crate::client::StripeCallError::Rejected { status: 404, .. })
+    }
 }
 
 /// Finds or creates every meter, product and price; returns their ids.
-pub async fn setup_stripe(client: &Client, pricing: &Pricing) -> Result<StripeSetup, StripeError> {
+pub async fn setup_stripe<C: StripeClient>(client: &C, pricing: &Pricing) -> Result<StripeSetup, C::Err>
+where
+    C::Err: MissingResource,
+{
     let mut out = StripeSetup::default();
     let meters = ListBillingMeter::new().status(BillingMeterStatus::Active).limit(100).send(client).await?;
     for metric in Metric::ALL {
@@ -84,7 +86,7 @@ pub async fn setup_stripe(client: &Client, pricing: &Pricing) -> Result<StripeSe
     for plan in &plans {
         let product = match RetrieveProduct::new(plan.product_id.as_str()).send(client).await {
             Ok(p) => p.id.to_string(),
-            Err(e) if is_missing(&e) => {
+            Err(e) if e.is_missing() => {
                 CreateProduct::new(plan.product_name.as_str()).id(plan.product_id.as_str()).send(client).await?.id.to_string()
             }
             Err(e) => return Err(e),
@@ -102,12 +104,12 @@ pub async fn setup_stripe(client: &Client, pricing: &Pricing) -> Result<StripeSe
     Ok(out)
 }
 
-async fn create_price(
-    client: &Client,
+async fn create_price<C: StripeClient>(
+    client: &C,
     price: &StripePrice,
     product: &str,
     meters: &BTreeMap<String, String>,
-) -> Result<String, StripeError> {
+) -> Result<String, C::Err> {
     let mut recurring = CreatePriceRecurring::new(CreatePriceRecurringInterval::Month);
     let request = CreatePrice::new(stripe_types::Currency::USD)
         .product(product)
