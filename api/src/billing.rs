@@ -50,8 +50,6 @@ pub struct PeriodBilling {
     pub usage: BilledUsageV1,
     /// The pipeline has a row for it.
     pub known: bool,
-    pub state: Option<String>,
-    pub updated_at: Option<DateTime<Utc>>,
     pub final_invoice: Option<InvoiceV1>,
 }
 
@@ -63,15 +61,15 @@ fn positive(v: i64) -> u64 {
 /// the one the org's latest earlier period ended on (tiers carry over), else starter.
 pub async fn period_billing(state: &AppState, org_id: &str, period: Period) -> Result<PeriodBilling, ApiError> {
     let id = period.to_string();
-    let row: Option<(String, i64, i64, String, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT tier, traces, payload_bytes, state, updated_at FROM usage_periods WHERE org_id = $1 AND period = $2",
+    let row: Option<(String, i64, i64)> = sqlx::query_as(
+        "SELECT tier, traces, payload_bytes FROM usage_periods WHERE org_id = $1 AND period = $2",
     )
     .bind(org_id)
     .bind(&id)
     .fetch_optional(&state.pool)
     .await?;
     let final_invoice = stored_invoice(state, org_id, &id).await?;
-    let Some((tier, traces, payload_bytes, period_state, updated_at)) = row else {
+    let Some((tier, traces, payload_bytes)) = row else {
         let earlier: Option<(String,)> = sqlx::query_as(
             "SELECT tier FROM usage_periods WHERE org_id = $1 AND period < $2 ORDER BY period DESC LIMIT 1",
         )
@@ -84,8 +82,6 @@ pub async fn period_billing(state: &AppState, org_id: &str, period: Period) -> R
             tier,
             usage: BilledUsageV1::default(),
             known: false,
-            state: None,
-            updated_at: None,
             final_invoice,
         });
     };
@@ -93,8 +89,6 @@ pub async fn period_billing(state: &AppState, org_id: &str, period: Period) -> R
         tier: tier.parse().unwrap_or_default(),
         usage: BilledUsageV1 { traces: positive(traces), payload_bytes: positive(payload_bytes) },
         known: true,
-        state: Some(period_state),
-        updated_at: Some(updated_at),
         final_invoice,
     })
 }

@@ -3,7 +3,6 @@
 //! refusal is not retried; the request rate stays under the cap.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -14,17 +13,11 @@ use tally_billing_reporter::client::{RetryPolicy, StripeCallError, StripeHttp};
 use tally_billing_reporter::setup::setup_stripe;
 use tally_common::settings::Secret;
 use tally_pricing::Pricing;
-use tally_stripe_standin::{Config, StandIn};
 
 const KEY: &str = "sk_test_retries_0123";
 
 async fn standin() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let app = StandIn::new(Config { addr, api_key: Some(KEY.into()) }).router();
-    tokio::spawn(async move { axum::serve(tokio::net::TcpListener::from_std(listener).unwrap(), app).await });
-    format!("http://{addr}")
+    tally_stripe_standin::spawn_local(KEY).await.unwrap()
 }
 
 async fn faults(base: &str, f: Value) {

@@ -3,7 +3,6 @@
 //! `StripeError::Stripe`, and `setup-stripe` is idempotent.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 
 use stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
 use stripe_billing::billing_meter_event::CreateBillingMeterEvent;
@@ -14,15 +13,10 @@ use stripe_core::customer::{CreateCustomer, RetrieveCustomer};
 use stripe_product::price::RetrievePrice;
 use tally_billing_reporter::setup::setup_stripe;
 use tally_pricing::Pricing;
-use tally_stripe_standin::{Config, StandIn};
 
 async fn standin() -> Client {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let app = StandIn::new(Config { addr, api_key: Some("sk_test_contract_rust".into()) }).router();
-    tokio::spawn(async move { axum::serve(tokio::net::TcpListener::from_std(listener).unwrap(), app).await });
-    ClientBuilder::new("sk_test_contract_rust").url(format!("http://{addr}")).build().unwrap()
+    let base = tally_stripe_standin::spawn_local("sk_test_contract_rust").await.unwrap();
+    ClientBuilder::new("sk_test_contract_rust").url(base).build().unwrap()
 }
 
 #[tokio::test]

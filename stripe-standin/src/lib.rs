@@ -97,6 +97,16 @@ impl StandIn {
     }
 }
 
+/// Serves a fresh stand-in in this process on a free loopback port, accepting only `api_key`;
+/// returns its base URL. For tests.
+pub async fn spawn_local(api_key: &str) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = StandIn::new(Config { addr, api_key: Some(api_key.to_string()) }).router();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(format!("http://{addr}"))
+}
+
 pub async fn run(config: Config, shutdown: tally_common::shutdown::Shutdown) -> anyhow::Result<()> {
     let addr = config.addr;
     let app = StandIn::new(config).router();

@@ -390,10 +390,6 @@ impl Store {
         self.prices.get(id).map(|p| Self::price_view(p, params)).ok_or_else(|| StripeError::not_found("price", id))
     }
 
-    /// The stored price, tiers included (for invoices).
-    pub fn price_full(&self, id: &str) -> Option<&Value> {
-        self.prices.get(id)
-    }
 
     pub fn list_prices(&self, params: &Value) -> Reply {
         let keys: Option<Vec<&str>> = params.get("lookup_keys").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect());
@@ -575,10 +571,6 @@ impl Store {
         Ok(page)
     }
 
-    /// The meter events received so far (for the request log and tests).
-    pub fn meter_events(&self) -> &[MeterEvent] {
-        &self.meter_events
-    }
 }
 
 #[cfg(test)]

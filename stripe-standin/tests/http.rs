@@ -1,19 +1,12 @@
 //! The stand-in over HTTP: keys, form bodies, idempotent replay, injected faults and the request
 //! log, as the billing reporter's tests rely on them.
 
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tally_stripe_standin::{Config, StandIn};
 
 async fn start() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let app = StandIn::new(Config { addr, api_key: Some("sk_test_standin_http".into()) }).router();
-    tokio::spawn(async move { axum::serve(tokio::net::TcpListener::from_std(listener).unwrap(), app).await });
-    format!("http://{addr}")
+    tally_stripe_standin::spawn_local("sk_test_standin_http").await.unwrap()
 }
 
 async fn post(client: &reqwest::Client, url: &str, body: &str, key: Option<&str>) -> (u16, reqwest::header::HeaderMap, Value) {
