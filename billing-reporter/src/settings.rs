@@ -1,32 +1,37 @@
 //! The billing reporter's settings.
 
-use tally_common::settings::{secret, var_or, Secret, SettingError};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tally_common::settings::{addr, var_or, Common, SettingError};
+pub use tally_stripe::StripeSettings;
 
 #[derive(Debug, Clone)]
-pub struct StripeSettings {
-    /// `TALLY_STRIPE_SECRET_KEY`: required; never printed.
-    pub secret_key: Secret,
-    /// `TALLY_STRIPE_API_BASE`: Stripe's API, or the stand-in's (`make up` points it there).
-    pub api_base: String,
-    /// `TALLY_STRIPE_MAX_RPS`: requests per second to Stripe, at most (default 20).
-    pub max_rps: u32,
+pub struct Settings {
+    pub common: Common,
+    pub stripe: StripeSettings,
+    /// `TALLY_BILLING_REPORTER_ADDR`: `/healthz`, `/readyz`, `/metrics` (default 127.0.0.1:9103).
+    pub addr: SocketAddr,
+    /// `TALLY_REPORT_INTERVAL_SECS`: time between two reporting cycles (default 60).
+    pub interval: Duration,
+    /// `TALLY_REPORT_CONCURRENCY`: meter events in flight at once (default 8); the request rate
+    /// is capped by `TALLY_STRIPE_MAX_RPS` whatever this is.
+    pub concurrency: usize,
 }
 
-impl StripeSettings {
-    pub fn from_env() -> Result<StripeSettings, SettingError> {
-        Ok(StripeSettings {
-            secret_key: secret("TALLY_STRIPE_SECRET_KEY")?,
-            api_base: var_or("TALLY_STRIPE_API_BASE", "https://api.stripe.com")?,
-            max_rps: var_or("TALLY_STRIPE_MAX_RPS", "20")?,
-        })
-    }
-
-    /// Tally's Stripe client for these settings.
-    pub fn client(&self) -> Result<crate::client::StripeHttp, SettingError> {
-        if !(self.api_base.starts_with("https://") || self.api_base.starts_with("http://")) {
-            return Err(SettingError { name: "TALLY_STRIPE_API_BASE", message: "must be an http(s) URL".into() });
+impl Settings {
+    pub fn from_env(common: Common) -> Result<Settings, SettingError> {
+        let interval: u64 = var_or("TALLY_REPORT_INTERVAL_SECS", "60")?;
+        if interval == 0 {
+            return Err(SettingError { name: "TALLY_REPORT_INTERVAL_SECS", message: "must be at least 1".into() });
         }
-        let policy = crate::client::RetryPolicy { max_rps: self.max_rps, ..Default::default() };
-        Ok(crate::client::StripeHttp::new(&self.api_base, self.secret_key.clone(), policy))
+        let concurrency: usize = var_or("TALLY_REPORT_CONCURRENCY", "8")?;
+        Ok(Settings {
+            common,
+            stripe: StripeSettings::from_env()?,
+            addr: addr("TALLY_BILLING_REPORTER_ADDR", "127.0.0.1:9103")?,
+            interval: Duration::from_secs(interval),
+            concurrency: concurrency.clamp(1, 64),
+        })
     }
 }
