@@ -213,7 +213,18 @@ pub async fn list_invoices(
     }
     invoices.sort_by(|a, b| b.period.cmp(&a.period));
     invoices.truncate(MAX_INVOICES as usize);
+    let mut stripe = crate::stripe::stripe_invoices(&state, &org_id).await?;
+    let invoices: Vec<Value> = invoices.into_iter().map(|i| with_stripe(i, &mut stripe)).collect();
     Ok(Json(json!({"org_id": org_id, "invoices": invoices})))
+}
+
+/// An invoice as the api shows it: Tally's invoice and, once Stripe has sent its invoice for the
+/// period, `"stripe": {"invoice_id", "status", "total_cents", "currency"}` (else `null`).
+fn with_stripe(invoice: InvoiceV1, stripe: &mut std::collections::HashMap<String, Value>) -> Value {
+    let linked = stripe.remove(&invoice.period).unwrap_or(Value::Null);
+    let mut value = serde_json::to_value(invoice).expect("invoices serialise");
+    value["stripe"] = linked;
+    value
 }
 
 /// `GET /v1/orgs/{org_id}/invoices/{YYYY-MM}`: the final invoice once issued, else the draft.
@@ -222,7 +233,7 @@ pub async fn get_invoice(
     State(state): State<Arc<AppState>>,
     Path((org_id, period)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Json<InvoiceV1>, ApiError> {
+) -> Result<Json<Value>, ApiError> {
     require_reader(&state, &headers, &org_id).await?;
     let period: Period = period
         .parse()
@@ -235,7 +246,8 @@ pub async fn get_invoice(
             format!("org {org_id:?} has no invoice for {period}"),
         ));
     }
-    Ok(Json(invoice_of(&state.pricing, &org_id, period, &billing)))
+    let mut stripe = crate::stripe::stripe_invoices(&state, &org_id).await?;
+    Ok(Json(with_stripe(invoice_of(&state.pricing, &org_id, period, &billing), &mut stripe)))
 }
 
 /// `GET /v1/pricing`: the price list, from the pricing file. Public.
@@ -372,5 +384,6 @@ pub async fn get_subscription(
     let period = Period::containing(Utc::now());
     let billing = period_billing(&state, &org_id, period).await?;
     let features = &state.pricing.tier(billing.tier).features;
-    Ok(Json(json!({"org_id": org_id, "tier": billing.tier, "period": period.to_string(), "features": features})))
+    let stripe = crate::stripe::stripe_link(&state, &org_id).await?;
+    Ok(Json(json!({"org_id": org_id, "tier": billing.tier, "period": period.to_string(), "features": features, "stripe": stripe})))
 }

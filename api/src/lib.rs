@@ -7,7 +7,8 @@
 //! (admin token, read keys), [`orgs`] (admin: orgs and keys), [`usage`] (usage, daily history,
 //! late events), [`billing`] (prices, estimates, invoices, subscriptions), [`metrics`].
 //!
-//! The one write to Kafka: a subscription change is recorded in `tally.billing-events.v1`.
+//! The one write to Kafka: a subscription change (from an admin, or from Stripe's webhooks) is
+//! recorded in `tally.billing-events.v1`. [`stripe`]: Checkout and Stripe's webhooks.
 
 pub mod auth;
 pub mod billing;
@@ -15,6 +16,7 @@ pub mod error;
 pub mod metrics;
 pub mod orgs;
 pub mod settings;
+pub mod stripe;
 pub mod usage;
 
 use std::sync::Arc;
@@ -31,6 +33,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub pricing: Arc<tally_pricing::Pricing>,
     pub billing_producer: rdkafka::producer::FutureProducer,
+    /// Tally's Stripe client, when Stripe is configured.
+    pub stripe: Option<tally_stripe::StripeHttp>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -43,6 +47,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/orgs/{org_id}/subscription", put(billing::put_subscription).get(billing::get_subscription))
         .route("/v1/orgs/{org_id}/invoices", get(billing::list_invoices))
         .route("/v1/orgs/{org_id}/invoices/{period}", get(billing::get_invoice))
+        .route("/v1/orgs/{org_id}/checkout", post(stripe::checkout))
+        .route("/v1/stripe/webhooks", post(stripe::webhook))
         .route("/v1/pricing", get(billing::get_pricing))
         .route("/v1/pricing/estimate", post(billing::estimate))
         .fallback(|| async { error::ApiError::not_found("no such endpoint") })
@@ -55,7 +61,9 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     let readiness = probes::Readiness::default();
     let pricing = settings.common.pricing()?;
     let billing_producer = billing::billing_producer(&settings.common.kafka_brokers)?;
-    let state = Arc::new(AppState { settings: settings.clone(), pool, pricing, billing_producer });
+    let stripe = settings.stripe.as_ref().map(tally_stripe::StripeSettings::client);
+    let state = Arc::new(AppState { settings: settings.clone(), pool, pricing, billing_producer, stripe });
+    tokio::spawn(stripe::sweep(state.clone(), shutdown.clone()));
     let app = router(state).merge(probes::router(readiness.clone()));
     readiness.set(true);
     probes::serve(settings.addr, app, shutdown).await

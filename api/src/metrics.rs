@@ -37,3 +37,17 @@ pub async fn track(request: Request, next: Next) -> Response {
     REQUESTS.with_label_values(&[&route, response.status().as_str()]).inc();
     response
 }
+
+/// Stripe webhooks received, by result: `accepted` (stored for processing), `redelivered` (an
+/// event already stored; nothing changes), `refused` (bad signature; 400, nothing stored).
+pub static WEBHOOKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("tally_api_stripe_webhooks_total", "Stripe webhook deliveries, by result.", &["result"])
+        .expect("metric registers")
+});
+
+/// Stripe events processed, by outcome (`linked`, `tier_recorded`, `invoice_stored`,
+/// `superseded`, `unknown_org`, `ignored`).
+pub static WEBHOOK_OUTCOMES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("tally_api_stripe_events_processed_total", "Stripe events processed, by outcome.", &["outcome"])
+        .expect("metric registers")
+});

@@ -13,6 +13,12 @@ pub struct Settings {
     pub admin_token: Secret,
     /// `TALLY_GRACE_HOURS`: tells whether a period without any usage yet is open or closed.
     pub grace: chrono::Duration,
+    /// Stripe, for Checkout (`TALLY_STRIPE_SECRET_KEY`, `TALLY_STRIPE_API_BASE`); `None` when no
+    /// key is set, and Checkout answers 503 `stripe_not_configured`.
+    pub stripe: Option<tally_stripe::StripeSettings>,
+    /// `TALLY_STRIPE_WEBHOOK_SECRET` (`whsec_...`): verifies Stripe's webhooks; without it the
+    /// webhook endpoint answers 503 `webhooks_not_configured`.
+    pub stripe_webhook_secret: Option<Secret>,
 }
 
 impl Settings {
@@ -26,6 +32,8 @@ impl Settings {
             addr: addr("TALLY_API_ADDR", "127.0.0.1:8080")?,
             admin_token,
             grace: chrono::Duration::hours(var_or("TALLY_GRACE_HOURS", "48")?),
+            stripe: tally_stripe::StripeSettings::from_env_optional()?,
+            stripe_webhook_secret: std::env::var("TALLY_STRIPE_WEBHOOK_SECRET").ok().filter(|s| !s.is_empty()).map(Secret::new),
         })
     }
 }

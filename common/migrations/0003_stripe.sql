@@ -12,6 +12,9 @@ CREATE TABLE stripe_customers (
     -- Usage of periods ending after this instant is reported (the period the org subscribed in
     -- and every later one).
     linked_at            timestamptz NOT NULL,
+    -- Stripe's `created` of the newest event applied to this link: Stripe does not deliver in
+    -- order, and an older event must not undo a newer one.
+    event_created        timestamptz,
     updated_at           timestamptz NOT NULL DEFAULT now()
 );
 
