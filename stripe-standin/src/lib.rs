@@ -6,12 +6,45 @@
 //! unknown parameters refused as Stripe refuses them, errors shaped as Stripe's, and
 //! `Idempotency-Key` replay. Resource behaviour lives in [`store`], without HTTP.
 //!
-//! For tests it also injects faults (a share of 429s, 500s and slow answers) and keeps a request
-//! log, under `/_standin/`, which real Stripe does not have.
+//! Stripe's endpoints it serves: customers, products, prices, billing meters, meter events and
+//! adjustments, event summaries; Checkout Sessions (`mode=subscription`: create, retrieve, list);
+//! subscriptions (retrieve, list, update items and metadata, cancel); events (retrieve, list);
+//! invoices (retrieve, list). Every change Stripe announces is recorded as an event
+//! (`GET /v1/events`) and, when a webhook endpoint is set, delivered to it as Stripe delivers
+//! ([`webhook`]): signed with `Stripe-Signature`, in order, retried with backoff.
+//!
+//! What a customer or Stripe's clock would do, and test controls, are under `/_standin/`, which
+//! real Stripe does not have (no API key needed; JSON bodies):
+//!
+//! - `GET /_standin/healthz`, `GET /_standin/requests` (the request log, oldest first),
+//!   `GET|POST /_standin/faults` `{"rate_429", "rate_500", "rate_slow", "slow_ms"}` (shares of
+//!   requests answered 429, 500 or slowly).
+//! - `GET /_standin/checkout/{id}`: the page a Checkout Session's `url` points at
+//!   (`http://<Host of the creating request>/_standin/checkout/{id}`); its form posts to
+//!   `POST /_standin/checkout/{id}` (form `email=`), which completes the session and redirects to
+//!   its `success_url` (`{CHECKOUT_SESSION_ID}` replaced).
+//! - `POST /_standin/checkout/sessions/{id}/complete`, optional body `{"email": "..."}`: the
+//!   customer pays. Creates the customer unless the session had one (`customer.created`), an
+//!   active subscription with one item per line item (`customer.subscription.created`), and
+//!   completes the session (`checkout.session.completed`). Answers
+//!   `{"session", "customer", "subscription"}`.
+//! - `POST /_standin/invoices` `{"subscription": "sub_...", "period_start": <unix>,
+//!   "period_end": <unix>}`: bills the subscription for that period as Stripe does at a period's
+//!   end (licensed items, metered usage on graduated tiers); the invoice is finalized, `open`
+//!   (`invoice.created`, `invoice.finalized`). Answers the invoice.
+//! - `POST /_standin/invoices/{id}/pay`: the payment succeeds (`invoice.paid`,
+//!   `invoice.payment_succeeded`). Answers the invoice.
+//! - `GET|POST|DELETE /_standin/webhook`: the endpoint events go to; POST
+//!   `{"url": "http://...", "secret": "whsec_..."}`; GET answers `{"url"}` only, never the secret.
+//!   At start-up from `STRIPE_STANDIN_WEBHOOK_URL` and `STRIPE_STANDIN_WEBHOOK_SECRET`.
+//! - `GET /_standin/webhook/deliveries`: `{"deliveries": [{"event_id", "type", "url", "attempts",
+//!   "last_status", "last_error", "delivered", "resend"}]}`, oldest first.
+//! - `POST /_standin/events/{id}/resend`: delivers an event again, freshly signed.
 
 pub mod form;
 pub mod spec;
 pub mod store;
+pub mod webhook;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,7 +52,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -28,6 +61,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use store::{Reply, Store, StripeError};
+use webhook::{Delivery, Endpoint, Job, Queue};
 
 /// The stand-in's settings.
 #[derive(Debug, Clone)]
@@ -36,6 +70,16 @@ pub struct Config {
     pub addr: SocketAddr,
     /// `STRIPE_STANDIN_API_KEY`: the one secret key accepted; without it any `sk_test_` key is.
     pub api_key: Option<String>,
+    /// `STRIPE_STANDIN_WEBHOOK_URL` and `STRIPE_STANDIN_WEBHOOK_SECRET`: where events are
+    /// delivered from the start (also settable at run time with `POST /_standin/webhook`).
+    pub webhook: Option<Endpoint>,
+}
+
+impl Config {
+    /// Serves on `addr`, accepting any `sk_test_` key, without a webhook endpoint.
+    pub fn new(addr: SocketAddr) -> Config {
+        Config { addr, api_key: None, webhook: None }
+    }
 }
 
 /// Injected faults, as shares of requests (0.0 to 1.0).
@@ -62,12 +106,34 @@ struct Inner {
     idempotency: HashMap<String, Stored>,
     log: Vec<Value>,
     faults: Faults,
+    webhook: Option<Endpoint>,
+    deliveries: Vec<Delivery>,
 }
 
 #[derive(Clone)]
 pub struct StandIn {
     config: Arc<Config>,
     inner: Arc<Mutex<Inner>>,
+    deliveries: Arc<Queue>,
+}
+
+/// The webhook sender's reports, into the stand-in's state.
+struct Recorder(Arc<Mutex<Inner>>);
+
+impl webhook::Record for Recorder {
+    fn attempted(&self, delivery: usize, attempt: u32, status: Option<u16>, error: Option<String>, delivered: bool) {
+        let mut inner = self.0.lock().expect("stand-in state lock");
+        if let Some(d) = inner.deliveries.get_mut(delivery) {
+            d.attempts = attempt;
+            d.last_status = status;
+            d.last_error = error;
+            d.delivered = delivered;
+        }
+    }
+
+    fn delivered(&self, event_id: &str) {
+        self.0.lock().expect("stand-in state lock").store.webhook_delivered(event_id);
+    }
 }
 
 /// The most requests the log keeps (oldest dropped first).
@@ -75,6 +141,7 @@ const LOG_LIMIT: usize = 100_000;
 
 impl StandIn {
     pub fn new(config: Config) -> StandIn {
+        let webhook = config.webhook.clone();
         StandIn {
             config: Arc::new(config),
             inner: Arc::new(Mutex::new(Inner {
@@ -82,36 +149,90 @@ impl StandIn {
                 idempotency: HashMap::new(),
                 log: Vec::new(),
                 faults: Faults::default(),
+                webhook,
+                deliveries: Vec::new(),
             })),
+            deliveries: Arc::new(Queue::default()),
         }
     }
 
     pub fn router(self) -> axum::Router {
+        use axum::routing::{get, post};
         axum::Router::new()
-            .route("/_standin/healthz", axum::routing::get(|| async { "ok" }))
-            .route("/readyz", axum::routing::get(|| async { "ok" }))
-            .route("/_standin/requests", axum::routing::get(requests))
-            .route("/_standin/faults", axum::routing::get(get_faults).post(set_faults))
+            .route("/_standin/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(|| async { "ok" }))
+            .route("/_standin/requests", get(requests))
+            .route("/_standin/faults", get(get_faults).post(set_faults))
+            .route("/_standin/checkout/{id}", get(checkout_page).post(checkout_page_paid))
+            .route("/_standin/checkout/sessions/{id}/complete", post(complete_checkout))
+            .route("/_standin/invoices", post(create_invoice))
+            .route("/_standin/invoices/{id}/pay", post(pay_invoice))
+            .route("/_standin/webhook", get(get_webhook).post(set_webhook).delete(delete_webhook))
+            .route("/_standin/webhook/deliveries", get(deliveries))
+            .route("/_standin/events/{id}/resend", post(resend_event))
             .fallback(handle)
             .with_state(self)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("stand-in state lock")
+    }
+
+    /// Queues the events created since the last call for the webhook endpoint, if one is set.
+    fn dispatch(&self, inner: &mut Inner) {
+        let events = inner.store.take_new_events();
+        let Some(endpoint) = inner.webhook.clone() else { return };
+        for mut event in events {
+            let id = event["id"].as_str().unwrap_or_default().to_string();
+            inner.store.set_pending_webhooks(&id, 1);
+            event["pending_webhooks"] = 1.into();
+            self.deliver(inner, &event, endpoint.clone(), false);
+        }
+    }
+
+    fn deliver(&self, inner: &mut Inner, event: &Value, endpoint: Endpoint, resend: bool) -> usize {
+        let delivery = inner.deliveries.len();
+        let event_id = event["id"].as_str().unwrap_or_default().to_string();
+        inner.deliveries.push(Delivery {
+            event_id: event_id.clone(),
+            kind: event["type"].as_str().unwrap_or_default().to_string(),
+            url: endpoint.url.clone(),
+            attempts: 0,
+            last_status: None,
+            last_error: None,
+            delivered: false,
+            resend,
+        });
+        // Pretty-printed, as Stripe sends it: receivers must verify the raw bytes.
+        let body = serde_json::to_string_pretty(event).expect("an event serializes");
+        self.deliveries.push(Job { delivery, event_id, body, endpoint }, Recorder(self.inner.clone()));
+        delivery
     }
 }
 
 /// Serves a fresh stand-in in this process on a free loopback port, accepting only `api_key`;
 /// returns its base URL. For tests.
 pub async fn spawn_local(api_key: &str) -> anyhow::Result<String> {
+    spawn_local_with(Config { api_key: Some(api_key.to_string()), ..Config::new(([127, 0, 0, 1], 0).into()) }).await
+}
+
+/// Serves a fresh stand-in with `config` in this process on a free loopback port (`config.addr`
+/// is ignored); returns its base URL. For tests.
+pub async fn spawn_local_with(mut config: Config) -> anyhow::Result<String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let app = StandIn::new(Config { addr, api_key: Some(api_key.to_string()) }).router();
+    config.addr = addr;
+    let app = StandIn::new(config).router();
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(format!("http://{addr}"))
 }
 
 pub async fn run(config: Config, shutdown: tally_common::shutdown::Shutdown) -> anyhow::Result<()> {
     let addr = config.addr;
+    let webhook_url = config.webhook.as_ref().map(|w| w.url.clone());
     let app = StandIn::new(config).router();
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "stripe stand-in listening");
+    tracing::info!(%addr, ?webhook_url, "stripe stand-in listening");
     axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.requested().await }).await?;
     Ok(())
 }
@@ -182,9 +303,9 @@ fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-/// Routes one request to the store. Returns the path template (for the parameter check) and the
-/// answer.
-fn route(store: &mut Store, method: &Method, segments: &[&str], params: &Value) -> Result<Value, StripeError> {
+/// Routes one request to the store, checking its parameters against the path template's.
+/// `base` is the stand-in's own URL as the client reached it (for Checkout pages).
+fn route(store: &mut Store, method: &Method, segments: &[&str], params: &Value, base: &str) -> Result<Value, StripeError> {
     let t = now();
     let checked = |template: &str| check_params(method, template, params);
     match (method.as_str(), segments) {
@@ -210,6 +331,23 @@ fn route(store: &mut Store, method: &Method, segments: &[&str], params: &Value) 
             checked("/v1/billing/meter_event_adjustments")?;
             store.create_meter_event_adjustment(params, t)
         }
+        ("POST", ["v1", "checkout", "sessions"]) => { checked("/v1/checkout/sessions")?; store.create_checkout_session(params, t, base) }
+        ("GET", ["v1", "checkout", "sessions"]) => { checked("/v1/checkout/sessions")?; store.list_checkout_sessions(params) }
+        ("GET", ["v1", "checkout", "sessions", id]) => { checked("/v1/checkout/sessions/{session}")?; store.checkout_session(id) }
+        ("GET", ["v1", "subscriptions"]) => { checked("/v1/subscriptions")?; store.list_subscriptions(params) }
+        ("GET", ["v1", "subscriptions", id]) => { checked("/v1/subscriptions/{subscription_exposed_id}")?; store.subscription(id) }
+        ("POST", ["v1", "subscriptions", id]) => {
+            checked("/v1/subscriptions/{subscription_exposed_id}")?;
+            store.update_subscription(id, params, t)
+        }
+        ("DELETE", ["v1", "subscriptions", id]) => {
+            checked("/v1/subscriptions/{subscription_exposed_id}")?;
+            store.cancel_subscription(id, params, t)
+        }
+        ("GET", ["v1", "events"]) => { checked("/v1/events")?; store.list_events(params) }
+        ("GET", ["v1", "events", id]) => { checked("/v1/events/{id}")?; store.event(id) }
+        ("GET", ["v1", "invoices"]) => { checked("/v1/invoices")?; store.list_invoices(params) }
+        ("GET", ["v1", "invoices", id]) => { checked("/v1/invoices/{invoice}")?; store.invoice(id) }
         _ => Err(StripeError {
             status: 404,
             kind: "invalid_request_error",
@@ -243,9 +381,16 @@ async fn handle(State(app): State<StandIn>, method: Method, uri: Uri, headers: H
     let path = uri.path().to_string();
     let idempotency_key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(String::from);
     let raw = if method == Method::GET || method == Method::DELETE { uri.query().unwrap_or("").as_bytes().to_vec() } else { body.to_vec() };
+    let request_id = store::new_id("req_");
+    let base = match headers.get("host").and_then(|h| h.to_str().ok()) {
+        Some(host) => format!("http://{host}"),
+        None => format!("http://{}", app.config.addr),
+    };
     let (status, body, replayed, slow) = {
-        let mut inner = app.inner.lock().expect("stand-in state lock");
-        let outcome = process(&app.config, &mut inner, &method, &path, &headers, &raw, idempotency_key.as_deref());
+        let mut inner = app.lock();
+        let request = Request { method: &method, path: &path, headers: &headers, raw: &raw, idempotency_key: idempotency_key.as_deref(), id: &request_id, base: &base };
+        let outcome = process(&app.config, &mut inner, &request);
+        app.dispatch(&mut inner);
         let entry = json!({
             "at": chrono::Utc::now(),
             "method": method.as_str(),
@@ -266,8 +411,8 @@ async fn handle(State(app): State<StandIn>, method: Method, uri: Uri, headers: H
     }
     let mut response = (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), Json(body)).into_response();
     let headers = response.headers_mut();
-    headers.insert("request-id", HeaderValue::from_str(&store::new_id("req_")).expect("ascii"));
-    headers.insert("stripe-version", HeaderValue::from_static("2026-08-26.dahlia"));
+    headers.insert("request-id", HeaderValue::from_str(&request_id).expect("ascii"));
+    headers.insert("stripe-version", HeaderValue::from_static(store::API_VERSION));
     let retry = if status == 429 || status >= 500 { "true" } else { "false" };
     headers.insert("stripe-should-retry", HeaderValue::from_static(retry));
     if replayed {
@@ -276,16 +421,21 @@ async fn handle(State(app): State<StandIn>, method: Method, uri: Uri, headers: H
     response
 }
 
+/// One API request, as `process` needs it.
+struct Request<'a> {
+    method: &'a Method,
+    path: &'a str,
+    headers: &'a HeaderMap,
+    raw: &'a [u8],
+    idempotency_key: Option<&'a str>,
+    /// The `Request-Id` answered, which the events the request causes name.
+    id: &'a str,
+    base: &'a str,
+}
+
 /// Authentication, faults, idempotency and the resource call: (status, body, replayed, delay).
-fn process(
-    config: &Config,
-    inner: &mut Inner,
-    method: &Method,
-    path: &str,
-    headers: &HeaderMap,
-    raw: &[u8],
-    idempotency_key: Option<&str>,
-) -> (u16, Value, bool, Option<Duration>) {
+fn process(config: &Config, inner: &mut Inner, request: &Request<'_>) -> (u16, Value, bool, Option<Duration>) {
+    let Request { method, path, headers, raw, idempotency_key, .. } = *request;
     if let Err(e) = authenticate(config, headers) {
         return (e.status, e.body(), false, None);
     }
@@ -322,7 +472,9 @@ fn process(
         }
     }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let reply: Reply = route(&mut inner.store, method, &segments, &params);
+    inner.store.set_request(Some((request.id.to_string(), idempotency_key.map(String::from))));
+    let reply: Reply = route(&mut inner.store, method, &segments, &params, request.base);
+    inner.store.set_request(None);
     let (status, body) = match reply {
         Ok(v) => (200, v),
         Err(e) => (e.status, e.body()),
@@ -353,6 +505,169 @@ async fn set_faults(State(app): State<StandIn>, Json(faults): Json<Faults>) -> R
     Json(faults).into_response()
 }
 
+/// A store answer over HTTP, with Stripe's error shape.
+fn answer(reply: Reply) -> Response {
+    match reply {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => (StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST), Json(e.body())).into_response(),
+    }
+}
+
+fn refused(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": {"type": "invalid_request_error", "message": message.into()}}))).into_response()
+}
+
+/// A JSON body that may be empty (then `T::default()`).
+fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Response> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| refused(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Completion {
+    email: Option<String>,
+}
+
+/// `POST /_standin/checkout/sessions/{id}/complete` `{"email"}` (optional).
+async fn complete_checkout(State(app): State<StandIn>, Path(id): Path<String>, body: Bytes) -> Response {
+    let completion: Completion = match optional_json(&body) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let mut inner = app.lock();
+    let reply = inner.store.complete_checkout_session(&id, completion.email.as_deref(), now());
+    app.dispatch(&mut inner);
+    answer(reply)
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// `GET /_standin/checkout/{id}`: the session's payment page.
+async fn checkout_page(State(app): State<StandIn>, Path(id): Path<String>) -> Response {
+    let session = match app.lock().store.checkout_session(&id) {
+        Ok(s) => s,
+        Err(e) => return answer(Err(e)),
+    };
+    let email = session["customer_email"].as_str().unwrap_or("");
+    let amount = session["amount_total"].as_i64().unwrap_or(0);
+    let status = session["status"].as_str().unwrap_or("");
+    let form = if status == "open" {
+        format!(
+            "<form method=\"post\"><label>Email <input name=\"email\" type=\"email\" value=\"{}\"></label> <button type=\"submit\">Subscribe</button></form>",
+            escape(email)
+        )
+    } else {
+        format!("<p>This session is {}.</p>", escape(status))
+    };
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Stripe stand-in checkout</title></head><body>\
+         <h1>Checkout (Stripe stand-in)</h1><p>Session <code>{}</code>, reference <code>{}</code>: {}.{:02} {} due today, metered usage billed monthly.</p>{form}</body></html>",
+        escape(&id),
+        escape(session["client_reference_id"].as_str().unwrap_or("")),
+        amount / 100,
+        amount % 100,
+        escape(&session["currency"].as_str().unwrap_or("usd").to_ascii_uppercase()),
+    );
+    axum::response::Html(html).into_response()
+}
+
+/// `POST /_standin/checkout/{id}` (the page's form, `email=`): completes the session, then
+/// redirects to its `success_url`.
+async fn checkout_page_paid(State(app): State<StandIn>, Path(id): Path<String>, body: Bytes) -> Response {
+    let email = form_urlencoded::parse(&body).find(|(k, _)| k == "email").map(|(_, v)| v.into_owned()).filter(|e| !e.is_empty());
+    let reply = {
+        let mut inner = app.lock();
+        let reply = inner.store.complete_checkout_session(&id, email.as_deref(), now());
+        app.dispatch(&mut inner);
+        reply
+    };
+    match reply {
+        Ok(done) => match done["session"]["success_url"].as_str() {
+            Some(url) => axum::response::Redirect::to(&url.replace("{CHECKOUT_SESSION_ID}", &id)).into_response(),
+            None => axum::response::Html("<!doctype html><p>Thanks: the subscription is active.</p>".to_string()).into_response(),
+        },
+        Err(e) => answer(Err(e)),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InvoiceRequest {
+    subscription: String,
+    period_start: i64,
+    period_end: i64,
+}
+
+/// `POST /_standin/invoices` `{"subscription", "period_start", "period_end"}`.
+async fn create_invoice(State(app): State<StandIn>, Json(request): Json<InvoiceRequest>) -> Response {
+    let mut inner = app.lock();
+    let reply = inner.store.create_subscription_invoice(&request.subscription, request.period_start, request.period_end, now());
+    app.dispatch(&mut inner);
+    answer(reply)
+}
+
+/// `POST /_standin/invoices/{id}/pay`.
+async fn pay_invoice(State(app): State<StandIn>, Path(id): Path<String>) -> Response {
+    let mut inner = app.lock();
+    let reply = inner.store.pay_invoice(&id, now());
+    app.dispatch(&mut inner);
+    answer(reply)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhookSetting {
+    url: String,
+    secret: String,
+}
+
+/// `GET /_standin/webhook`: the endpoint's URL, never its secret.
+async fn get_webhook(State(app): State<StandIn>) -> Json<Value> {
+    Json(json!({"url": app.lock().webhook.as_ref().map(|w| w.url.clone())}))
+}
+
+/// `POST /_standin/webhook` `{"url", "secret"}`: events created from now on go there.
+async fn set_webhook(State(app): State<StandIn>, Json(setting): Json<WebhookSetting>) -> Response {
+    match Endpoint::new(&setting.url, &setting.secret) {
+        Ok(endpoint) => {
+            tracing::info!(url = %endpoint.url, "webhook endpoint set");
+            app.lock().webhook = Some(endpoint);
+            Json(json!({"url": setting.url})).into_response()
+        }
+        Err(message) => refused(StatusCode::UNPROCESSABLE_ENTITY, message),
+    }
+}
+
+/// `DELETE /_standin/webhook`: no more deliveries (those queued still go).
+async fn delete_webhook(State(app): State<StandIn>) -> Json<Value> {
+    app.lock().webhook = None;
+    Json(json!({"url": null}))
+}
+
+/// `GET /_standin/webhook/deliveries`: every delivery, oldest first.
+async fn deliveries(State(app): State<StandIn>) -> Json<Value> {
+    Json(json!({"deliveries": app.lock().deliveries}))
+}
+
+/// `POST /_standin/events/{id}/resend`: delivers the event again to the current endpoint.
+async fn resend_event(State(app): State<StandIn>, Path(id): Path<String>) -> Response {
+    let mut inner = app.lock();
+    let event = match inner.store.event(&id) {
+        Ok(e) => e,
+        Err(e) => return answer(Err(e)),
+    };
+    let Some(endpoint) = inner.webhook.clone() else {
+        return refused(StatusCode::BAD_REQUEST, "no webhook endpoint is set (POST /_standin/webhook)");
+    };
+    let delivery = app.deliver(&mut inner, &event, endpoint, true);
+    Json(json!({"event_id": id, "delivery": delivery})).into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,7 +680,7 @@ mod tests {
         assert_eq!(api_key(&h).as_deref(), Some("sk_test_abc"));
         h.insert("authorization", "Bearer sk_test_xyz".parse().unwrap());
         assert_eq!(api_key(&h).as_deref(), Some("sk_test_xyz"));
-        let config = Config { addr: "127.0.0.1:0".parse().unwrap(), api_key: None };
+        let config = Config::new("127.0.0.1:0".parse().unwrap());
         assert!(authenticate(&config, &h).is_ok());
         h.insert("authorization", "Bearer sk_live_xyz".parse().unwrap());
         assert_eq!(authenticate(&config, &h).unwrap_err().status, 401);
