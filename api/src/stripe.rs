@@ -310,7 +310,7 @@ pub async fn process_event(state: &AppState, event_id: &str) -> Result<Option<Ou
     let object = &event["data"]["object"];
     let outcome = match event["type"].as_str().unwrap_or_default() {
         "checkout.session.completed" => checkout_completed(state, &mut tx, event_id, object, created).await?,
-        "customer.subscription.updated" | "customer.subscription.created" => subscription_changed(state, &mut tx, event_id, object, created, false).await?,
+        "customer.subscription.updated" => subscription_changed(state, &mut tx, event_id, object, created, false).await?,
         "customer.subscription.deleted" => subscription_changed(state, &mut tx, event_id, object, created, true).await?,
         "invoice.finalized" | "invoice.paid" => invoice_changed(&mut tx, object, created).await?,
         _ => Outcome::Ignored,

@@ -9,7 +9,7 @@ use tally_metering::period::Period;
 const USAGE: &str = "usage: billing-reporter [run]
        billing-reporter setup-stripe
        billing-reporter status [--json]
-       billing-reporter reconcile [--period YYYY-MM] [--json]   (exit 1 when there is drift)
+       billing-reporter reconcile [--period YYYY-MM] [--org ORG] [--json]   (exit 1 when there is drift)
        billing-reporter retry-failed [--org ORG]";
 
 #[global_allocator]
@@ -116,7 +116,7 @@ async fn main() -> ExitCode {
                 Ok(p) => p,
                 Err(e) => return fail(e),
             };
-            match reconcile::reconcile(&pool, &stripe.client(), period).await {
+            match reconcile::reconcile(&pool, &stripe.client(), period, flag(&args, "--org").as_deref()).await {
                 Ok(lines) => {
                     if json {
                         println!("{}", serde_json::to_string_pretty(&lines).expect("lines serialise"));

@@ -65,8 +65,10 @@ pub enum ReconcileError {
     NoMeter(&'static str),
 }
 
-pub async fn reconcile(pool: &PgPool, client: &StripeHttp, period: Period) -> Result<Vec<Line>, ReconcileError> {
-    let (usage, ledger) = crate::ledger::period_view(pool, period).await?;
+/// The lines of `period`, for every linked org or only `org`.
+pub async fn reconcile(pool: &PgPool, client: &StripeHttp, period: Period, org: Option<&str>) -> Result<Vec<Line>, ReconcileError> {
+    let (mut usage, ledger) = crate::ledger::period_view(pool, period).await?;
+    usage.retain(|(org_id, ..)| org.is_none_or(|o| o == org_id));
     let meters: HashMap<String, String> = ListBillingMeter::new()
         .status(BillingMeterStatus::Active)
         .limit(100)

@@ -16,7 +16,11 @@ use tally_loadgen::api::Api;
 
 pub mod log;
 
+/// The pipeline's services, which `Stack::start` runs.
 pub const SERVICES: [&str; 4] = ["api", "aggregator", "projector", "ingest"];
+/// Every service a stack can run: the pipeline's, and the billing reporter (which needs Stripe
+/// settings, so a test starts it with [`Stack::start_service`]).
+pub const ALL_SERVICES: [&str; 5] = ["api", "aggregator", "projector", "ingest", "billing-reporter"];
 
 pub fn kafka_brokers() -> String {
     std::env::var("TALLY_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into())
@@ -76,7 +80,7 @@ impl Stack {
     pub async fn start_services(services: &[&'static str], extra: &[(&str, &str)]) -> anyhow::Result<Stack> {
         let admin_token = format!("test-admin-{:032x}", rand::random::<u128>());
         let mut addrs = HashMap::new();
-        for service in SERVICES {
+        for service in ALL_SERVICES {
             addrs.insert(service, format!("127.0.0.1:{}", free_port()));
         }
         let mut env: Vec<(String, String)> = vec![
@@ -87,6 +91,7 @@ impl Stack {
             ("TALLY_INGEST_ADDR".into(), addrs["ingest"].clone()),
             ("TALLY_AGGREGATOR_ADDR".into(), addrs["aggregator"].clone()),
             ("TALLY_PROJECTOR_ADDR".into(), addrs["projector"].clone()),
+            ("TALLY_BILLING_REPORTER_ADDR".into(), addrs["billing-reporter"].clone()),
             ("NO_COLOR".into(), "1".into()),
         ];
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
@@ -110,6 +115,12 @@ impl Stack {
             .with_context(|| format!("starting {} (run `make build` first)", binary(service).display()))?;
         self.children.insert(service, child);
         Ok(())
+    }
+
+    /// Starts one more service of this stack (the billing reporter) and waits until it is ready.
+    pub async fn start_service(&mut self, service: &'static str) -> anyhow::Result<()> {
+        self.spawn(service)?;
+        self.wait_ready(service).await
     }
 
     pub async fn wait_ready(&mut self, service: &'static str) -> anyhow::Result<()> {
@@ -196,7 +207,7 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        for service in SERVICES {
+        for service in ALL_SERVICES {
             self.kill9(service);
         }
         for (_, mut child) in self.extra.drain() {

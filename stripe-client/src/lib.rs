@@ -20,6 +20,9 @@ pub struct StripeSettings {
     pub api_base: String,
     /// `TALLY_STRIPE_MAX_RPS`: requests per second to Stripe, at most (default 20).
     pub max_rps: u32,
+    /// `TALLY_STRIPE_TIMEOUT_MS`: how long one attempt waits for Stripe's answer before it is
+    /// retried with the same Idempotency-Key (default 20000).
+    pub timeout: std::time::Duration,
 }
 
 impl StripeSettings {
@@ -32,6 +35,7 @@ impl StripeSettings {
             secret_key: Secret::new(key),
             api_base: var_or("TALLY_STRIPE_API_BASE", "https://api.stripe.com")?,
             max_rps: var_or("TALLY_STRIPE_MAX_RPS", "20")?,
+            timeout: std::time::Duration::from_millis(var_or("TALLY_STRIPE_TIMEOUT_MS", "20000")?),
         };
         if !(settings.api_base.starts_with("https://") || settings.api_base.starts_with("http://")) {
             return Err(SettingError { name: "TALLY_STRIPE_API_BASE", message: "must be an http(s) URL".into() });
@@ -49,7 +53,7 @@ impl StripeSettings {
 
     /// Tally's Stripe client for these settings.
     pub fn client(&self) -> StripeHttp {
-        let policy = RetryPolicy { max_rps: self.max_rps, ..Default::default() };
+        let policy = RetryPolicy { max_rps: self.max_rps, timeout: self.timeout, ..Default::default() };
         StripeHttp::new(&self.api_base, self.secret_key.clone(), policy)
     }
 }

@@ -1,0 +1,5 @@
+// sqlx's `migrate!` embeds common/migrations at compile time; rebuild when a migration is added
+// or changed, not only when Rust code changes.
+fn main() {
+    println!("cargo:rerun-if-changed=migrations");
+}

@@ -1,0 +1,386 @@
+//! Tally and Stripe end to end, with the Stripe stand-in: Checkout and its webhooks link orgs to
+//! Stripe customers; usage flows through the real pipeline into Stripe's meters exactly once,
+//! through injected faults and a billing reporter killed with SIGKILL; Stripe's invoice comes
+//! back on a webhook and equals Tally's to the cent; bad webhooks change nothing.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use hmac::{Hmac, Mac};
+use rand::Rng;
+use serde_json::{json, Value};
+use sha2::Sha256;
+use tally_e2e::log::read_topic;
+use tally_e2e::{binary, database_url, kafka_brokers, unique, Stack};
+use tally_loadgen::send::Sender;
+use tally_metering::Period;
+use tally_schemas::{BillingEventRecordV1, Operation, Topic};
+
+struct Stripe {
+    base: String,
+    key: String,
+    http: reqwest::Client,
+}
+
+impl Stripe {
+    async fn start() -> anyhow::Result<Stripe> {
+        let key = format!("sk_test_e2e_{:016x}", rand::random::<u64>());
+        let base = tally_stripe_standin::spawn_local(&key).await?;
+        Ok(Stripe { base, key, http: reqwest::Client::new() })
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let r = self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.key).send().await?;
+        anyhow::ensure!(r.status().is_success(), "GET {path}: {}", r.status());
+        Ok(r.json().await?)
+    }
+
+    /// A test-only call to the stand-in (`/_standin/...`).
+    async fn standin(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let r = self.http.post(format!("{}/_standin/{path}", self.base)).json(&body).send().await?;
+        let status = r.status();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        anyhow::ensure!(status.is_success(), "POST /_standin/{path}: {status} {body}");
+        Ok(body)
+    }
+
+    /// Stripe's summary of `customer` on `meter` over the period.
+    async fn summary(&self, meter: &str, customer: &str, period: Period) -> anyhow::Result<u64> {
+        let (start, end) = (period.start().timestamp(), period.end().timestamp());
+        let page = self.get(&format!("/v1/billing/meters/{meter}/event_summaries?customer={customer}&start_time={start}&end_time={end}")).await?;
+        Ok(page["data"].as_array().into_iter().flatten().map(|s| s["aggregated_value"].as_f64().unwrap_or(0.0) as u64).sum())
+    }
+}
+
+fn stripe_env(stripe: &Stripe, webhook_secret: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("TALLY_STRIPE_SECRET_KEY", stripe.key.clone()),
+        ("TALLY_STRIPE_API_BASE", stripe.base.clone()),
+        ("TALLY_STRIPE_WEBHOOK_SECRET", webhook_secret.to_string()),
+        ("TALLY_REPORT_INTERVAL_SECS", "1".to_string()),
+        ("TALLY_STRIPE_MAX_RPS", "200".to_string()),
+        ("TALLY_STRIPE_TIMEOUT_MS", "1000".to_string()),
+    ]
+}
+
+/// Runs a `billing-reporter` command with the stack's settings; (exit code, stdout).
+fn reporter_command(stack: &Stack, args: &[&str]) -> anyhow::Result<(i32, String)> {
+    let out = Command::new(binary("billing-reporter"))
+        .args(args)
+        .envs(stack.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("RUST_LOG", "error")
+        .output()?;
+    Ok((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
+async fn request(method: reqwest::Method, url: &str, token: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
+    let mut r = reqwest::Client::new().request(method, url).bearer_auth(token);
+    if let Some(body) = body {
+        r = r.json(&body);
+    }
+    let r = r.send().await?;
+    Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
+}
+
+async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<Value>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<Value>>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await? {
+            return Ok(v);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn sign(secret: &str, t: i64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// The subscription changes recorded in the billing log for `org`.
+fn subscription_changes(org: &str) -> anyhow::Result<Vec<tally_schemas::SubscriptionChangedV1>> {
+    Ok(read_topic(&kafka_brokers(), Topic::BillingEvents.name())?
+        .into_iter()
+        .filter(|(key, _)| key == org)
+        .filter_map(|(_, payload)| match serde_json::from_slice(&payload) {
+            Ok(BillingEventRecordV1::SubscriptionChanged(c)) => Some(c),
+            _ => None,
+        })
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_reaches_stripe_exactly_once_through_faults_and_kills() -> anyhow::Result<()> {
+    let stripe = Stripe::start().await?;
+    let webhook_secret = format!("whsec_{:032x}", rand::random::<u128>());
+    let env = stripe_env(&stripe, &webhook_secret);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut stack = Stack::start_with(&env).await?;
+    let api = stack.api();
+    let base = stack.api_url();
+
+    // setup-stripe creates the meters, products and prices.
+    let (code, out) = reporter_command(&stack, &["setup-stripe"])?;
+    assert_eq!(code, 0, "setup-stripe: {out}");
+    let ids: Value = serde_json::from_str(&out)?;
+    let meters = ids["meters"].clone();
+    stripe.standin("webhook", json!({"url": format!("{base}/v1/stripe/webhooks"), "secret": webhook_secret})).await?;
+
+    // Three orgs buy a tier through Checkout; the completed session reaches the api as a
+    // webhook, which links each org to its Stripe customer and records the tier.
+    let mut orgs = BTreeMap::new();
+    for tier in ["starter", "growth", "business"] {
+        let org = unique(&format!("stripe-{tier}-"));
+        api.ensure_org(&org, "Stripe test org").await?;
+        let read_key = api.create_key(&org, "read").await?;
+        let ingest_key = api.create_key(&org, "ingest").await?;
+        let (status, session) = request(
+            reqwest::Method::POST,
+            &format!("{base}/v1/orgs/{org}/checkout"),
+            &read_key,
+            Some(json!({"tier": tier, "success_url": "https://example.com/ok", "cancel_url": "https://example.com/cancel"})),
+        )
+        .await?;
+        assert_eq!(status, 201, "{session}");
+        assert!(session["url"].as_str().is_some_and(|u| u.starts_with("http")), "{session}");
+        let session_id = session["session_id"].as_str().unwrap().to_string();
+        let created = stripe.get(&format!("/v1/checkout/sessions/{session_id}")).await?;
+        assert_eq!(created["client_reference_id"], org.as_str());
+        assert_eq!(created["mode"], "subscription");
+        stripe.standin(&format!("checkout/sessions/{session_id}/complete"), json!({})).await?;
+        let link = eventually("the checkout webhook links the org", Duration::from_secs(30), || async {
+            let (_, s) = request(reqwest::Method::GET, &format!("{base}/v1/orgs/{org}/subscription"), &read_key, None).await?;
+            Ok(s["stripe"]["customer_id"].as_str().is_some().then(|| s["stripe"].clone()))
+        })
+        .await?;
+        orgs.insert(org.clone(), (tier, read_key, ingest_key, link));
+    }
+    for (org, (tier, ..)) in &orgs {
+        let changes = subscription_changes(org)?;
+        assert_eq!(changes.len(), 1, "one change per completed checkout: {changes:?}");
+        assert_eq!((changes[0].tier.as_str(), changes[0].source), (*tier, tally_schemas::SubscriptionSource::Stripe));
+    }
+
+    // Usage flows while Stripe fails 30% of requests (429s, 500s, and answers slower than the
+    // reporter waits, after the work is done) and the reporter is killed at random moments.
+    stripe.standin("faults", json!({"rate_429": 0.1, "rate_500": 0.1, "rate_slow": 0.1, "slow_ms": 1500})).await?;
+    stack.start_service("billing-reporter").await?;
+    let ended = Utc::now() - chrono::Duration::seconds(5);
+    let period = Period::containing(ended);
+    let mut rng = rand::rng();
+    for round in 0..4 {
+        for (org, (_, _, ingest_key, _)) in &orgs {
+            let n = rng.random_range(20..60);
+            let events: Vec<Value> = (0..n)
+                .map(|i| {
+                    let mut e = tally_loadgen::generate::event(&format!("{org}-r{round}-e{i}"), org, &format!("t{round}-{i}"), "root", None, Operation::LlmCall, "success", ended);
+                    e["payload_bytes"] = json!(rng.random_range(1_000u64..5_000_000));
+                    e
+                })
+                .collect();
+            Sender::new(&stack.ingest_url(), ingest_key).send_all(&events, 50, 1).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..2_500))).await;
+        stack.restart("billing-reporter").await?;
+    }
+
+    // Once the faults stop, Stripe's totals equal Tally's usage exactly, for every customer.
+    stripe.standin("faults", json!({})).await?;
+    for (org, (_, read_key, _, link)) in &orgs {
+        let customer = link["customer_id"].as_str().unwrap().to_string();
+        let usage = eventually("usage reaches the api", Duration::from_secs(60), || async {
+            let u = api.usage(org, &period.to_string()).await?;
+            Ok((u["traces"].as_u64().unwrap_or(0) > 0).then_some(u))
+        })
+        .await?;
+        let _ = read_key;
+        eventually(&format!("Stripe's meters equal Tally's usage for {org}"), Duration::from_secs(90), || async {
+            let u = api.usage(org, &period.to_string()).await?;
+            let traces = stripe.summary(meters["traces"].as_str().unwrap(), &customer, period).await?;
+            let bytes = stripe.summary(meters["payload_bytes"].as_str().unwrap(), &customer, period).await?;
+            Ok((Some(traces) == u["traces"].as_u64() && Some(bytes) == u["payload_bytes"].as_u64()).then_some(Value::Null))
+        })
+        .await?;
+        let (code, table) = reporter_command(&stack, &["reconcile", "--period", &period.to_string(), "--org", org])?;
+        assert_eq!(code, 0, "reconcile shows no drift:\n{table}");
+        assert!(usage["traces"].as_u64().unwrap() >= 80);
+    }
+    let (code, status) = reporter_command(&stack, &["status", "--json"])?;
+    assert_eq!(code, 0);
+    let status: Value = serde_json::from_str(&status)?;
+    let ours: Vec<&Value> = status["failures"].as_array().unwrap().iter().filter(|f| orgs.contains_key(f["org_id"].as_str().unwrap_or(""))).collect();
+    assert!(ours.is_empty(), "no final refusals: {ours:?}");
+
+    // Every meter event carried its identifier as its Idempotency-Key, and faults made the
+    // reporter repeat some (answered by replay or refused as duplicates, never counted twice).
+    let log = stripe.http.get(format!("{}/_standin/requests", stripe.base)).send().await?.json::<Value>().await?;
+    let events: Vec<&Value> = log["requests"].as_array().unwrap().iter().filter(|r| r["path"] == "/v1/billing/meter_events").collect();
+    assert!(!events.is_empty());
+    assert!(events.iter().any(|r| r["status"] != 200 || r["replayed"] == true), "faults forced retries");
+    for e in &events {
+        assert_eq!(e["idempotency_key"], e["params"]["identifier"], "{e}");
+        let ts = e["params"]["timestamp"].as_str().and_then(|t| t.parse::<i64>().ok()).unwrap();
+        assert!(ts >= period.start().timestamp() && ts < period.end().timestamp(), "timestamp inside the period: {e}");
+    }
+
+    // Stripe invoices the period from its meters and graduated prices; the invoice comes back on
+    // a webhook and sits beside Tally's, equal to the cent.
+    for (org, (_, read_key, _, link)) in &orgs {
+        let subscription = link["subscription_id"].as_str().unwrap();
+        let invoice = stripe
+            .standin("invoices", json!({"subscription": subscription, "period_start": period.start().timestamp(), "period_end": period.end().timestamp()}))
+            .await?;
+        let shown = eventually("Stripe's invoice reaches Tally", Duration::from_secs(30), || async {
+            let (_, i) = request(reqwest::Method::GET, &format!("{base}/v1/orgs/{org}/invoices/{period}"), read_key, None).await?;
+            Ok(i["stripe"]["invoice_id"].is_string().then_some(i))
+        })
+        .await?;
+        assert_eq!(shown["stripe"]["invoice_id"], invoice["id"]);
+        assert_eq!(shown["stripe"]["total_cents"], shown["total_cents"], "Stripe's invoice equals Tally's: {shown}");
+        assert_eq!(invoice["total"], shown["total_cents"]);
+        stripe.standin(&format!("invoices/{}/pay", invoice["id"].as_str().unwrap()), json!({})).await?;
+        eventually("the paid status reaches Tally", Duration::from_secs(30), || async {
+            let (_, i) = request(reqwest::Method::GET, &format!("{base}/v1/orgs/{org}/invoices/{period}"), read_key, None).await?;
+            Ok((i["stripe"]["status"] == "paid").then_some(i))
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_verified_and_each_event_is_processed_once() -> anyhow::Result<()> {
+    let stripe = Stripe::start().await?;
+    let secret = format!("whsec_{:032x}", rand::random::<u128>());
+    let env = stripe_env(&stripe, &secret);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let stack = Stack::start_with(&env).await?;
+    let api = stack.api();
+    let url = format!("{}/v1/stripe/webhooks", stack.api_url());
+    let org = unique("webhook-");
+    api.ensure_org(&org, "Webhook test org").await?;
+    let read_key = api.create_key(&org, "read").await?;
+    let pool = sqlx::PgPool::connect(&database_url()).await?;
+    let http = reqwest::Client::new();
+    let post = |body: String, signature: Option<String>| {
+        let mut r = http.post(&url).header("content-type", "application/json").body(body);
+        if let Some(s) = signature {
+            r = r.header("Stripe-Signature", s);
+        }
+        async move {
+            let r = r.send().await?;
+            Ok::<_, anyhow::Error>((r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null)))
+        }
+    };
+    let stored = |id: String| {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM stripe_webhook_events WHERE event_id = $1").bind(id).fetch_one(&pool).await?;
+            Ok::<_, anyhow::Error>(n)
+        }
+    };
+    let event = |id: &str, kind: &str, object: Value| json!({"id": id, "object": "event", "type": kind, "created": Utc::now().timestamp(), "data": {"object": object}, "livemode": false, "api_version": "2026-08-26.dahlia"}).to_string();
+    let now = Utc::now().timestamp();
+    let customer = format!("cus_{}", unique("w"));
+    let completed_id = format!("evt_{}", unique("completed"));
+    let completed = event(&completed_id, "checkout.session.completed", json!({
+        "id": "cs_test_1", "object": "checkout.session", "client_reference_id": org, "customer": customer,
+        "subscription": "sub_w1", "metadata": {"tally_org_id": org, "tally_tier": "business"}, "mode": "subscription", "status": "complete"
+    }));
+
+    // Refused with 400 and no side effect: no signature, tampered body, wrong secret, stale.
+    let good = sign(&secret, now, completed.as_bytes());
+    let tampered = completed.replace("business", "enterprise");
+    for (name, body, signature, code) in [
+        ("unsigned", completed.clone(), None, "missing_signature"),
+        ("tampered", tampered.clone(), Some(format!("t={now},v1={good}")), "invalid_signature"),
+        ("wrong secret", completed.clone(), Some(format!("t={now},v1={}", sign("whsec_wrong", now, completed.as_bytes()))), "invalid_signature"),
+        ("stale", completed.clone(), Some(format!("t={},v1={}", now - 301, sign(&secret, now - 301, completed.as_bytes()))), "stale_signature"),
+        ("no v1", completed.clone(), Some(format!("t={now},v0={good}")), "invalid_signature"),
+    ] {
+        let (status, body) = post(body, signature).await?;
+        assert_eq!((status, body["error"]["code"].as_str()), (400, Some(code)), "{name}: {body}");
+    }
+    assert_eq!(stored(completed_id.clone()).await?, 0, "a refused webhook stores nothing");
+
+    // Several signatures, one of them valid (as while a secret is rolled): accepted.
+    let (status, body) = post(completed.clone(), Some(format!("t={now},v1={},v1={good}", "ab".repeat(32)))).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["duplicate"], false);
+    let link = eventually("the org is linked", Duration::from_secs(30), || async {
+        let (_, s) = request(reqwest::Method::GET, &format!("{}/v1/orgs/{org}/subscription", stack.api_url()), &read_key, None).await?;
+        Ok(s["stripe"]["customer_id"].is_string().then(|| s["stripe"].clone()))
+    })
+    .await?;
+    assert_eq!(link, json!({"customer_id": customer, "subscription_id": "sub_w1", "status": "active"}));
+
+    // Redelivered: 200, and nothing happens again.
+    let t2 = Utc::now().timestamp();
+    let (status, body) = post(completed.clone(), Some(format!("t={t2},v1={}", sign(&secret, t2, completed.as_bytes())))).await?;
+    assert_eq!((status, body["duplicate"].clone()), (200, json!(true)));
+    assert_eq!(stored(completed_id.clone()).await?, 1);
+
+    // The subscription is updated to growth, then deleted: the billing log records business
+    // (checkout), growth, and starter, once each, whatever the redeliveries.
+    let price = |tier: &str| json!({"id": format!("price_{tier}"), "object": "price", "lookup_key": format!("tally_2026_11_{tier}_base"), "product": format!("tally_{tier}")});
+    let updated_id = format!("evt_{}", unique("updated"));
+    let updated = event(&updated_id, "customer.subscription.updated", json!({
+        "id": "sub_w1", "object": "subscription", "customer": customer, "status": "active",
+        "metadata": {"tally_org_id": org}, "items": {"object": "list", "data": [{"id": "si_1", "price": price("growth")}]}
+    }));
+    let deleted_id = format!("evt_{}", unique("deleted"));
+    let deleted = event(&deleted_id, "customer.subscription.deleted", json!({
+        "id": "sub_w1", "object": "subscription", "customer": customer, "status": "canceled",
+        "metadata": {"tally_org_id": org}, "items": {"object": "list", "data": [{"id": "si_1", "price": price("growth")}]}
+    }));
+    for body in [&updated, &updated, &deleted] {
+        let t = Utc::now().timestamp();
+        let (status, _) = post(body.clone(), Some(format!("t={t},v1={}", sign(&secret, t, body.as_bytes())))).await?;
+        assert_eq!(status, 200);
+        // Stripe delivers events one by one; give each its moment, as their `created` is a second apart at most.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let changes = eventually("three subscription changes", Duration::from_secs(30), || async {
+        let changes = subscription_changes(&org)?;
+        Ok((changes.len() >= 3).then(|| serde_json::to_value(&changes).unwrap()))
+    })
+    .await?;
+    let tiers: Vec<&str> = changes.as_array().unwrap().iter().map(|c| c["tier"].as_str().unwrap()).collect();
+    assert_eq!(tiers, ["business", "growth", "starter"], "{changes}");
+    let ids: Vec<&str> = changes.as_array().unwrap().iter().map(|c| c["stripe_event_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [completed_id.as_str(), updated_id.as_str(), deleted_id.as_str()]);
+    let usage_tier = eventually("the org is back on starter", Duration::from_secs(30), || async {
+        let (_, s) = request(reqwest::Method::GET, &format!("{}/v1/orgs/{org}/subscription", stack.api_url()), &read_key, None).await?;
+        Ok((s["stripe"]["status"] == "canceled").then_some(s))
+    })
+    .await?;
+    assert_eq!(usage_tier["stripe"]["subscription_id"], "sub_w1");
+
+    // An invoice event is stored beside Tally's invoice for its period.
+    let period = Period::containing(Utc::now());
+    let invoice_id = format!("in_{}", unique("w"));
+    let finalized = event(&format!("evt_{}", unique("inv")), "invoice.finalized", json!({
+        "id": invoice_id, "object": "invoice", "customer": customer, "status": "open", "total": 12_345, "currency": "usd",
+        "period_start": period.start().timestamp(), "period_end": period.end().timestamp(),
+        "parent": {"type": "subscription_details", "subscription_details": {"subscription": "sub_w1", "metadata": {"tally_org_id": org}}}
+    }));
+    let t = Utc::now().timestamp();
+    let (status, _) = post(finalized.clone(), Some(format!("t={t},v1={}", sign(&secret, t, finalized.as_bytes())))).await?;
+    assert_eq!(status, 200);
+    let shown = eventually("Stripe's invoice beside Tally's", Duration::from_secs(30), || async {
+        let (_, i) = request(reqwest::Method::GET, &format!("{}/v1/orgs/{org}/invoices/{period}", stack.api_url()), &read_key, None).await?;
+        Ok(i["stripe"].is_object().then_some(i))
+    })
+    .await?;
+    assert_eq!(shown["stripe"], json!({"invoice_id": invoice_id, "status": "open", "total_cents": 12_345, "currency": "usd"}));
+    Ok(())
+}
