@@ -14,8 +14,10 @@
 # [127.0.0.1:9102], TALLY_KAFKA_BROKERS, TALLY_DATABASE_URL, TALLY_READY_SECS [60],
 # STRIPE_STANDIN_ADDR [127.0.0.1:12111]. Unless TALLY_STRIPE_API_BASE is set (real Stripe), the
 # stand-in is started and Tally is pointed at it with a generated sk_test_ key
-# (.tally/stripe-secret-key) and webhook secret (.tally/stripe-webhook-secret); `up` then runs
-# `billing-reporter setup-stripe` there (ids in .tally/stripe-setup.json).
+# (.tally/stripe-secret-key) and webhook secret (.tally/stripe-webhook-secret), and the stand-in
+# delivers its webhooks to the api; `up` then runs `billing-reporter setup-stripe` there (ids in
+# .tally/stripe-setup.json) and starts the billing reporter (TALLY_BILLING_REPORTER_ADDR
+# [127.0.0.1:9103]). With real Stripe, the reporter starts when TALLY_STRIPE_SECRET_KEY is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -43,6 +45,9 @@ export TALLY_API_ADDR=${TALLY_API_ADDR:-127.0.0.1:8080}
 export TALLY_INGEST_ADDR=${TALLY_INGEST_ADDR:-127.0.0.1:4318}
 export TALLY_AGGREGATOR_ADDR=${TALLY_AGGREGATOR_ADDR:-127.0.0.1:9101}
 export TALLY_PROJECTOR_ADDR=${TALLY_PROJECTOR_ADDR:-127.0.0.1:9102}
+export TALLY_BILLING_REPORTER_ADDR=${TALLY_BILLING_REPORTER_ADDR:-127.0.0.1:9103}
+# The billing reporter starts last, once Stripe has Tally's meters and prices; `down` stops it first.
+ALL_SERVICES=("${SERVICES[@]}" billing-reporter)
 export TALLY_KAFKA_BROKERS=${TALLY_KAFKA_BROKERS:-127.0.0.1:${TALLY_KAFKA_PORT:-9092}}
 export TALLY_DATABASE_URL=${TALLY_DATABASE_URL:-postgres://postgres@127.0.0.1:${TALLY_PG_PORT:-5432}/tally}
 
@@ -55,6 +60,7 @@ addr_of() {
     ingest) echo "$TALLY_INGEST_ADDR" ;;
     aggregator) echo "$TALLY_AGGREGATOR_ADDR" ;;
     projector) echo "$TALLY_PROJECTOR_ADDR" ;;
+    billing-reporter) echo "$TALLY_BILLING_REPORTER_ADDR" ;;
     stripe-standin) echo "$STRIPE_STANDIN_ADDR" ;;
   esac
 }
@@ -186,7 +192,10 @@ ensure_stripe_secrets() {
   TALLY_STRIPE_SECRET_KEY=${TALLY_STRIPE_SECRET_KEY:-$(kept_secret stripe-secret-key sk_test_)}
   TALLY_STRIPE_WEBHOOK_SECRET=${TALLY_STRIPE_WEBHOOK_SECRET:-$(kept_secret stripe-webhook-secret whsec_)}
   STRIPE_STANDIN_API_KEY=$TALLY_STRIPE_SECRET_KEY
-  export TALLY_STRIPE_SECRET_KEY TALLY_STRIPE_WEBHOOK_SECRET STRIPE_STANDIN_API_KEY
+  # The stand-in delivers its events, signed, to the api's webhook endpoint.
+  STRIPE_STANDIN_WEBHOOK_URL=http://$TALLY_API_ADDR/v1/stripe/webhooks
+  STRIPE_STANDIN_WEBHOOK_SECRET=$TALLY_STRIPE_WEBHOOK_SECRET
+  export TALLY_STRIPE_SECRET_KEY TALLY_STRIPE_WEBHOOK_SECRET STRIPE_STANDIN_API_KEY STRIPE_STANDIN_WEBHOOK_URL STRIPE_STANDIN_WEBHOOK_SECRET
 }
 
 setup_stripe() {
@@ -214,6 +223,10 @@ cmd_up() {
   for name in "${SERVICES[@]}"; do start_service "$name"; done
   for name in "${SERVICES[@]}"; do wait_ready "$name"; done
   setup_stripe
+  if [[ -n ${TALLY_STRIPE_SECRET_KEY:-} ]]; then
+    start_service billing-reporter
+    wait_ready billing-reporter
+  fi
   cat <<EOF
 
 tally: the stack is up
@@ -221,6 +234,7 @@ tally: the stack is up
   api          http://$TALLY_API_ADDR
   aggregator   http://$TALLY_AGGREGATOR_ADDR/metrics
   projector    http://$TALLY_PROJECTOR_ADDR/metrics
+  reporter     http://$TALLY_BILLING_REPORTER_ADDR/metrics   (billing-reporter status | reconcile)
   stripe       $TALLY_STRIPE_API_BASE$( ((USE_STANDIN)) && echo "   (the stand-in; key in $TALLY_HOME/stripe-secret-key)")
   kafka        $TALLY_KAFKA_BROKERS
   postgres     $TALLY_DATABASE_URL
@@ -233,8 +247,8 @@ EOF
 
 cmd_down() {
   local i name pid
-  for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do
-    name=${SERVICES[i]}
+  for ((i = ${#ALL_SERVICES[@]} - 1; i >= 0; i--)); do
+    name=${ALL_SERVICES[i]}
     if pid=$(running_pid "$name"); then
       stop_pid "$name" "$pid"
     fi
@@ -259,7 +273,7 @@ cmd_status() {
   scripts/kafka.sh status || true
   scripts/postgres.sh status || true
   local name pid addr ready
-  for name in "${SERVICES[@]}"; do
+  for name in "${ALL_SERVICES[@]}"; do
     addr=$(addr_of "$name")
     if pid=$(running_pid "$name"); then
       ready="not ready"

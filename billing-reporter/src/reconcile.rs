@@ -111,7 +111,7 @@ pub async fn reconcile(pool: &PgPool, client: &StripeHttp, period: Period, org: 
 
 /// The table, one line per (org, metric).
 pub fn table(lines: &[Line]) -> String {
-    let mut out = format!("{:<24} {:<20} {:<8} {:<14} {:>16} {:>16} {:>16} {:>12}\n", "ORG", "CUSTOMER", "PERIOD", "METRIC", "TALLY", "LEDGER", "STRIPE", "DRIFT");
+    let mut out = format!("{:<24} {:<30} {:<8} {:<14} {:>16} {:>16} {:>16} {:>12}\n", "ORG", "CUSTOMER", "PERIOD", "METRIC", "TALLY", "LEDGER", "STRIPE", "DRIFT");
     for l in lines {
         let stripe = l.stripe.map_or("?".to_string(), |s| s.to_string());
         let drift = match l.stripe {
@@ -120,7 +120,7 @@ pub fn table(lines: &[Line]) -> String {
         };
         let status = serde_json::to_value(l.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
         out += &format!(
-            "{:<24} {:<20} {:<8} {:<14} {:>16} {:>16} {:>16} {:>12}  {}\n",
+            "{:<24} {:<30} {:<8} {:<14} {:>16} {:>16} {:>16} {:>12}  {}\n",
             l.org_id, l.customer_id, l.period, l.metric, l.tally, l.ledger, stripe, drift, status
         );
     }
