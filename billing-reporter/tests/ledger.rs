@@ -14,6 +14,7 @@ use stripe_billing::billing_meter_event::CreateBillingMeterEvent;
 use stripe_client_core::{IdempotencyKey, RequestStrategy, StripeRequest};
 use tally_billing_reporter::ledger;
 use tally_billing_reporter::plan::{self, Step};
+use tally_billing_reporter::reconcile::{reconcile, table, Status};
 use tally_billing_reporter::report::Reporter;
 use tally_billing_reporter::setup::{setup_stripe, StripeSetup};
 use tally_common::settings::Secret;
@@ -147,6 +148,14 @@ async fn crashes_between_the_ledger_and_stripe_never_count_twice() {
     let report = w.reporter().cycle().await.unwrap();
     assert!(report.duplicates >= 1, "{report:?}");
     assert_eq!(w.stripe_total(Metric::Traces).await, 260);
+    let lines = reconcile(&w.pool, &w.client, w.period, Some(&w.org)).await.unwrap();
+    assert!(lines.iter().all(|l| !l.drift()), "{}", table(&lines));
+
+    // Something else sends Stripe usage for this customer: reconcile shows the drift.
+    let payload = HashMap::from([("stripe_customer_id".to_string(), w.customer.clone()), ("value".to_string(), "7".to_string())]);
+    CreateBillingMeterEvent::new("tally_traces", payload).send(&w.client).await.unwrap();
+    let lines = reconcile(&w.pool, &w.client, w.period, Some(&w.org)).await.unwrap();
+    assert_eq!((lines[0].status, lines[0].stripe), (Status::StripeDiffers, Some(267)), "{}", table(&lines));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,6 +173,11 @@ async fn a_final_refusal_is_recorded_and_waits_for_an_operator() {
     assert_eq!((failure.metric.as_str(), failure.status, failure.code.as_deref(), failure.value), ("traces", Some(400), Some("parameter_invalid"), 10));
     assert!(tally_billing_reporter::status::render(&status).contains(&w.org));
     assert_eq!(w.stripe_total(Metric::PayloadBytes).await, 10, "the other meter is not held up");
+    let lines = reconcile(&w.pool, &w.client, w.period, Some(&w.org)).await.unwrap();
+    let statuses: Vec<(&str, Status, u64, u64, Option<u64>)> = lines.iter().map(|l| (l.metric, l.status, l.tally, l.ledger, l.stripe)).collect();
+    assert_eq!(statuses, [("traces", Status::Failed, 10, 0, Some(0)), ("payload_bytes", Status::Ok, 10, 10, Some(10))]);
+    assert!(lines[0].drift() && !lines[1].drift());
+    assert!(table(&lines).contains("1 with drift"));
 
     // Not retried: further cycles send nothing for it.
     let sent = w.meter_event_requests().await;

@@ -135,6 +135,33 @@ async fn usage_reaches_stripe_exactly_once_through_faults_and_kills() -> anyhow:
     let meters = ids["meters"].clone();
     stripe.standin("webhook", json!({"url": format!("{base}/v1/stripe/webhooks"), "secret": webhook_secret})).await?;
 
+    // Checkout refuses what it cannot sell, with a code, and asks Stripe for nothing.
+    let other = unique("stripe-other-");
+    api.ensure_org(&other, "Another org").await?;
+    let other_key = api.create_key(&other, "read").await?;
+    let other_ingest = api.create_key(&other, "ingest").await?;
+    let checkout = |key: String, body: Value| {
+        let url = format!("{base}/v1/orgs/{other}/checkout");
+        async move { request(reqwest::Method::POST, &url, &key, Some(body)).await }
+    };
+    let ok_urls = json!({"success_url": "https://example.com/ok", "cancel_url": "https://example.com/cancel"});
+    let with = |extra: Value| {
+        let mut b = ok_urls.clone();
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        b
+    };
+    for (name, key, body, status, code) in [
+        ("unknown tier", other_key.clone(), with(json!({"tier": "platinum"})), 422, "invalid_tier"),
+        ("bad url", other_key.clone(), json!({"tier": "growth", "success_url": "javascript:alert(1)", "cancel_url": "https://example.com"}), 422, "invalid_field"),
+        ("unknown field", other_key.clone(), with(json!({"tier": "growth", "price": 1})), 422, "invalid_field"),
+        ("ingest key", other_ingest.clone(), with(json!({"tier": "growth"})), 403, "forbidden"),
+    ] {
+        let (got, body) = checkout(key, body).await?;
+        assert_eq!((got, body["error"]["code"].as_str()), (status, Some(code)), "{name}: {body}");
+    }
+    let sessions = stripe.get("/v1/checkout/sessions").await?;
+    assert_eq!(sessions["data"].as_array().map(Vec::len), Some(0), "no session was created");
+
     // Three orgs buy a tier through Checkout; the completed session reaches the api as a
     // webhook, which links each org to its Stripe customer and records the tier.
     let mut orgs = BTreeMap::new();
@@ -245,6 +272,7 @@ async fn usage_reaches_stripe_exactly_once_through_faults_and_kills() -> anyhow:
         })
         .await?;
         assert_eq!(shown["stripe"]["invoice_id"], invoice["id"]);
+        assert_eq!(shown["status"], "draft", "Tally's own invoice is untouched: {shown}");
         assert_eq!(shown["stripe"]["total_cents"], shown["total_cents"], "Stripe's invoice equals Tally's: {shown}");
         assert_eq!(invoice["total"], shown["total_cents"]);
         stripe.standin(&format!("invoices/{}/pay", invoice["id"].as_str().unwrap()), json!({})).await?;
@@ -253,6 +281,15 @@ async fn usage_reaches_stripe_exactly_once_through_faults_and_kills() -> anyhow:
             Ok((i["stripe"]["status"] == "paid").then_some(i))
         })
         .await?;
+    }
+
+    // Neither the Stripe key nor the webhook secret appears in any service's log.
+    drop(stack);
+    let logs = std::env::var("TALLY_TEST_LOGS").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.tally/test/logs").into());
+    for entry in std::fs::read_dir(logs)? {
+        let path = entry?.path();
+        let text = String::from_utf8_lossy(&std::fs::read(&path)?).into_owned();
+        assert!(!text.contains(&stripe.key) && !text.contains(&webhook_secret), "a secret in {}", path.display());
     }
     Ok(())
 }
