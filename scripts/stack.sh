@@ -46,6 +46,9 @@ export TALLY_INGEST_ADDR=${TALLY_INGEST_ADDR:-127.0.0.1:4318}
 export TALLY_AGGREGATOR_ADDR=${TALLY_AGGREGATOR_ADDR:-127.0.0.1:9101}
 export TALLY_PROJECTOR_ADDR=${TALLY_PROJECTOR_ADDR:-127.0.0.1:9102}
 export TALLY_BILLING_REPORTER_ADDR=${TALLY_BILLING_REPORTER_ADDR:-127.0.0.1:9103}
+# Locally the reporter runs a cycle every 10 s (60 s by default), so `make demo` shows Stripe's
+# meters catching up within seconds.
+export TALLY_REPORT_INTERVAL_SECS=${TALLY_REPORT_INTERVAL_SECS:-10}
 # The billing reporter starts last, once Stripe has Tally's meters and prices; `down` stops it first.
 ALL_SERVICES=("${SERVICES[@]}" billing-reporter)
 export TALLY_KAFKA_BROKERS=${TALLY_KAFKA_BROKERS:-127.0.0.1:${TALLY_KAFKA_PORT:-9092}}

@@ -10,10 +10,13 @@ use tally_loadgen::WorkloadSpec;
 use tally_metering::Period;
 
 mod bench;
+mod stripe_demo;
 
 pub struct Endpoints {
     pub api: Api,
     pub ingest_url: String,
+    pub api_url: String,
+    pub admin_token: String,
 }
 
 fn endpoints() -> anyhow::Result<Endpoints> {
@@ -26,7 +29,12 @@ fn endpoints() -> anyhow::Result<Endpoints> {
             .trim()
             .to_string(),
     };
-    Ok(Endpoints { api: Api::new(&format!("http://{api_addr}"), &token), ingest_url: format!("http://{ingest_addr}") })
+    Ok(Endpoints {
+        api: Api::new(&format!("http://{api_addr}"), &token),
+        ingest_url: format!("http://{ingest_addr}"),
+        api_url: format!("http://{api_addr}"),
+        admin_token: token,
+    })
 }
 
 const DEMO_ORGS: [(&str, &str); 5] = [
@@ -43,6 +51,15 @@ async fn demo() -> anyhow::Result<()> {
         ep.api.ensure_org(id, name).await?;
     }
     let ingest_key = ep.api.create_key("acme", "ingest").await?;
+    // acme buys the business tier through Stripe Checkout (on the stand-in `make up` runs).
+    let stripe = stripe_demo::StripeDemo::connect(&ep.api_url, &ep.admin_token).await;
+    let acme_customer = match &stripe {
+        Some(s) => Some(s.subscribe("acme", "business").await?),
+        None => {
+            println!("(no Stripe stand-in on this stack: skipping Checkout and the meters)");
+            None
+        }
+    };
     let now = chrono::Utc::now();
     let spec = WorkloadSpec {
         orgs: DEMO_ORGS.iter().map(|(id, _)| id.to_string()).collect(),
@@ -99,6 +116,9 @@ async fn demo() -> anyhow::Result<()> {
             usage["tier"].as_str().unwrap_or("?"),
             format!("{}.{:02}", cents / 100, cents % 100)
         );
+    }
+    if let (Some(stripe), Some(customer)) = (&stripe, &acme_customer) {
+        stripe.show_meters("acme", customer, Period::containing(now)).await?;
     }
     Ok(())
 }
