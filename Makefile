@@ -60,10 +60,13 @@ bench: up
 	$(LOADGEN) bench
 
 # Forget every event and every figure: the broker's log and the tally database go together
-# (the read models remember log offsets). Keeps the downloaded jars and the admin token.
+# (the read models remember log offsets), and so does the Stripe stand-in's state (the database
+# links to its customers and subscriptions). Keeps the downloaded jars and the admin token.
+STRIPE_STANDIN_STATE_FILE ?= $(TALLY_HOME)/stripe-standin.json
 clean-data: down
 	scripts/postgres.sh start
 	dropdb -h 127.0.0.1 -U postgres --if-exists --force tally
 	scripts/postgres.sh stop
 	rm -rf $(TALLY_HOME)/kafka/data $(TALLY_HOME)/kafka/cluster-id \
-		$(TALLY_HOME)/kafka/formatted-controller-port $(TALLY_HOME)/logs $(TALLY_HOME)/run
+		$(TALLY_HOME)/kafka/formatted-controller-port $(TALLY_HOME)/logs $(TALLY_HOME)/run \
+		$(STRIPE_STANDIN_STATE_FILE) $(STRIPE_STANDIN_STATE_FILE).tmp

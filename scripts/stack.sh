@@ -12,12 +12,15 @@
 # in .tally/admin-token], TALLY_API_ADDR [127.0.0.1:8080], TALLY_INGEST_ADDR
 # [127.0.0.1:4318], TALLY_AGGREGATOR_ADDR [127.0.0.1:9101], TALLY_PROJECTOR_ADDR
 # [127.0.0.1:9102], TALLY_KAFKA_BROKERS, TALLY_DATABASE_URL, TALLY_READY_SECS [60],
-# STRIPE_STANDIN_ADDR [127.0.0.1:12111]. Unless TALLY_STRIPE_API_BASE is set (real Stripe), the
-# stand-in is started and Tally is pointed at it with a generated sk_test_ key
-# (.tally/stripe-secret-key) and webhook secret (.tally/stripe-webhook-secret), and the stand-in
-# delivers its webhooks to the api; `up` then runs `billing-reporter setup-stripe` there (ids in
-# .tally/stripe-setup.json) and starts the billing reporter (TALLY_BILLING_REPORTER_ADDR
-# [127.0.0.1:9103]). With real Stripe, the reporter starts when TALLY_STRIPE_SECRET_KEY is set.
+# STRIPE_STANDIN_ADDR [127.0.0.1:12111], STRIPE_STANDIN_STATE_FILE [.tally/stripe-standin.json].
+# Unless TALLY_STRIPE_API_BASE is set (real Stripe), the stand-in is started and Tally is pointed
+# at it with a generated sk_test_ key (.tally/stripe-secret-key) and webhook secret
+# (.tally/stripe-webhook-secret), and the stand-in delivers its webhooks to the api; it keeps its
+# state (customers, meters, meter events, subscriptions, ...) in STRIPE_STANDIN_STATE_FILE across
+# `down` and `up`, as Stripe would, until `make clean-data` deletes it with the database. `up`
+# then runs `billing-reporter setup-stripe` there (ids in .tally/stripe-setup.json) and starts
+# the billing reporter (TALLY_BILLING_REPORTER_ADDR [127.0.0.1:9103]). With real Stripe, the
+# reporter starts when TALLY_STRIPE_SECRET_KEY is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -33,6 +36,8 @@ STOP_SECS=15
 # Start order; `down` stops them in reverse.
 SERVICES=(api aggregator projector ingest)
 export STRIPE_STANDIN_ADDR=${STRIPE_STANDIN_ADDR:-127.0.0.1:12111}
+# What the stand-in remembers survives a restart, as Tally's database does.
+export STRIPE_STANDIN_STATE_FILE=${STRIPE_STANDIN_STATE_FILE:-$TALLY_HOME/stripe-standin.json}
 if [[ -z ${TALLY_STRIPE_API_BASE:-} ]]; then
   SERVICES=(stripe-standin "${SERVICES[@]}")
   export TALLY_STRIPE_API_BASE=http://$STRIPE_STANDIN_ADDR

@@ -36,18 +36,26 @@
 //!   `invoice.payment_succeeded`). Answers the invoice.
 //! - `GET|POST|DELETE /_standin/webhook`: the endpoint events go to; POST
 //!   `{"url": "http://...", "secret": "whsec_..."}`; GET answers `{"url"}` only, never the secret.
-//!   At start-up from `STRIPE_STANDIN_WEBHOOK_URL` and `STRIPE_STANDIN_WEBHOOK_SECRET`.
+//!   At start-up from `STRIPE_STANDIN_WEBHOOK_URL` and `STRIPE_STANDIN_WEBHOOK_SECRET`; one set
+//!   here is kept in the state file, secret included (mode 0600), when there is no such setting.
 //! - `GET /_standin/webhook/deliveries`: `{"deliveries": [{"event_id", "type", "url", "attempts",
 //!   "last_status", "last_error", "delivered", "resend"}]}`, oldest first.
 //! - `POST /_standin/events/{id}/resend`: delivers an event again, freshly signed.
+//!
+//! With `STRIPE_STANDIN_STATE_FILE` ([`Config::state_file`]) the stand-in remembers across
+//! restarts, as Stripe never forgets ([`state`]): it loads the file at start (refusing to start
+//! if it cannot read it), saves it every 2 s when something changed and once more when it stops.
 
 pub mod form;
 pub mod spec;
+pub mod state;
 pub mod store;
 pub mod webhook;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -60,6 +68,7 @@ use rand::Rng;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use state::{Saved, SavedEndpoint, Stored};
 use store::{Reply, Store, StripeError};
 use webhook::{Delivery, Endpoint, Job, Queue};
 
@@ -73,12 +82,15 @@ pub struct Config {
     /// `STRIPE_STANDIN_WEBHOOK_URL` and `STRIPE_STANDIN_WEBHOOK_SECRET`: where events are
     /// delivered from the start (also settable at run time with `POST /_standin/webhook`).
     pub webhook: Option<Endpoint>,
+    /// `STRIPE_STANDIN_STATE_FILE`: where the state is kept across restarts; none, the stand-in
+    /// starts empty and forgets everything when it stops.
+    pub state_file: Option<PathBuf>,
 }
 
 impl Config {
-    /// Serves on `addr`, accepting any `sk_test_` key, without a webhook endpoint.
+    /// Serves on `addr`, accepting any `sk_test_` key, without a webhook endpoint nor state file.
     pub fn new(addr: SocketAddr) -> Config {
-        Config { addr, api_key: None, webhook: None }
+        Config { addr, api_key: None, webhook: None, state_file: None }
     }
 }
 
@@ -95,19 +107,31 @@ pub struct Faults {
     pub slow_ms: u64,
 }
 
-struct Stored {
-    fingerprint: String,
-    status: u16,
-    body: Value,
-}
-
 struct Inner {
     store: Store,
     idempotency: HashMap<String, Stored>,
     log: Vec<Value>,
     faults: Faults,
     webhook: Option<Endpoint>,
+    /// The endpoint was set with `POST /_standin/webhook` (the state file keeps it then).
+    webhook_set_at_run_time: bool,
     deliveries: Vec<Delivery>,
+    /// Something the state file keeps changed since it was last written.
+    dirty: bool,
+}
+
+impl Inner {
+    /// What the state file keeps, cloned (the caller writes it outside the lock).
+    fn saved(&self) -> Saved {
+        Saved {
+            format: state::FORMAT,
+            saved_at: now(),
+            store: self.store.clone(),
+            idempotency: self.idempotency.clone(),
+            deliveries: self.deliveries.clone(),
+            webhook: self.webhook.as_ref().filter(|_| self.webhook_set_at_run_time).map(SavedEndpoint::of),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -115,7 +139,18 @@ pub struct StandIn {
     config: Arc<Config>,
     inner: Arc<Mutex<Inner>>,
     deliveries: Arc<Queue>,
+    /// The state file, when this stand-in was opened with one ([`StandIn::open`]).
+    persist: Option<Arc<Persist>>,
 }
+
+struct Persist {
+    path: PathBuf,
+    /// One write at a time, each from a snapshot taken after the previous one's.
+    writing: Mutex<()>,
+}
+
+/// How often the state file is written when something changed.
+pub const SAVE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The webhook sender's reports, into the stand-in's state.
 struct Recorder(Arc<Mutex<Inner>>);
@@ -123,6 +158,7 @@ struct Recorder(Arc<Mutex<Inner>>);
 impl webhook::Record for Recorder {
     fn attempted(&self, delivery: usize, attempt: u32, status: Option<u16>, error: Option<String>, delivered: bool) {
         let mut inner = self.0.lock().expect("stand-in state lock");
+        inner.dirty = true;
         if let Some(d) = inner.deliveries.get_mut(delivery) {
             d.attempts = attempt;
             d.last_status = status;
@@ -132,7 +168,9 @@ impl webhook::Record for Recorder {
     }
 
     fn delivered(&self, event_id: &str) {
-        self.0.lock().expect("stand-in state lock").store.webhook_delivered(event_id);
+        let mut inner = self.0.lock().expect("stand-in state lock");
+        inner.dirty = true;
+        inner.store.webhook_delivered(event_id);
     }
 }
 
@@ -140,6 +178,8 @@ impl webhook::Record for Recorder {
 const LOG_LIMIT: usize = 100_000;
 
 impl StandIn {
+    /// A fresh, empty stand-in that neither reads nor writes `config.state_file` (see
+    /// [`StandIn::open`]).
     pub fn new(config: Config) -> StandIn {
         let webhook = config.webhook.clone();
         StandIn {
@@ -150,9 +190,125 @@ impl StandIn {
                 log: Vec::new(),
                 faults: Faults::default(),
                 webhook,
+                webhook_set_at_run_time: false,
                 deliveries: Vec::new(),
+                dirty: false,
             })),
             deliveries: Arc::new(Queue::default()),
+            persist: None,
+        }
+    }
+
+    /// The stand-in `config` asks for: with a state file, what it holds (empty if there is no
+    /// file yet), kept there from now on when served with [`StandIn::serve`]. A file that cannot
+    /// be read or parsed, or a directory that does not exist, is an error naming the file.
+    /// The webhook endpoint from `config` wins over one the file kept.
+    pub fn open(config: Config) -> anyhow::Result<StandIn> {
+        let Some(path) = config.state_file.clone() else { return Ok(StandIn::new(config)) };
+        let loaded = state::load(&path)?;
+        state::check_writable(&path)?;
+        let mut standin = StandIn::new(config);
+        if let Some(saved) = loaded {
+            let mut inner = standin.lock();
+            tracing::info!(file = %path.display(), saved_at = saved.saved_at, "stripe stand-in state loaded: {}", saved.store.summary());
+            inner.store = saved.store;
+            inner.idempotency = saved.idempotency;
+            inner.deliveries = saved.deliveries;
+            if inner.webhook.is_none() {
+                if let Some(w) = saved.webhook {
+                    inner.webhook = Some(w.endpoint().map_err(|e| anyhow::anyhow!("state file {}: {e}", path.display()))?);
+                    inner.webhook_set_at_run_time = true;
+                }
+            }
+        } else {
+            tracing::info!(file = %path.display(), "no stripe stand-in state yet: starting empty");
+        }
+        standin.persist = Some(Arc::new(Persist { path, writing: Mutex::new(()) }));
+        Ok(standin)
+    }
+
+    /// Serves on `listener` until `stop` resolves, then waits for the requests in flight. With a
+    /// state file: deliveries cut short by the last stop are resumed, the state is written every
+    /// [`SAVE_INTERVAL`] when something changed, and once more after the server stopped.
+    pub async fn serve(self, listener: tokio::net::TcpListener, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let saver = self.persist.as_ref().map(|_| {
+            self.resume_deliveries();
+            tokio::spawn(self.clone().save_periodically())
+        });
+        let served = axum::serve(listener, self.clone().router()).with_graceful_shutdown(stop).await;
+        let saved = match saver {
+            Some(saver) => {
+                saver.abort();
+                let _ = saver.await;
+                let app = self.clone();
+                tokio::task::spawn_blocking(move || app.save(false)).await?.map(|_| ())
+            }
+            None => Ok(()),
+        };
+        served?;
+        saved
+    }
+
+    /// Writes the state file (if any) from a snapshot taken under the lock, outside it; with
+    /// `only_if_changed`, only when something changed since the last write. Blocking.
+    fn save(&self, only_if_changed: bool) -> anyhow::Result<bool> {
+        let Some(persist) = &self.persist else { return Ok(false) };
+        let _writing = persist.writing.lock().expect("state file lock");
+        let saved = {
+            let mut inner = self.lock();
+            if only_if_changed && !inner.dirty {
+                return Ok(false);
+            }
+            inner.dirty = false;
+            inner.saved()
+        };
+        let result = state::save(&persist.path, &saved);
+        if result.is_err() {
+            self.lock().dirty = true;
+        }
+        result.map(|_| true)
+    }
+
+    async fn save_periodically(self) {
+        let mut failing = false;
+        loop {
+            tokio::time::sleep(SAVE_INTERVAL).await;
+            let app = self.clone();
+            match tokio::task::spawn_blocking(move || app.save(true)).await {
+                Ok(Ok(saved)) => {
+                    if failing && saved {
+                        tracing::info!("stripe stand-in state saved again");
+                    }
+                    failing = failing && !saved;
+                }
+                Ok(Err(e)) => {
+                    // Logged once until a write succeeds again.
+                    if !failing {
+                        tracing::error!("stripe stand-in state not saved (retrying every {SAVE_INTERVAL:?}): {e:#}");
+                    }
+                    failing = true;
+                }
+                Err(e) => tracing::error!("stripe stand-in state saver: {e}"),
+            }
+        }
+    }
+
+    /// Queues again the deliveries the last stop cut short (not delivered, attempts left), to
+    /// the current endpoint if it is still the one they were for: Stripe keeps retrying.
+    fn resume_deliveries(&self) {
+        let inner = self.lock();
+        let Some(endpoint) = inner.webhook.clone() else { return };
+        let pending: Vec<(usize, String)> = inner
+            .deliveries
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| !d.delivered && d.attempts < webhook::ATTEMPTS && d.url == endpoint.url)
+            .map(|(i, d)| (i, d.event_id.clone()))
+            .collect();
+        for (delivery, event_id) in pending {
+            let Ok(event) = inner.store.event(&event_id) else { continue };
+            let body = serde_json::to_string_pretty(&event).expect("an event serializes");
+            self.deliveries.push(Job { delivery, event_id, body, endpoint: endpoint.clone() }, Recorder(self.inner.clone()));
         }
     }
 
@@ -176,6 +332,13 @@ impl StandIn {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().expect("stand-in state lock")
+    }
+
+    /// The lock, for a change the state file keeps.
+    fn lock_mut(&self) -> std::sync::MutexGuard<'_, Inner> {
+        let mut inner = self.lock();
+        inner.dirty = true;
+        inner
     }
 
     /// Queues the events created since the last call for the webhook endpoint, if one is set.
@@ -216,24 +379,61 @@ pub async fn spawn_local(api_key: &str) -> anyhow::Result<String> {
     spawn_local_with(Config { api_key: Some(api_key.to_string()), ..Config::new(([127, 0, 0, 1], 0).into()) }).await
 }
 
-/// Serves a fresh stand-in with `config` in this process on a free loopback port (`config.addr`
-/// is ignored); returns its base URL. For tests.
-pub async fn spawn_local_with(mut config: Config) -> anyhow::Result<String> {
+/// Serves a stand-in with `config` in this process on a free loopback port (`config.addr` is
+/// ignored), until the process ends; returns its base URL. For tests.
+pub async fn spawn_local_with(config: Config) -> anyhow::Result<String> {
+    let (url, _task) = spawn(config, std::future::pending()).await?;
+    Ok(url)
+}
+
+/// A stand-in served in this process ([`spawn_local_stoppable`]), until [`LocalStandIn::stop`].
+pub struct LocalStandIn {
+    /// Its base URL, `http://127.0.0.1:<port>`.
+    pub url: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl LocalStandIn {
+    /// Stops it as a signal stops `stripe-standin`: the server stops, the requests in flight
+    /// finish, the state file (if any) is written. Answers what serving or saving failed with.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.task.await?
+    }
+}
+
+/// Serves a stand-in with `config` (loading `config.state_file` as `stripe-standin` does) in
+/// this process on a free loopback port; stop it with [`LocalStandIn::stop`]. For tests.
+pub async fn spawn_local_stoppable(config: Config) -> anyhow::Result<LocalStandIn> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (url, task) = spawn(config, async move {
+        let _ = stopped.await;
+    })
+    .await?;
+    Ok(LocalStandIn { url, stop, task })
+}
+
+async fn spawn(mut config: Config, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<(String, tokio::task::JoinHandle<anyhow::Result<()>>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     config.addr = addr;
-    let app = StandIn::new(config).router();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(format!("http://{addr}"))
+    let standin = StandIn::open(config)?;
+    Ok((format!("http://{addr}"), tokio::spawn(standin.serve(listener, stop))))
 }
 
 pub async fn run(config: Config, shutdown: tally_common::shutdown::Shutdown) -> anyhow::Result<()> {
     let addr = config.addr;
     let webhook_url = config.webhook.as_ref().map(|w| w.url.clone());
-    let app = StandIn::new(config).router();
+    let state_file = config.state_file.clone();
+    // The state first: a file that cannot be read stops the start before anything listens.
+    let standin = StandIn::open(config)?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, ?webhook_url, "stripe stand-in listening");
-    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.requested().await }).await?;
+    tracing::info!(%addr, ?webhook_url, ?state_file, "stripe stand-in listening");
+    standin.serve(listener, async move { shutdown.requested().await }).await?;
+    if let Some(file) = state_file {
+        tracing::info!(file = %file.display(), "stripe stand-in state saved");
+    }
     Ok(())
 }
 
@@ -387,7 +587,7 @@ async fn handle(State(app): State<StandIn>, method: Method, uri: Uri, headers: H
         None => format!("http://{}", app.config.addr),
     };
     let (status, body, replayed, slow) = {
-        let mut inner = app.lock();
+        let mut inner = if method == Method::GET { app.lock() } else { app.lock_mut() };
         let request = Request { method: &method, path: &path, headers: &headers, raw: &raw, idempotency_key: idempotency_key.as_deref(), id: &request_id, base: &base };
         let outcome = process(&app.config, &mut inner, &request);
         app.dispatch(&mut inner);
@@ -537,7 +737,7 @@ async fn complete_checkout(State(app): State<StandIn>, Path(id): Path<String>, b
         Ok(c) => c,
         Err(r) => return r,
     };
-    let mut inner = app.lock();
+    let mut inner = app.lock_mut();
     let reply = inner.store.complete_checkout_session(&id, completion.email.as_deref(), now());
     app.dispatch(&mut inner);
     answer(reply)
@@ -581,7 +781,7 @@ async fn checkout_page(State(app): State<StandIn>, Path(id): Path<String>) -> Re
 async fn checkout_page_paid(State(app): State<StandIn>, Path(id): Path<String>, body: Bytes) -> Response {
     let email = form_urlencoded::parse(&body).find(|(k, _)| k == "email").map(|(_, v)| v.into_owned()).filter(|e| !e.is_empty());
     let reply = {
-        let mut inner = app.lock();
+        let mut inner = app.lock_mut();
         let reply = inner.store.complete_checkout_session(&id, email.as_deref(), now());
         app.dispatch(&mut inner);
         reply
@@ -605,7 +805,7 @@ struct InvoiceRequest {
 
 /// `POST /_standin/invoices` `{"subscription", "period_start", "period_end"}`.
 async fn create_invoice(State(app): State<StandIn>, Json(request): Json<InvoiceRequest>) -> Response {
-    let mut inner = app.lock();
+    let mut inner = app.lock_mut();
     let reply = inner.store.create_subscription_invoice(&request.subscription, request.period_start, request.period_end, now());
     app.dispatch(&mut inner);
     answer(reply)
@@ -613,7 +813,7 @@ async fn create_invoice(State(app): State<StandIn>, Json(request): Json<InvoiceR
 
 /// `POST /_standin/invoices/{id}/pay`.
 async fn pay_invoice(State(app): State<StandIn>, Path(id): Path<String>) -> Response {
-    let mut inner = app.lock();
+    let mut inner = app.lock_mut();
     let reply = inner.store.pay_invoice(&id, now());
     app.dispatch(&mut inner);
     answer(reply)
@@ -636,7 +836,9 @@ async fn set_webhook(State(app): State<StandIn>, Json(setting): Json<WebhookSett
     match Endpoint::new(&setting.url, &setting.secret) {
         Ok(endpoint) => {
             tracing::info!(url = %endpoint.url, "webhook endpoint set");
-            app.lock().webhook = Some(endpoint);
+            let mut inner = app.lock_mut();
+            inner.webhook = Some(endpoint);
+            inner.webhook_set_at_run_time = true;
             Json(json!({"url": setting.url})).into_response()
         }
         Err(message) => refused(StatusCode::UNPROCESSABLE_ENTITY, message),
@@ -645,7 +847,9 @@ async fn set_webhook(State(app): State<StandIn>, Json(setting): Json<WebhookSett
 
 /// `DELETE /_standin/webhook`: no more deliveries (those queued still go).
 async fn delete_webhook(State(app): State<StandIn>) -> Json<Value> {
-    app.lock().webhook = None;
+    let mut inner = app.lock_mut();
+    inner.webhook = None;
+    inner.webhook_set_at_run_time = true;
     Json(json!({"url": null}))
 }
 
@@ -656,7 +860,7 @@ async fn deliveries(State(app): State<StandIn>) -> Json<Value> {
 
 /// `POST /_standin/events/{id}/resend`: delivers the event again to the current endpoint.
 async fn resend_event(State(app): State<StandIn>, Path(id): Path<String>) -> Response {
-    let mut inner = app.lock();
+    let mut inner = app.lock_mut();
     let event = match inner.store.event(&id) {
         Ok(e) => e,
         Err(e) => return answer(Err(e)),

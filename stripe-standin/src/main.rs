@@ -1,6 +1,8 @@
 //! `stripe-standin`: serves the stand-in on `STRIPE_STANDIN_ADDR` (default 127.0.0.1:12111);
 //! `STRIPE_STANDIN_API_KEY` the one key accepted; `STRIPE_STANDIN_WEBHOOK_URL` and
-//! `STRIPE_STANDIN_WEBHOOK_SECRET` where events are delivered, signed with the secret.
+//! `STRIPE_STANDIN_WEBHOOK_SECRET` where events are delivered, signed with the secret;
+//! `STRIPE_STANDIN_STATE_FILE` where the state is kept across restarts (none: forgotten at exit).
+//! Exits 1 when the state file cannot be read or parsed, rather than start empty over it.
 
 use tally_stripe_standin::webhook::Endpoint;
 use tally_stripe_standin::{run, Config};
@@ -34,7 +36,8 @@ async fn main() -> std::process::ExitCode {
             }
         },
     };
-    let config = Config { addr, api_key: env("STRIPE_STANDIN_API_KEY"), webhook };
+    let state_file = env("STRIPE_STANDIN_STATE_FILE").map(std::path::PathBuf::from);
+    let config = Config { addr, api_key: env("STRIPE_STANDIN_API_KEY"), webhook, state_file };
     match run(config, tally_common::shutdown::Shutdown::on_signals()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

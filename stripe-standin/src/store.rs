@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::spec::sample;
@@ -156,7 +157,7 @@ pub fn graduated(tiers: &[Value], quantity: u64) -> Option<Vec<TierLine>> {
 }
 
 /// One meter event as stored.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MeterEvent {
     pub event_name: String,
     pub customer: String,
@@ -169,7 +170,7 @@ pub struct MeterEvent {
 
 /// What a Checkout Session will subscribe its customer to, kept beside the session as Stripe
 /// keeps it (not part of the session object).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct SessionSetup {
     /// (price id, quantity): no quantity for a metered price.
     items: Vec<(String, Option<u64>)>,
@@ -177,8 +178,10 @@ struct SessionSetup {
     billing_cycle_anchor: Option<i64>,
 }
 
-/// Everything the stand-in remembers.
-#[derive(Default)]
+/// Everything the stand-in remembers. It serializes whole (the state file), but for what lives
+/// only within one request: the events not yet handed to the webhook sender (always none
+/// between requests) and the request being served.
+#[derive(Default, Clone, Serialize, Deserialize)]
 pub struct Store {
     customers: BTreeMap<String, Value>,
     products: BTreeMap<String, Value>,
@@ -194,8 +197,10 @@ pub struct Store {
     /// Every event, oldest first.
     events: Vec<Value>,
     /// Events created since the last [`Store::take_new_events`], oldest first.
+    #[serde(skip)]
     new_events: Vec<Value>,
     /// The API request events are attributed to: (request id, idempotency key).
+    #[serde(skip)]
     request: Option<(String, Option<String>)>,
 }
 
@@ -220,6 +225,22 @@ fn expanded(params: &Value, field: &str) -> bool {
 }
 
 impl Store {
+    /// What the store holds, in a few words (for the log when the state file is loaded).
+    pub fn summary(&self) -> String {
+        format!(
+            "{} customers, {} products, {} prices, {} meters, {} meter events, {} checkout sessions, {} subscriptions, {} invoices, {} events",
+            self.customers.len(),
+            self.products.len(),
+            self.prices.len(),
+            self.meters.len(),
+            self.meter_events.len(),
+            self.checkout_sessions.len(),
+            self.subscriptions.len(),
+            self.invoices.len(),
+            self.events.len()
+        )
+    }
+
     // ---- customers -------------------------------------------------------------------------
 
     pub fn create_customer(&mut self, params: &Value, now: i64) -> Reply {

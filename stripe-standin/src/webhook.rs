@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
@@ -63,8 +63,9 @@ pub fn signature_header(secret: &str, timestamp: i64, body: &str) -> String {
     format!("t={timestamp},v1={}", signature(secret, timestamp, body))
 }
 
-/// One delivery of one event, as `GET /_standin/webhook/deliveries` shows it.
-#[derive(Debug, Clone, Serialize)]
+/// One delivery of one event, as `GET /_standin/webhook/deliveries` shows it (and the state file
+/// keeps it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Delivery {
     pub event_id: String,
     #[serde(rename = "type")]
