@@ -46,7 +46,7 @@ pub static WEBHOOKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 
 /// Stripe events processed, by outcome (`linked`, `tier_recorded`, `invoice_stored`,
-/// `superseded`, `unknown_org`, `ignored`).
+/// `superseded`, `unknown_org`, `other_subscription`, `ignored`; `failed`: an attempt that will be retried).
 pub static WEBHOOK_OUTCOMES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!("tally_api_stripe_events_processed_total", "Stripe events processed, by outcome.", &["outcome"])
         .expect("metric registers")

@@ -52,6 +52,11 @@ pub const SIGNATURE_TOLERANCE_SECS: i64 = 300;
 pub const MAX_WEBHOOK_BYTES: usize = 1024 * 1024;
 /// How often the sweeper looks for events whose processing was interrupted.
 const SWEEP_EVERY: Duration = Duration::from_secs(15);
+/// Failed attempts after which the sweeper leaves an event to an operator.
+const MAX_ATTEMPTS: i32 = 50;
+/// Events processed at once per api instance: each holds a database connection while it writes
+/// to Kafka, so a Kafka outage cannot take every connection of the pool.
+static PROCESSING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
 // ---- signatures ------------------------------------------------------------------------------
 
@@ -146,6 +151,11 @@ fn stripe_error(e: StripeCallError) -> ApiError {
     }
 }
 
+/// A subscription status under which Stripe bills (and Tally prices on the subscription's tier).
+fn is_live(status: &str) -> bool {
+    matches!(status, "active" | "trialing" | "past_due")
+}
+
 /// The first instant of the month after `now`, UTC: where Tally anchors Stripe's billing cycle.
 pub fn next_month_start(now: DateTime<Utc>) -> DateTime<Utc> {
     let (y, m) = if now.month() == 12 { (now.year() + 1, 1) } else { (now.year(), now.month() + 1) };
@@ -171,6 +181,20 @@ pub async fn checkout(
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stripe_not_configured", "Stripe is not configured (TALLY_STRIPE_SECRET_KEY)")
     })?;
 
+    let linked: Option<(String, Option<String>)> =
+        sqlx::query_as("SELECT customer_id, subscription_status FROM stripe_customers WHERE org_id = $1")
+            .bind(&org_id)
+            .fetch_optional(&state.pool)
+            .await?;
+    if linked.as_ref().is_some_and(|(_, status)| status.as_deref().is_some_and(is_live)) {
+        // A second subscription would bill the same usage twice (both would carry the metered
+        // prices): a change of tier is an update of the subscription, in Stripe.
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_subscribed",
+            format!("org {org_id:?} has a live Stripe subscription; change its tier in Stripe (the customer portal) instead"),
+        ));
+    }
     let plan = plans(&state.pricing).into_iter().find(|p| p.tier == tier).expect("every tier has a plan");
     let keys: Vec<String> = plan.prices.iter().map(|p| p.lookup_key.clone()).collect();
     let found = ListPrice::new().lookup_keys(keys.clone()).active(true).limit(10).send(client).await.map_err(stripe_error)?;
@@ -203,11 +227,7 @@ pub async fn checkout(
         .line_items(line_items)
         .metadata(metadata)
         .subscription_data(subscription);
-    let linked: Option<(String,)> = sqlx::query_as("SELECT customer_id FROM stripe_customers WHERE org_id = $1")
-        .bind(&org_id)
-        .fetch_optional(&state.pool)
-        .await?;
-    if let Some((customer,)) = linked {
+    if let Some((customer, _)) = linked {
         create = create.customer(customer);
     }
     let session = create.send(client).await.map_err(stripe_error)?;
@@ -251,12 +271,27 @@ pub async fn webhook(State(state): State<Arc<AppState>>, headers: HeaderMap, bod
     if inserted {
         let (state, id) = (state.clone(), id.to_string());
         tokio::spawn(async move {
-            if let Err(e) = process_event(&state, &id).await {
-                tracing::warn!(event_id = %id, error = %e, "webhook event not processed yet; the sweeper retries");
-            }
+            let _ = process_logged(&state, &id).await;
         });
     }
     Ok(Json(json!({"received": true, "duplicate": !inserted})))
+}
+
+/// Processes one event with a permit; a failure is logged and counted on the event, for the
+/// sweeper to retry.
+async fn process_logged(state: &AppState, event_id: &str) -> Result<Option<Outcome>, ProcessError> {
+    let _permit = PROCESSING.acquire().await.expect("the semaphore is never closed");
+    let result = process_event(state, event_id).await;
+    if let Err(e) = &result {
+        crate::metrics::WEBHOOK_OUTCOMES.with_label_values(&["failed"]).inc();
+        tracing::warn!(event_id, error = %e, "Stripe event not processed yet; the sweeper retries");
+        let _ = sqlx::query("UPDATE stripe_webhook_events SET attempts = attempts + 1, last_error = $2 WHERE event_id = $1")
+            .bind(event_id)
+            .bind(e.to_string())
+            .execute(&state.pool)
+            .await;
+    }
+    result
 }
 
 /// What processing an event did, stored as its `outcome`.
@@ -269,6 +304,8 @@ pub enum Outcome {
     Superseded,
     /// The event names no org Tally knows.
     UnknownOrg,
+    /// An event of a subscription other than the org's live one.
+    OtherSubscription,
     /// A type Tally does not act on.
     Ignored,
 }
@@ -281,6 +318,7 @@ impl Outcome {
             Outcome::InvoiceStored => "invoice_stored",
             Outcome::Superseded => "superseded",
             Outcome::UnknownOrg => "unknown_org",
+            Outcome::OtherSubscription => "other_subscription",
             Outcome::Ignored => "ignored",
         }
     }
@@ -368,19 +406,25 @@ async fn checkout_completed(state: &AppState, tx: &mut Tx<'_>, event_id: &str, s
         return Ok(Outcome::UnknownOrg);
     }
     let subscription = id_of(&session["subscription"]);
-    sqlx::query(
+    // Linking is the newest fact about the org only if no newer subscription event was applied.
+    let linked = sqlx::query(
         "INSERT INTO stripe_customers (org_id, customer_id, subscription_id, subscription_status, linked_at, event_created)
          VALUES ($1, $2, $3, 'active', $4, $4)
          ON CONFLICT (org_id) DO UPDATE
              SET customer_id = EXCLUDED.customer_id, subscription_id = EXCLUDED.subscription_id,
-                 subscription_status = 'active', event_created = EXCLUDED.event_created, updated_at = now()",
+                 subscription_status = 'active', event_created = EXCLUDED.event_created, updated_at = now()
+             WHERE stripe_customers.event_created IS NULL OR stripe_customers.event_created <= EXCLUDED.event_created",
     )
     .bind(org_id)
     .bind(customer)
     .bind(subscription)
     .bind(created)
     .execute(&mut **tx)
-    .await?;
+    .await?
+    .rows_affected();
+    if linked == 0 {
+        return Ok(Outcome::Superseded);
+    }
     if let Some(tier) = text(&session["metadata"]["tally_tier"]).and_then(|t| t.parse::<Tier>().ok()) {
         record_tier(state, event_id, org_id, tier, created).await?;
     }
@@ -418,35 +462,55 @@ async fn subscription_changed(
         None => org_of_customer(tx, customer).await?,
     };
     let Some(org_id) = org_id else { return Ok(Outcome::UnknownOrg) };
-    let status = text(&subscription["status"]).unwrap_or("active");
-    // Stripe does not promise order: an event older than the newest one applied is dropped.
-    let applied = sqlx::query(
-        "UPDATE stripe_customers SET subscription_id = $2, subscription_status = $3, event_created = $4, updated_at = now()
-         WHERE org_id = $1 AND (event_created IS NULL OR event_created <= $4)",
+    let Some(subscription_id) = id_of(&subscription["id"]) else { return Ok(Outcome::Ignored) };
+    let status = if deleted { "canceled" } else { text(&subscription["status"]).unwrap_or("active") };
+    // The org's link, locked: events of one org are applied one at a time.
+    let link: Option<(Option<String>, Option<String>, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT subscription_id, subscription_status, event_created FROM stripe_customers WHERE org_id = $1 FOR UPDATE",
     )
     .bind(&org_id)
-    .bind(id_of(&subscription["id"]))
-    .bind(if deleted { "canceled" } else { status })
-    .bind(created)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if applied == 0 {
-        let linked: Option<(String,)> = sqlx::query_as("SELECT org_id FROM stripe_customers WHERE org_id = $1").bind(&org_id).fetch_optional(&mut **tx).await?;
-        if linked.is_some() {
-            return Ok(Outcome::Superseded);
-        }
-        if !org_exists(tx, &org_id).await? {
-            return Ok(Outcome::UnknownOrg);
+    .fetch_optional(&mut **tx)
+    .await?;
+    match &link {
+        None if !org_exists(tx, &org_id).await? => return Ok(Outcome::UnknownOrg),
+        None => {}
+        Some((linked_sub, linked_status, newest)) => {
+            let same = linked_sub.as_deref() == Some(subscription_id);
+            // Another subscription while the linked one is live: not the one Tally bills.
+            if !same && linked_status.as_deref().is_some_and(is_live) {
+                return Ok(Outcome::OtherSubscription);
+            }
+            // Stripe does not promise order, and `created` has one-second resolution: an older
+            // event is dropped, and a canceled subscription stays canceled.
+            if same && linked_status.as_deref() == Some("canceled") {
+                return Ok(Outcome::Superseded);
+            }
+            if newest.is_some_and(|n| n > created) {
+                return Ok(Outcome::Superseded);
+            }
+            sqlx::query(
+                "UPDATE stripe_customers SET subscription_id = $2, subscription_status = $3, event_created = $4, updated_at = now()
+                 WHERE org_id = $1",
+            )
+            .bind(&org_id)
+            .bind(subscription_id)
+            .bind(status)
+            .bind(created)
+            .execute(&mut **tx)
+            .await?;
         }
     }
-    let active = !deleted && matches!(status, "active" | "trialing" | "past_due");
-    let tier = if active { tier_of_subscription(state, subscription).unwrap_or_default() } else { Tier::default() };
+    let tier = if is_live(status) { tier_of_subscription(state, subscription).unwrap_or_default() } else { Tier::default() };
     record_tier(state, event_id, &org_id, tier, created).await?;
     Ok(Outcome::TierRecorded)
 }
 
 async fn invoice_changed(tx: &mut Tx<'_>, invoice: &Value, created: DateTime<Utc>) -> Result<Outcome, ProcessError> {
+    // The invoice of a billing period: Stripe's renewal (`subscription_cycle`) invoices. The
+    // prorated first invoice at checkout and one-off invoices are not a period's bill.
+    if text(&invoice["billing_reason"]).is_some_and(|r| r != "subscription_cycle") {
+        return Ok(Outcome::Ignored);
+    }
     let org_id = match text(&invoice["parent"]["subscription_details"]["metadata"]["tally_org_id"]) {
         Some(o) => Some(o.to_string()),
         None => org_of_customer(tx, id_of(&invoice["customer"])).await?,
@@ -485,9 +549,11 @@ pub async fn sweep(state: Arc<AppState>, shutdown: tally_common::shutdown::Shutd
             _ = shutdown.clone().requested() => return,
         }
         let ids: Vec<(String,)> = match sqlx::query_as(
-            "SELECT event_id FROM stripe_webhook_events WHERE processed_at IS NULL AND received_at < now() - interval '5 seconds'
+            "SELECT event_id FROM stripe_webhook_events
+             WHERE processed_at IS NULL AND attempts < $1 AND received_at < now() - interval '5 seconds'
              ORDER BY created, received_at LIMIT 500",
         )
+        .bind(MAX_ATTEMPTS)
         .fetch_all(&state.pool)
         .await
         {
@@ -498,10 +564,8 @@ pub async fn sweep(state: Arc<AppState>, shutdown: tally_common::shutdown::Shutd
             }
         };
         for (id,) in ids {
-            if let Err(e) = process_event(&state, &id).await {
-                tracing::warn!(event_id = %id, error = %e, "webhook event still not processed");
-                break;
-            }
+            // One event that keeps failing does not hold up the others.
+            let _ = process_logged(&state, &id).await;
         }
     }
 }

@@ -50,7 +50,7 @@ pub async fn due(pool: &PgPool) -> sqlx::Result<Vec<Due>> {
          JOIN stripe_customers c ON c.org_id = u.org_id
          CROSS JOIN (VALUES ('traces'), ('payload_bytes')) AS m (metric)
          LEFT JOIN stripe_meter_ledger l ON l.org_id = u.org_id AND l.period = u.period AND l.metric = m.metric
-         WHERE (to_date(u.period, 'YYYY-MM')::timestamp AT TIME ZONE 'UTC') + interval '1 month' > c.linked_at
+         WHERE (to_date(u.period, 'YYYY-MM') + interval '1 month')::timestamp AT TIME ZONE 'UTC' > c.linked_at
            AND l.failed_at IS NULL
            AND (l.pending_total IS NOT NULL
                 OR CASE m.metric WHEN 'traces' THEN u.traces ELSE u.payload_bytes END <> COALESCE(l.reported, 0))
@@ -137,9 +137,32 @@ pub struct Refusal {
 }
 
 /// Records a final refusal: a failure row, and the ledger row marked failed with its pending
-/// event cleared, so nothing is sent for it until an operator retries.
-pub async fn record_failure(pool: &PgPool, due: &Due, refusal: &Refusal) -> sqlx::Result<()> {
+/// event cleared, so nothing is sent for it until an operator retries. Only if the ledger still
+/// holds the refused event (`pending`, or none for a refusal made before sending): a write based
+/// on a stale read changes nothing. Returns whether it was recorded.
+pub async fn record_failure(pool: &PgPool, due: &Due, refusal: &Refusal, pending: Option<&Pending>) -> sqlx::Result<bool> {
     let mut tx = pool.begin().await?;
+    let marked = sqlx::query(
+        "INSERT INTO stripe_meter_ledger (org_id, period, metric, customer_id, reported, failed_at)
+         VALUES ($1, $2, $3, $4, $5, now())
+         ON CONFLICT (org_id, period, metric) DO UPDATE
+             SET failed_at = now(), pending_total = NULL, pending_identifier = NULL,
+                 pending_timestamp = NULL, pending_since = NULL, updated_at = now()
+             WHERE stripe_meter_ledger.pending_identifier IS NOT DISTINCT FROM $6
+               AND stripe_meter_ledger.reported = EXCLUDED.reported",
+    )
+    .bind(&due.org_id)
+    .bind(due.period.to_string())
+    .bind(due.metric.as_str())
+    .bind(&due.customer_id)
+    .bind(to_i64(due.row.reported))
+    .bind(pending.map(|p| p.identifier.as_str()))
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if marked == 0 {
+        return Ok(false);
+    }
     sqlx::query(
         "INSERT INTO stripe_report_failures (org_id, period, metric, identifier, total, value, status, code, message)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -155,21 +178,8 @@ pub async fn record_failure(pool: &PgPool, due: &Due, refusal: &Refusal) -> sqlx
     .bind(&refusal.message)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
-        "INSERT INTO stripe_meter_ledger (org_id, period, metric, customer_id, reported, failed_at)
-         VALUES ($1, $2, $3, $4, $5, now())
-         ON CONFLICT (org_id, period, metric) DO UPDATE
-             SET failed_at = now(), pending_total = NULL, pending_identifier = NULL,
-                 pending_timestamp = NULL, pending_since = NULL, updated_at = now()",
-    )
-    .bind(&due.org_id)
-    .bind(due.period.to_string())
-    .bind(due.metric.as_str())
-    .bind(&due.customer_id)
-    .bind(to_i64(due.row.reported))
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await
+    tx.commit().await?;
+    Ok(true)
 }
 
 /// `billing-reporter retry-failed`: rows waiting for an operator are reported again; their
@@ -208,7 +218,7 @@ pub async fn period_view(pool: &PgPool, period: Period) -> sqlx::Result<(Vec<(St
         "SELECT c.org_id, c.customer_id, COALESCE(u.traces, 0), COALESCE(u.payload_bytes, 0)
          FROM stripe_customers c
          LEFT JOIN usage_periods u ON u.org_id = c.org_id AND u.period = $1
-         WHERE (to_date($1, 'YYYY-MM')::timestamp AT TIME ZONE 'UTC') + interval '1 month' > c.linked_at
+         WHERE (to_date($1, 'YYYY-MM') + interval '1 month')::timestamp AT TIME ZONE 'UTC' > c.linked_at
          ORDER BY c.org_id",
     )
     .bind(period.to_string())

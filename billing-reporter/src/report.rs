@@ -7,8 +7,9 @@
 //! that event again (same `identifier`, same `Idempotency-Key`). Stripe replays the first answer
 //! to a repeated key and refuses a repeated identifier (`resource_already_exists`), which the
 //! reporter takes as accepted. Both last 24 hours at Stripe; an event still pending after
-//! [`UNKNOWN_OUTCOME_AFTER`] is settled by reading Stripe's meter summary instead of being sent
-//! blindly.
+//! [`UNKNOWN_OUTCOME_AFTER`] (when Stripe has forgotten both) is settled by reading Stripe's meter
+//! summary instead of being sent blindly. A 5xx is never taken as a refusal: its outcome is
+//! unknown, so the event stays pending.
 //!
 //! Why nothing is lost: usage only grows and the next event always carries `usage − reported`,
 //! so whatever a cycle misses, the next one sends.
@@ -37,9 +38,10 @@ use crate::plan::{self, Pending, Step};
 
 /// The advisory lock one reporting cycle holds (any fixed number; "tally-rp").
 const CYCLE_LOCK: i64 = 0x7461_6c6c_792d_7270;
-/// A pending event older than this is settled from Stripe's summary: Stripe's duplicate checks
-/// (identifier, Idempotency-Key) last 24 hours.
-pub const UNKNOWN_OUTCOME_AFTER: Duration = Duration::from_secs(23 * 3600);
+/// A pending event older than this is settled from Stripe's summary. Before it, resending is safe
+/// (Stripe's duplicate checks on identifier and Idempotency-Key last 24 hours); after it, both
+/// have expired, and a resend would count again if the first send had counted.
+pub const UNKNOWN_OUTCOME_AFTER: Duration = Duration::from_secs(25 * 3600);
 
 /// What one cycle did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -91,7 +93,9 @@ impl Reporter {
             return Ok(CycleReport { standby: true, ..Default::default() });
         }
         let result = self.cycle_locked().await;
-        let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(CYCLE_LOCK).execute(&mut *lock).await;
+        // Closing the lock's session releases the lock whatever happened to it meanwhile; the
+        // connection never goes back to the pool still holding it.
+        let _ = sqlx::Connection::close(lock.detach()).await;
         result
     }
 
@@ -157,7 +161,7 @@ impl Reporter {
                     code: Some("period_too_old".into()),
                     message: format!("period {} ended more than {} days ago; Stripe accepts meter events up to 35 days old", due.period, 35 - plan::AGE_MARGIN_SECS / 86_400),
                 };
-                ledger::record_failure(&self.pool, &due, &refusal).await?;
+                ledger::record_failure(&self.pool, &due, &refusal, None).await?;
                 tracing::error!(org_id = %due.org_id, period = %due.period, metric = due.metric.as_str(), "usage too old for Stripe; recorded as a failure");
                 Outcome::TooOld
             }
@@ -211,11 +215,17 @@ impl Reporter {
                 self.accepted(due, pending, value).await?;
                 Ok(Outcome::Duplicate)
             }
+            // A 5xx that Stripe says not to retry: whether it counted is unknown, so the event
+            // stays pending, to be resent (and deduplicated) or settled from the summary.
+            Err(e @ StripeCallError::Rejected { status: 500.., .. }) => {
+                tracing::warn!(org_id = %due.org_id, period = %due.period, metric = due.metric.as_str(), error = %e, "meter event outcome unknown; resent next cycle");
+                Ok(Outcome::Unanswered)
+            }
             Err(StripeCallError::Rejected { status, code, message, .. }) => {
                 let refusal = Refusal { identifier: pending.identifier.clone(), total: pending.total, value, status: Some(status), code, message };
                 tracing::error!(org_id = %due.org_id, period = %due.period, metric = due.metric.as_str(), status,
                     code = refusal.code.as_deref().unwrap_or(""), "Stripe refused a meter event; recorded, not retried");
-                ledger::record_failure(&self.pool, due, &refusal).await?;
+                ledger::record_failure(&self.pool, due, &refusal, Some(pending)).await?;
                 Ok(Outcome::Rejected)
             }
             Err(e @ StripeCallError::GaveUp { .. }) => {
@@ -232,9 +242,10 @@ impl Reporter {
         Ok(())
     }
 
-    /// A pending event too old for Stripe's duplicate checks: Stripe's summary for the period
-    /// tells whether it counted (summary = reported + value), did not (summary = reported, so it
-    /// is safe to send), or something else happened (a failure for an operator).
+    /// A pending event older than Stripe's duplicate checks: Stripe's summary for the period
+    /// tells whether it counted (summary = reported + value), did not (summary = reported: Stripe
+    /// has forgotten the identifier and key, so sending it now counts it once), or something else
+    /// happened (a failure for an operator).
     async fn settle(&self, due: &Due, pending: &Pending, value: u64, meters: &HashMap<String, String>) -> Result<Outcome, CycleError> {
         let Some(meter) = meters.get(meter_event_name(due.metric)) else {
             return Err(StripeCallError::Parse(format!("no active Stripe meter {}", meter_event_name(due.metric))).into());
@@ -256,11 +267,11 @@ impl Reporter {
             status: None,
             code: Some("outcome_unknown".into()),
             message: format!(
-                "the event stayed pending for more than a day and Stripe's summary ({counted}) is neither the ledger's total ({}) nor the event's ({})",
+                "the event stayed pending for more than 25 hours and Stripe's summary ({counted}) is neither the ledger's total ({}) nor the event's ({})",
                 due.row.reported, pending.total
             ),
         };
-        ledger::record_failure(&self.pool, due, &refusal).await?;
+        ledger::record_failure(&self.pool, due, &refusal, Some(pending)).await?;
         Ok(Outcome::Rejected)
     }
 

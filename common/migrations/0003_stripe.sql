@@ -68,7 +68,11 @@ CREATE TABLE stripe_webhook_events (
     payload       jsonb NOT NULL,
     received_at   timestamptz NOT NULL DEFAULT now(),
     processed_at  timestamptz,
-    outcome       text
+    outcome       text,
+    -- Failed processing attempts; the sweeper leaves an event alone after 50 (an operator looks
+    -- at `last_error`).
+    attempts      integer NOT NULL DEFAULT 0,
+    last_error    text
 );
 
 CREATE INDEX stripe_webhook_events_unprocessed ON stripe_webhook_events (received_at) WHERE processed_at IS NULL;
