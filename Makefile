@@ -7,7 +7,7 @@ TALLY_HOME ?= .tally
 TALLY_API_ADDR ?= 127.0.0.1:8080
 LOADGEN := target/release/tally-loadgen
 
-.PHONY: build up down logs status test demo bench clean-data
+.PHONY: build up down logs status test demo bench clean-data reconcile
 
 build:
 	$(CARGO) build --release --workspace --bins
@@ -44,6 +44,10 @@ test: build
 	TALLY_TEST_HOME=$(TEST_HOME) TALLY_TEST_LOGS=$(TEST_HOME)/logs \
 	$(CARGO) test --release --workspace -- --test-threads=1
 	$(TEST_KAFKA) scripts/kafka.sh stop
+
+# Tally's usage, the billing reporter's ledger and Stripe's meters side by side (exit 1 on drift).
+reconcile:
+	scripts/stack.sh billing-reporter reconcile $(if $(PERIOD),--period $(PERIOD))
 
 demo: up
 	$(LOADGEN) demo

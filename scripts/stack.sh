@@ -6,6 +6,8 @@
 #   scripts/stack.sh down    stop the services, Kafka, and PostgreSQL if we started it
 #   scripts/stack.sh logs    tail .tally/logs/*.log (LOGS_FOLLOW=0: print and exit)
 #   scripts/stack.sh status  one line per service
+#   scripts/stack.sh billing-reporter status|reconcile [--period YYYY-MM]|retry-failed
+#                            the billing reporter's commands, with the stack's settings
 #
 # `up` does not build: run it through `make up`, which builds target/release/* first.
 # Environment (defaults in brackets): TALLY_HOME [<repo>/.tally], TALLY_ADMIN_TOKEN [kept
@@ -293,13 +295,21 @@ cmd_status() {
   done
 }
 
+# `scripts/stack.sh billing-reporter status|reconcile|...`: the reporter's commands with the
+# stack's settings (the generated Stripe key included).
+cmd_billing_reporter() {
+  ensure_stripe_secrets
+  exec "$(bin_of billing-reporter)" "$@"
+}
+
 case ${1:-} in
   up) cmd_up ;;
+  billing-reporter) shift; cmd_billing_reporter "$@" ;;
   down) cmd_down ;;
   logs) cmd_logs ;;
   status) cmd_status ;;
   *)
-    echo "usage: scripts/stack.sh up|down|logs|status" >&2
+    echo "usage: scripts/stack.sh up|down|logs|status|billing-reporter <command>" >&2
     exit 2
     ;;
 esac
