@@ -262,6 +262,22 @@ async fn usage_reaches_stripe_exactly_once_through_faults_and_kills() -> anyhow:
         })
         .await?;
     }
+    // The reporter serves its probes, and its metrics count what it did without naming an org,
+    // a customer or a secret.
+    let reporter = format!("http://{}", stack.addrs["billing-reporter"]);
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(reqwest::get(format!("{reporter}{path}")).await?.status(), 200, "billing-reporter{path}");
+    }
+    let metrics = reqwest::get(format!("{reporter}/metrics")).await?.text().await?;
+    // (This instance started after the last kill; what it sent depends on when that was, so the
+    // check is on what every cycle records.)
+    for wanted in ["tally_billing_reporter_cycles_total{result=\"ok\"}", "tally_billing_reporter_failed_rows 0", "tally_billing_reporter_cycle_duration_seconds_count"] {
+        assert!(metrics.contains(wanted), "billing-reporter /metrics lacks {wanted}:\n{metrics}");
+    }
+    for (org, (_, _, _, link)) in &orgs {
+        assert!(!metrics.contains(org.as_str()) && !metrics.contains(link["customer_id"].as_str().unwrap()), "an org or customer in the metrics");
+    }
+    assert!(!metrics.contains(&stripe.key) && !metrics.contains(&webhook_secret));
     let (code, status) = reporter_command(&stack, &["status", "--json"])?;
     assert_eq!(code, 0);
     let status: Value = serde_json::from_str(&status)?;
