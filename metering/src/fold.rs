@@ -435,10 +435,15 @@ impl Fold {
         history.push((effective, change.tier));
         // Keep what can still price a period that is not finalized yet (it may close as late as
         // the grace after its end, and the billing log may lag): the changes of that window
-        // and the one in effect before it.
-        let horizon = effective - MAX_EVENT_AGE - self.config.grace - Duration::days(62);
-        let keep_from = history.iter().rposition(|(t, _)| *t < horizon).unwrap_or(0);
-        history.drain(..keep_from);
+        // and the one in effect before it. The window is measured from the trace log's time as
+        // well as the billing log's, the earlier of the two: catching up, the small billing log
+        // can be read months ahead of the trace log, whose periods still need their tiers.
+        // Before any trace record there is nothing to measure from, and nothing is dropped.
+        if let Some(trace_time) = self.watermark {
+            let horizon = effective.min(trace_time) - MAX_EVENT_AGE - self.config.grace - Duration::days(62);
+            let keep_from = history.iter().rposition(|(t, _)| *t < horizon).unwrap_or(0);
+            history.drain(..keep_from);
+        }
         if !self.subscriptions_changed.iter().any(|o| o == org) {
             self.subscriptions_changed.push(change.org_id.clone());
         }

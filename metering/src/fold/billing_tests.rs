@@ -307,3 +307,24 @@ fn late_events_alone_issue_no_invoice_unless_a_subscription_claims_the_period() 
         }
     }
 }
+
+/// Catching up after an outage (or rebuilding from the log), the small billing log can be read
+/// months ahead of the trace log. The tier history a period still needs must survive until the
+/// trace log has closed that period, however far ahead the billing log is.
+#[test]
+fn a_billing_log_read_far_ahead_of_the_trace_log_keeps_the_tiers_open_periods_need() {
+    let mut fold = Fold::new(FoldConfig::default());
+    let jan: Period = "2026-01".parse().unwrap();
+    fold.apply_event(&event("e1", "acme", at("2026-01-10T00:00:00Z"), 10, Operation::LlmCall), at("2026-01-10T00:00:01Z"));
+    fold.apply_subscription(&change("acme", Tier::Growth), at("2026-01-05T00:00:00Z"));
+    fold.apply_subscription(&change("acme", Tier::Enterprise), at("2026-02-10T00:00:00Z"));
+    // Four months ahead of the trace log.
+    fold.apply_subscription(&change("acme", Tier::Business), at("2026-06-01T00:00:00Z"));
+    fold.apply_billing_tick(at("2026-06-02T00:00:00Z"));
+    // The trace log closes January: growth was in effect at its end.
+    fold.apply_tick(at("2026-02-04T00:00:00Z"));
+    let issued = invoices(&fold.drain_changes());
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    assert_eq!((issued[0].period.as_str(), issued[0].tier), ("2026-01", Tier::Growth));
+    assert_eq!(fold.get("acme", jan).unwrap().tier, Tier::Growth);
+}
