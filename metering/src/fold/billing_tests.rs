@@ -170,7 +170,9 @@ fn apply(fold: &mut Fold, rec: &Rec) {
 fn gen_logs() -> impl Strategy<Value = (Vec<Rec>, Vec<Rec>)> {
     let base = at("2026-10-20T00:00:00Z");
     let trace = prop::collection::vec((0u32..6, 0i64..3_600 * 24 * 45, 0u8..3, 1u64..3_000_000_000, 0u8..4), 0..120);
-    let billing = prop::collection::vec((0u32..6, 0i64..3_600 * 24 * 45, 0usize..4, any::<bool>()), 0..25);
+    // The billing log runs on for months past the trace log, as when an aggregator catches up
+    // and reads the small billing log far ahead.
+    let billing = prop::collection::vec((0u32..6, 0i64..3_600 * 24 * 160, 0usize..4, any::<bool>()), 0..25);
     (trace, billing).prop_map(move |(trace, billing)| {
         // Arrival times increase along each log, as in a partition written by synchronised clocks.
         let mut trace: Vec<_> = trace;
@@ -197,7 +199,7 @@ fn gen_logs() -> impl Strategy<Value = (Vec<Rec>, Vec<Rec>)> {
                 if tick { Rec::BillingTick(t) } else { Rec::Sub(change(&format!("org{org}"), Tier::ALL[tier]), t) }
             })
             .collect();
-        billing_log.push(Rec::BillingTick(base + Duration::days(46)));
+        billing_log.push(Rec::BillingTick(base + Duration::days(161)));
         (trace_log, billing_log)
     })
 }
