@@ -213,7 +213,7 @@ pub async fn list_invoices(
     }
     invoices.sort_by(|a, b| b.period.cmp(&a.period));
     invoices.truncate(MAX_INVOICES as usize);
-    let mut stripe = crate::stripe::stripe_invoices(&state, &org_id).await?;
+    let mut stripe = crate::stripe::stripe_invoices(&state, &org_id, None).await?;
     let invoices: Vec<Value> = invoices.into_iter().map(|i| with_stripe(i, &mut stripe)).collect();
     Ok(Json(json!({"org_id": org_id, "invoices": invoices})))
 }
@@ -246,7 +246,7 @@ pub async fn get_invoice(
             format!("org {org_id:?} has no invoice for {period}"),
         ));
     }
-    let mut stripe = crate::stripe::stripe_invoices(&state, &org_id).await?;
+    let mut stripe = crate::stripe::stripe_invoices(&state, &org_id, Some(period)).await?;
     Ok(Json(with_stripe(invoice_of(&state.pricing, &org_id, period, &billing), &mut stripe)))
 }
 
@@ -320,9 +320,7 @@ pub async fn put_subscription(
 ) -> Result<impl IntoResponse, ApiError> {
     require_admin(&state, &headers).await?;
     let request: SubscriptionRequest = parse_json(&body)?;
-    let tier: Tier = request.tier.parse().map_err(|e: tally_schemas::billing::UnknownTier| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_tier", e.to_string())
-    })?;
+    let tier = parse_tier(&request.tier)?;
     require_org(&state, &org_id).await?;
     let mut id = [0u8; 12];
     rand::rng().fill_bytes(&mut id);
@@ -346,6 +344,11 @@ pub async fn put_subscription(
             "recorded_at": recorded_at,
         })),
     ))
+}
+
+/// A tier named in a request, or 422 `invalid_tier`.
+pub fn parse_tier(name: &str) -> Result<Tier, ApiError> {
+    name.parse().map_err(|e: tally_schemas::billing::UnknownTier| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_tier", e.to_string()))
 }
 
 /// Writes a subscription change to the billing log and waits for Kafka's acknowledgement;

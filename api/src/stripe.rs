@@ -172,9 +172,7 @@ pub async fn checkout(
 ) -> Result<impl IntoResponse, ApiError> {
     require_reader(&state, &headers, &org_id).await?;
     let request: CheckoutRequest = parse_json(&body)?;
-    let tier: Tier = request.tier.parse().map_err(|e: tally_schemas::billing::UnknownTier| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_tier", e.to_string())
-    })?;
+    let tier = crate::billing::parse_tier(&request.tier)?;
     check_url("success_url", &request.success_url)?;
     check_url("cancel_url", &request.cancel_url)?;
     let client = state.stripe.as_ref().ok_or_else(|| {
@@ -570,13 +568,16 @@ pub async fn sweep(state: Arc<AppState>, shutdown: tally_common::shutdown::Shutd
     }
 }
 
-/// Stripe's invoice for (org, period), if Stripe sent one: `{"invoice_id", "status", "total_cents", "currency"}`.
-pub async fn stripe_invoices(state: &AppState, org_id: &str) -> Result<HashMap<String, Value>, sqlx::Error> {
-    let rows: Vec<(String, String, String, i64, String)> =
-        sqlx::query_as("SELECT period, invoice_id, status, total_cents, currency FROM stripe_invoices WHERE org_id = $1")
-            .bind(org_id)
-            .fetch_all(&state.pool)
-            .await?;
+/// Stripe's invoices of an org (of one period, or all), by period:
+/// `{"invoice_id", "status", "total_cents", "currency"}`.
+pub async fn stripe_invoices(state: &AppState, org_id: &str, period: Option<tally_metering::Period>) -> Result<HashMap<String, Value>, sqlx::Error> {
+    let rows: Vec<(String, String, String, i64, String)> = sqlx::query_as(
+        "SELECT period, invoice_id, status, total_cents, currency FROM stripe_invoices WHERE org_id = $1 AND ($2::text IS NULL OR period = $2)",
+    )
+    .bind(org_id)
+    .bind(period.map(|p| p.to_string()))
+    .fetch_all(&state.pool)
+    .await?;
     Ok(rows
         .into_iter()
         .map(|(period, invoice_id, status, total_cents, currency)| {

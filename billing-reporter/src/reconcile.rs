@@ -5,9 +5,7 @@
 use std::collections::HashMap;
 
 use sqlx::PgPool;
-use stripe_billing::billing_meter::ListBillingMeter;
 use stripe_billing::billing_meter_event_summary::ListIdBillingMeterEventSummary;
-use stripe_billing::BillingMeterStatus;
 use tally_metering::period::Period;
 use tally_pricing::stripe::meter_event_name;
 use tally_schemas::Metric;
@@ -43,6 +41,18 @@ pub enum Status {
     StripeDiffers,
 }
 
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Behind => "behind",
+            Status::Failed => "failed",
+            Status::Ahead => "ahead",
+            Status::StripeDiffers => "stripe_differs",
+        }
+    }
+}
+
 impl Line {
     pub fn drift(&self) -> bool {
         self.status != Status::Ok
@@ -69,15 +79,7 @@ pub enum ReconcileError {
 pub async fn reconcile(pool: &PgPool, client: &StripeHttp, period: Period, org: Option<&str>) -> Result<Vec<Line>, ReconcileError> {
     let (mut usage, ledger) = crate::ledger::period_view(pool, period).await?;
     usage.retain(|(org_id, ..)| org.is_none_or(|o| o == org_id));
-    let meters: HashMap<String, String> = ListBillingMeter::new()
-        .status(BillingMeterStatus::Active)
-        .limit(100)
-        .send(client)
-        .await?
-        .data
-        .into_iter()
-        .map(|m| (m.event_name, m.id.to_string()))
-        .collect();
+    let meters = crate::report::meter_ids(client).await?;
     let ledger: HashMap<(&str, &str), &crate::ledger::LedgerEntry> =
         ledger.iter().map(|e| ((e.org_id.as_str(), e.metric.as_str()), e)).collect();
     let (start, end) = (period.start().timestamp(), period.end().timestamp());
@@ -118,10 +120,9 @@ pub fn table(lines: &[Line]) -> String {
             Some(s) => (s as i128 - l.tally as i128).to_string(),
             None => "?".into(),
         };
-        let status = serde_json::to_value(l.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
         out += &format!(
             "{:<24} {:<30} {:<8} {:<14} {:>16} {:>16} {:>16} {:>12}  {}\n",
-            l.org_id, l.customer_id, l.period, l.metric, l.tally, l.ledger, stripe, drift, status
+            l.org_id, l.customer_id, l.period, l.metric, l.tally, l.ledger, stripe, drift, l.status.as_str()
         );
     }
     let drifting = lines.iter().filter(|l| l.drift()).count();

@@ -19,7 +19,6 @@
 //! goes with it).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -42,6 +41,17 @@ const CYCLE_LOCK: i64 = 0x7461_6c6c_792d_7270;
 /// (Stripe's duplicate checks on identifier and Idempotency-Key last 24 hours); after it, both
 /// have expired, and a resend would count again if the first send had counted.
 pub const UNKNOWN_OUTCOME_AFTER: Duration = Duration::from_secs(25 * 3600);
+
+/// Whether `due`'s pending event is old enough to be settled from Stripe's summary.
+fn settle_from_summary(due: &Due, now: i64) -> bool {
+    due.row.pending.is_some() && due.pending_since.is_some_and(|s| now - s >= UNKNOWN_OUTCOME_AFTER.as_secs() as i64)
+}
+
+/// Stripe's active meters: id by event name.
+pub async fn meter_ids(client: &StripeHttp) -> Result<HashMap<String, String>, StripeCallError> {
+    let meters = ListBillingMeter::new().status(BillingMeterStatus::Active).limit(100).send(client).await?;
+    Ok(meters.data.into_iter().map(|m| (m.event_name, m.id.to_string())).collect())
+}
 
 /// What one cycle did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -101,13 +111,12 @@ impl Reporter {
 
     async fn cycle_locked(&self) -> Result<CycleReport, CycleError> {
         let due = ledger::due(&self.pool).await?;
-        let meters = Arc::new(if due.iter().any(|d| self.settle_from_summary(d)) { self.meter_ids().await? } else { HashMap::new() });
         let now = chrono::Utc::now().timestamp();
+        // Stripe's meter ids are needed only to settle an event pending for too long.
+        let meters = if due.iter().any(|d| settle_from_summary(d, now)) { meter_ids(&self.client).await? } else { HashMap::new() };
+        let meters = &meters;
         let outcomes: Vec<Result<Outcome, CycleError>> = futures::stream::iter(due)
-            .map(|d| {
-                let meters = meters.clone();
-                async move { self.report(d, now, &meters).await }
-            })
+            .map(|d| async move { self.report(d, now, meters).await })
             .buffer_unordered(self.concurrency)
             .collect()
             .await;
@@ -131,16 +140,6 @@ impl Reporter {
             Some(e) => Err(e),
             None => Ok(report),
         }
-    }
-
-    fn settle_from_summary(&self, due: &Due) -> bool {
-        let now = chrono::Utc::now().timestamp();
-        due.row.pending.is_some() && due.pending_since.is_some_and(|s| now - s >= UNKNOWN_OUTCOME_AFTER.as_secs() as i64)
-    }
-
-    async fn meter_ids(&self) -> Result<HashMap<String, String>, CycleError> {
-        let meters = ListBillingMeter::new().status(BillingMeterStatus::Active).limit(100).send(&self.client).await?;
-        Ok(meters.data.into_iter().map(|m| (m.event_name, m.id.to_string())).collect())
     }
 
     async fn report(&self, due: Due, now: i64, meters: &HashMap<String, String>) -> Result<Outcome, CycleError> {
@@ -172,7 +171,7 @@ impl Reporter {
                 self.send(&due, &pending, value).await?
             }
             Step::Resend { pending, value } => {
-                if self.settle_from_summary(&due) {
+                if settle_from_summary(&due, now) {
                     self.settle(&due, &pending, value, meters).await?
                 } else {
                     self.send(&due, &pending, value).await?
