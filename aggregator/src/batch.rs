@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chrono::{DateTime, TimeZone, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
@@ -29,8 +28,8 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tally_common::kafka::base_config;
 use tally_common::probes::Readiness;
 use tally_common::shutdown::Shutdown;
-use tally_metering::{Fold, Outcome, PeriodKey};
-use tally_schemas::{BillingEventRecordV1, NotificationV1, Topic, TraceEventRecordV1};
+use tally_metering::{apply_record, Applied, Fold, Log, Outcome, PeriodKey};
+use tally_schemas::{NotificationV1, Topic};
 
 use crate::changelog::{self, ChunkRange};
 use crate::metrics;
@@ -268,14 +267,22 @@ impl Aggregator {
             counts.records += 1;
             let state = state_for(&mut self.partitions, &self.changelog_reader, &self.settings, partition)
                 .map_err(BatchError::Retry)?;
-            let Some(arrival) = message.timestamp().to_millis().and_then(|ms| Utc.timestamp_millis_opt(ms).single())
-            else {
-                counts.invalid += 1;
-                continue;
+            let log = match topic {
+                Topic::BillingEvents => Log::Billing,
+                _ => Log::Trace,
             };
-            match topic {
-                Topic::BillingEvents => apply_billing(state, message.payload().unwrap_or_default(), arrival, &mut counts),
-                _ => apply(state, message.payload().unwrap_or_default(), arrival, &mut counts),
+            match apply_record(&mut state.fold, log, message.timestamp().to_millis(), message.payload().unwrap_or_default()) {
+                Applied::Event(outcome) => *counts.outcomes.entry(outcome).or_default() += 1,
+                Applied::Tick => counts.ticks += 1,
+                Applied::SubscriptionChanged => counts.subscription_changes += 1,
+                Applied::BillingTick => counts.billing_ticks += 1,
+                Applied::Invalid(reason) => {
+                    // Ingest and the api write only valid records; anything else was written
+                    // around them. It stays in the log for inspection and is counted, never
+                    // silently dropped.
+                    tracing::warn!(topic = %topic, partition, offset = message.offset(), %reason, "skipping an undecodable input record");
+                    counts.invalid += 1;
+                }
             }
         }
         if !self.in_transaction {
@@ -392,44 +399,6 @@ fn state_for<'a>(
         partitions.insert(partition, PartitionState { fold: restored.fold, chunks: restored.chunks });
     }
     Ok(partitions.get_mut(&partition).expect("just inserted"))
-}
-
-/// Applies one input record to a partition's fold.
-fn apply(state: &mut PartitionState, payload: &[u8], arrival: DateTime<Utc>, counts: &mut BatchCounts) {
-    match TraceEventRecordV1::from_json(payload) {
-        Ok(TraceEventRecordV1::TraceCompleted(event)) => {
-            let outcome = state.fold.apply_event(&event, arrival);
-            *counts.outcomes.entry(outcome).or_default() += 1;
-        }
-        Ok(TraceEventRecordV1::Tick) => {
-            state.fold.apply_tick(arrival);
-            counts.ticks += 1;
-        }
-        Err(e) => {
-            // Ingest writes only valid records; anything else was written around it. It stays
-            // in the log for inspection and is counted, never silently dropped.
-            tracing::warn!(error = %e, "skipping an undecodable input record");
-            counts.invalid += 1;
-        }
-    }
-}
-
-/// Applies one billing-log record to a partition's fold.
-fn apply_billing(state: &mut PartitionState, payload: &[u8], at: DateTime<Utc>, counts: &mut BatchCounts) {
-    match serde_json::from_slice::<BillingEventRecordV1>(payload) {
-        Ok(BillingEventRecordV1::SubscriptionChanged(change)) => {
-            state.fold.apply_subscription(&change, at);
-            counts.subscription_changes += 1;
-        }
-        Ok(BillingEventRecordV1::Tick) => {
-            state.fold.apply_billing_tick(at);
-            counts.billing_ticks += 1;
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "skipping an undecodable billing record");
-            counts.invalid += 1;
-        }
-    }
 }
 
 fn send<K, P>(producer: &BaseProducer<DefaultProducerContext>, record: BaseRecord<'_, K, P>) -> Result<(), BatchError>

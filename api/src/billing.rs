@@ -22,9 +22,11 @@ use serde_json::{json, Value};
 use tally_metering::Period;
 use tally_pricing::{percent_used_basis_points, threshold_level, Pricing};
 use tally_schemas::{
-    BilledUsageV1, BillingEventRecordV1, InvoiceStatusV1, InvoiceV1, LineItemV1, Metric,
+    BilledUsageV1, BillingEventRecordV1, InvoiceV1, Metric,
     SubscriptionChangedV1, SubscriptionSource, Tier, Topic,
 };
+
+use tally_common::invoices::{billed_invoices, CorrectionRef};
 
 use crate::auth::{require_admin, require_org, require_reader};
 use crate::error::{parse_json, ApiError};
@@ -51,6 +53,8 @@ pub struct PeriodBilling {
     /// The pipeline has a row for it.
     pub known: bool,
     pub final_invoice: Option<InvoiceV1>,
+    /// The correction the final invoice comes from, when `replay correct` replaced the stored one.
+    pub correction: Option<CorrectionRef>,
 }
 
 fn positive(v: i64) -> u64 {
@@ -68,7 +72,9 @@ pub async fn period_billing(state: &AppState, org_id: &str, period: Period) -> R
     .bind(&id)
     .fetch_optional(&state.pool)
     .await?;
-    let final_invoice = stored_invoice(state, org_id, &id).await?;
+    let billed = billed_invoices(&state.pool, Some(org_id), Some(&id)).await?.into_values().next();
+    let correction = billed.as_ref().and_then(|b| b.correction.clone());
+    let final_invoice = billed.map(|b| b.invoice());
     let Some((tier, traces, payload_bytes)) = row else {
         let earlier: Option<(String,)> = sqlx::query_as(
             "SELECT tier FROM usage_periods WHERE org_id = $1 AND period < $2 ORDER BY period DESC LIMIT 1",
@@ -83,6 +89,7 @@ pub async fn period_billing(state: &AppState, org_id: &str, period: Period) -> R
             usage: BilledUsageV1::default(),
             known: false,
             final_invoice,
+            correction,
         });
     };
     Ok(PeriodBilling {
@@ -90,51 +97,8 @@ pub async fn period_billing(state: &AppState, org_id: &str, period: Period) -> R
         usage: BilledUsageV1 { traces: positive(traces), payload_bytes: positive(payload_bytes) },
         known: true,
         final_invoice,
+        correction,
     })
-}
-
-#[derive(sqlx::FromRow)]
-struct InvoiceRow {
-    org_id: String,
-    period: String,
-    tier: String,
-    pricing_version: String,
-    currency: String,
-    traces: i64,
-    payload_bytes: i64,
-    lines: sqlx::types::Json<Vec<LineItemV1>>,
-    total_cents: i64,
-    finalized_at: DateTime<Utc>,
-}
-
-impl From<InvoiceRow> for InvoiceV1 {
-    fn from(r: InvoiceRow) -> InvoiceV1 {
-        InvoiceV1 {
-            org_id: r.org_id,
-            period: r.period,
-            tier: r.tier.parse().unwrap_or_default(),
-            pricing_version: r.pricing_version,
-            currency: r.currency,
-            status: InvoiceStatusV1::Final,
-            usage: BilledUsageV1 { traces: positive(r.traces), payload_bytes: positive(r.payload_bytes) },
-            lines: r.lines.0,
-            total_cents: r.total_cents,
-            finalized_at: Some(r.finalized_at),
-        }
-    }
-}
-
-const INVOICE_COLUMNS: &str =
-    "org_id, period, tier, pricing_version, currency, traces, payload_bytes, lines, total_cents, finalized_at";
-
-async fn stored_invoice(state: &AppState, org_id: &str, period: &str) -> Result<Option<InvoiceV1>, ApiError> {
-    let row: Option<InvoiceRow> =
-        sqlx::query_as(&format!("SELECT {INVOICE_COLUMNS} FROM invoices WHERE org_id = $1 AND period = $2"))
-            .bind(org_id)
-            .bind(period)
-            .fetch_optional(&state.pool)
-            .await?;
-    Ok(row.map(Into::into))
 }
 
 /// The invoice of a period: the stored final one, or a draft priced now.
@@ -190,13 +154,7 @@ pub async fn list_invoices(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     require_reader(&state, &headers, &org_id).await?;
-    let finals: Vec<InvoiceRow> = sqlx::query_as(&format!(
-        "SELECT {INVOICE_COLUMNS} FROM invoices WHERE org_id = $1 ORDER BY period DESC LIMIT $2"
-    ))
-    .bind(&org_id)
-    .bind(MAX_INVOICES)
-    .fetch_all(&state.pool)
-    .await?;
+    let finals = billed_invoices(&state.pool, Some(&org_id), None).await?;
     let periods: Vec<(String, String, i64, i64)> = sqlx::query_as(
         "SELECT period, tier, traces, payload_bytes FROM usage_periods u WHERE org_id = $1
            AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.org_id = u.org_id AND i.period = u.period)
@@ -206,23 +164,31 @@ pub async fn list_invoices(
     .bind(MAX_INVOICES)
     .fetch_all(&state.pool)
     .await?;
-    let mut invoices: Vec<InvoiceV1> = finals.into_iter().map(Into::into).collect();
+    let mut invoices: Vec<(InvoiceV1, Option<CorrectionRef>)> =
+        finals.into_values().map(|b| (b.invoice(), b.correction)).collect();
     for (period, tier, traces, payload_bytes) in periods {
         let usage = BilledUsageV1 { traces: positive(traces), payload_bytes: positive(payload_bytes) };
-        invoices.push(state.pricing.invoice(&org_id, &period, tier.parse().unwrap_or_default(), usage, None));
+        invoices.push((state.pricing.invoice(&org_id, &period, tier.parse().unwrap_or_default(), usage, None), None));
     }
-    invoices.sort_by(|a, b| b.period.cmp(&a.period));
+    invoices.sort_by(|a, b| b.0.period.cmp(&a.0.period));
     invoices.truncate(MAX_INVOICES as usize);
     let mut stripe = crate::stripe::stripe_invoices(&state, &org_id, None).await?;
-    let invoices: Vec<Value> = invoices.into_iter().map(|i| with_stripe(i, &mut stripe)).collect();
+    let invoices: Vec<Value> = invoices.into_iter().map(|(i, c)| shown(i, c, &mut stripe)).collect();
     Ok(Json(json!({"org_id": org_id, "invoices": invoices})))
 }
 
-/// An invoice as the api shows it: Tally's invoice and, once Stripe has sent its invoice for the
-/// period, `"stripe": {"invoice_id", "status", "total_cents", "currency"}` (else `null`).
-fn with_stripe(invoice: InvoiceV1, stripe: &mut std::collections::HashMap<String, Value>) -> Value {
+/// An invoice as the api shows it: Tally's invoice in effect; `"correction"`, when it comes from
+/// a correction (`{"correction_id", "corrected_at", "reason", "replaces_total_cents"}`, else
+/// `null`); and, once Stripe has sent its invoice for the period,
+/// `"stripe": {"invoice_id", "status", "total_cents", "currency"}` (else `null`).
+fn shown(
+    invoice: InvoiceV1,
+    correction: Option<CorrectionRef>,
+    stripe: &mut std::collections::HashMap<String, Value>,
+) -> Value {
     let linked = stripe.remove(&invoice.period).unwrap_or(Value::Null);
     let mut value = serde_json::to_value(invoice).expect("invoices serialise");
+    value["correction"] = serde_json::to_value(correction).expect("corrections serialise");
     value["stripe"] = linked;
     value
 }
@@ -247,7 +213,7 @@ pub async fn get_invoice(
         ));
     }
     let mut stripe = crate::stripe::stripe_invoices(&state, &org_id, Some(period)).await?;
-    Ok(Json(with_stripe(invoice_of(&state.pricing, &org_id, period, &billing), &mut stripe)))
+    Ok(Json(shown(invoice_of(&state.pricing, &org_id, period, &billing), billing.correction.clone(), &mut stripe)))
 }
 
 /// `GET /v1/pricing`: the price list, from the pricing file. Public.

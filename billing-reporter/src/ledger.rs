@@ -37,7 +37,8 @@ fn to_i64(v: u64) -> i64 {
 }
 
 /// Every (org, period, metric) of a linked org that needs a meter event: usage differs from what
-/// Stripe accepted, or an event is pending. Periods that ended before the org was linked are not
+/// Stripe accepted, or an event is pending. The usage of a period whose invoice was corrected
+/// (`replay correct`) is the corrected invoice's. Periods that ended before the org was linked are not
 /// reported, nor rows waiting for an operator.
 pub async fn due(pool: &PgPool) -> sqlx::Result<Vec<Due>> {
     type Row = (String, String, String, String, i64, i64, Option<i64>, Option<String>, Option<i64>, Option<i64>);
@@ -46,7 +47,12 @@ pub async fn due(pool: &PgPool) -> sqlx::Result<Vec<Due>> {
                 CASE m.metric WHEN 'traces' THEN u.traces ELSE u.payload_bytes END,
                 COALESCE(l.reported, 0), l.pending_total, l.pending_identifier, l.pending_timestamp,
                 extract(epoch FROM l.pending_since)::bigint
-         FROM usage_periods u
+         FROM (SELECT p.org_id, p.period, COALESCE(k.traces, p.traces) AS traces,
+                      COALESCE(k.payload_bytes, p.payload_bytes) AS payload_bytes
+               FROM usage_periods p
+               LEFT JOIN LATERAL (SELECT traces, payload_bytes FROM invoice_corrections k
+                                  WHERE k.org_id = p.org_id AND k.period = p.period
+                                  ORDER BY log_offset DESC LIMIT 1) k ON true) u
          JOIN stripe_customers c ON c.org_id = u.org_id
          CROSS JOIN (VALUES ('traces'), ('payload_bytes')) AS m (metric)
          LEFT JOIN stripe_meter_ledger l ON l.org_id = u.org_id AND l.period = u.period AND l.metric = m.metric
@@ -211,13 +217,16 @@ pub struct LedgerEntry {
     pub failed: bool,
 }
 
-/// Linked orgs' usage and ledger for `period`: (org, customer, traces, payload_bytes) and the
-/// ledger rows.
+/// Linked orgs' usage (corrected, where `replay correct` corrected it) and ledger for `period`:
+/// (org, customer, traces, payload_bytes) and the ledger rows.
 pub async fn period_view(pool: &PgPool, period: Period) -> sqlx::Result<(Vec<(String, String, u64, u64)>, Vec<LedgerEntry>)> {
     let usage: Vec<(String, String, i64, i64)> = sqlx::query_as(
-        "SELECT c.org_id, c.customer_id, COALESCE(u.traces, 0), COALESCE(u.payload_bytes, 0)
+        "SELECT c.org_id, c.customer_id, COALESCE(k.traces, u.traces, 0), COALESCE(k.payload_bytes, u.payload_bytes, 0)
          FROM stripe_customers c
          LEFT JOIN usage_periods u ON u.org_id = c.org_id AND u.period = $1
+         LEFT JOIN LATERAL (SELECT traces, payload_bytes FROM invoice_corrections k
+                            WHERE k.org_id = c.org_id AND k.period = $1
+                            ORDER BY log_offset DESC LIMIT 1) k ON true
          WHERE (to_date($1, 'YYYY-MM') + interval '1 month')::timestamp AT TIME ZONE 'UTC' > c.linked_at
          ORDER BY c.org_id",
     )

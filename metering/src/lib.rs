@@ -9,14 +9,17 @@
 //! - [`rules`]: what an event is worth: billable or not and why, the arrival window, payload size.
 //! - [`dedup`]: the fixed-size fingerprint under which an event id is remembered.
 //! - [`fold`]: the state of one log partition and how each record changes it.
+//! - [`input`]: what one record of either input log means, for the aggregator and the replay tool.
 //!
 //! docs/metering.md states the same rules for people.
 
 pub mod dedup;
 pub mod fold;
+pub mod input;
 pub mod period;
 pub mod rules;
 
 pub use fold::{tier_at, Fold, FoldConfig, Outcome, PeriodChange, PeriodKey, PeriodSnapshot, TierHistory, Watermarks};
+pub use input::{apply_record, Applied, Log};
 pub use period::Period;
 pub use rules::{classify, Classification};

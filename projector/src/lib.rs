@@ -1,4 +1,5 @@
-//! Tally's projector: keeps the PostgreSQL read models in step with `tally.usage.v1`.
+//! Tally's projector: keeps the PostgreSQL read models in step with `tally.usage.v1` and
+//! `tally.corrections.v1`.
 //!
 //! Delivery guarantee: exactly once in effect. Each batch's rows and the consumed offsets are
 //! written in one PostgreSQL transaction; the offsets in `projector_offsets` are what the
@@ -47,33 +48,32 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
 /// was reset (or the database belongs to another cluster), and projecting would silently skip
 /// everything up to the remembered offsets.
 async fn check_not_ahead_of_the_log(settings: &Settings, pool: &sqlx::PgPool) -> anyhow::Result<()> {
-    let stored: Vec<(i32, i64)> =
-        sqlx::query_as("SELECT partition, next_offset FROM projector_offsets WHERE topic = $1")
-            .bind(Topic::Usage.name())
+    let stored: Vec<(String, i32, i64)> =
+        sqlx::query_as("SELECT topic, partition, next_offset FROM projector_offsets WHERE topic = ANY($1)")
+            .bind(vec![Topic::Usage.name(), Topic::Corrections.name()])
             .fetch_all(pool)
             .await?;
     if stored.is_empty() {
         return Ok(());
     }
     let consumer: BaseConsumer = kafka::base_config(&settings.common.kafka_brokers).create()?;
-    let ends = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(i32, i64, i64)>> {
+    let ends = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(String, i32, i64, i64)>> {
         stored
             .into_iter()
-            .map(|(partition, next)| {
+            .map(|(topic, partition, next)| {
                 let (_, high) = consumer
-                    .fetch_watermarks(Topic::Usage.name(), partition, std::time::Duration::from_secs(10))
+                    .fetch_watermarks(&topic, partition, std::time::Duration::from_secs(10))
                     .unwrap_or((0, -1));
-                Ok((partition, next, high))
+                Ok((topic, partition, next, high))
             })
             .collect()
     })
     .await??;
-    for (partition, next, high) in ends {
+    for (topic, partition, next, high) in ends {
         if next > high {
             bail!(
-                "the read models are ahead of {} (partition {partition}: projected up to offset {next}, \
-                 the log ends at {high}); the log was reset: drop the database too (`make clean-data`)",
-                Topic::Usage.name()
+                "the read models are ahead of {topic} (partition {partition}: projected up to offset {next}, \
+                 the log ends at {high}); the log was reset: drop the database too (`make clean-data`)"
             );
         }
     }

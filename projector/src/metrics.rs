@@ -40,3 +40,9 @@ pub static INVOICES: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
     prometheus::register_int_counter!("tally_projector_invoices_total", "Final invoices stored.")
         .expect("metric registers")
 });
+
+/// Invoice corrections stored (each once, however often it is re-delivered).
+pub static CORRECTIONS: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    prometheus::register_int_counter!("tally_projector_corrections_total", "Invoice corrections stored.")
+        .expect("metric registers")
+});

@@ -1,4 +1,5 @@
-//! The projector's loop: batches of usage updates, each written in one database transaction.
+//! The projector's loop: batches of usage updates and invoice corrections, each written in one
+//! database transaction.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +12,7 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use sqlx::PgPool;
 use tally_common::kafka::base_config;
 use tally_common::shutdown::Shutdown;
-use tally_schemas::{Topic, UsageUpdateV1};
+use tally_schemas::{InvoiceCorrectedV1, Topic, UsageUpdateV1};
 
 use crate::metrics;
 use crate::settings::Settings;
@@ -37,8 +38,8 @@ pub struct Projector {
     pool: PgPool,
     max_batch: usize,
     max_batch_wait: Duration,
-    /// The next offset to project per partition, as stored in PostgreSQL.
-    next_offsets: HashMap<i32, i64>,
+    /// The next offset to project per (topic, partition), as stored in PostgreSQL.
+    next_offsets: HashMap<(Topic, i32), i64>,
 }
 
 /// Keeps, per (org, period), the newest update of a batch, with the late events of all of them
@@ -81,7 +82,7 @@ impl Projector {
             .set("fetch.wait.max.ms", "20")
             .create_with_context(flag)
             .context("creating the consumer")?;
-        consumer.subscribe(&[Topic::Usage.name()]).context("subscribing")?;
+        consumer.subscribe(&[Topic::Usage.name(), Topic::Corrections.name()]).context("subscribing")?;
         Ok(Projector {
             consumer,
             rebalanced,
@@ -110,7 +111,8 @@ impl Projector {
         let assignment = self.consumer.assignment()?;
         let mut tpl = TopicPartitionList::new();
         for element in assignment.elements() {
-            let offset = match store::stored_offset(&self.pool, element.partition()).await? {
+            let Some(topic) = input_topic(element.topic()) else { continue };
+            let offset = match store::stored_offset(&self.pool, topic, element.partition()).await? {
                 Some(o) => Offset::Offset(o),
                 None => Offset::Beginning,
             };
@@ -124,7 +126,8 @@ impl Projector {
 
     async fn batch(&mut self) -> anyhow::Result<()> {
         let mut updates = Vec::new();
-        let mut offsets: HashMap<i32, i64> = HashMap::new();
+        let mut corrections = Vec::new();
+        let mut offsets: HashMap<(Topic, i32), i64> = HashMap::new();
         let deadline = Instant::now() + self.max_batch_wait;
         let mut read = 0;
         while read < self.max_batch {
@@ -148,17 +151,18 @@ impl Projector {
             if self.rebalanced.swap(false, Ordering::SeqCst) {
                 self.next_offsets.clear();
             }
+            let Some(topic) = input_topic(message.topic()) else { continue };
             let partition = message.partition();
-            let next = match self.next_offsets.get(&partition) {
+            let next = match self.next_offsets.get(&(topic, partition)) {
                 Some(next) => *next,
                 None => {
-                    let stored = store::stored_offset(&self.pool, partition).await?.unwrap_or(0);
-                    self.next_offsets.insert(partition, stored);
+                    let stored = store::stored_offset(&self.pool, topic, partition).await?.unwrap_or(0);
+                    self.next_offsets.insert((topic, partition), stored);
                     if message.offset() > stored {
                         // Kafka's hint is ahead of the stored truth (the read models were rebuilt
                         // or restored): go back to what PostgreSQL holds.
-                        tracing::info!(partition, from = message.offset(), to = stored, "rewinding to the stored offset");
-                        self.consumer.seek(Topic::Usage.name(), partition, Offset::Offset(stored), Duration::from_secs(10))?;
+                        tracing::info!(%topic, partition, from = message.offset(), to = stored, "rewinding to the stored offset");
+                        self.consumer.seek(topic.name(), partition, Offset::Offset(stored), Duration::from_secs(10))?;
                         continue;
                     }
                     stored
@@ -168,13 +172,30 @@ impl Projector {
                 metrics::UPDATES.with_label_values(&["skipped"]).inc();
                 continue;
             }
-            offsets.insert(partition, message.offset() + 1);
-            match serde_json::from_slice::<UsageUpdateV1>(message.payload().unwrap_or_default()) {
-                Ok(update) => updates.push(update),
-                Err(e) => {
-                    tracing::warn!(partition, offset = message.offset(), error = %e, "skipping an undecodable usage update");
-                    metrics::UPDATES.with_label_values(&["invalid"]).inc();
-                }
+            offsets.insert((topic, partition), message.offset() + 1);
+            let payload = message.payload().unwrap_or_default();
+            match topic {
+                Topic::Corrections => match serde_json::from_slice::<InvoiceCorrectedV1>(payload) {
+                    Ok(correction) => {
+                        let at = message
+                            .timestamp()
+                            .to_millis()
+                            .and_then(|ms| chrono::TimeZone::timestamp_millis_opt(&chrono::Utc, ms).single())
+                            .unwrap_or(correction.requested_at);
+                        corrections.push(store::LoggedCorrection { partition, offset: message.offset(), at, correction });
+                    }
+                    Err(e) => {
+                        tracing::warn!(partition, offset = message.offset(), error = %e, "skipping an undecodable correction");
+                        metrics::UPDATES.with_label_values(&["invalid"]).inc();
+                    }
+                },
+                _ => match serde_json::from_slice::<UsageUpdateV1>(payload) {
+                    Ok(update) => updates.push(update),
+                    Err(e) => {
+                        tracing::warn!(partition, offset = message.offset(), error = %e, "skipping an undecodable usage update");
+                        metrics::UPDATES.with_label_values(&["invalid"]).inc();
+                    }
+                },
             }
         }
         if offsets.is_empty() {
@@ -182,21 +203,24 @@ impl Projector {
         }
         let updates = coalesce(updates);
         let started = Instant::now();
-        let offsets_list: Vec<(i32, i64)> = offsets.iter().map(|(p, o)| (*p, *o)).collect();
-        let written = store::write_batch(&self.pool, &updates, &offsets_list).await.context("writing to PostgreSQL")?;
+        let offsets_list: Vec<(Topic, i32, i64)> = offsets.iter().map(|((t, p), o)| (*t, *p, *o)).collect();
+        let written = store::write_batch(&self.pool, &updates, &corrections, &offsets_list)
+            .await
+            .context("writing to PostgreSQL")?;
         metrics::BATCH_SECONDS.observe(started.elapsed().as_secs_f64());
         metrics::UPDATES.with_label_values(&["applied"]).inc_by(written.applied as u64);
         metrics::UPDATES.with_label_values(&["stale"]).inc_by(written.stale as u64);
         metrics::INVOICES.inc_by(written.invoices as u64);
+        metrics::CORRECTIONS.inc_by(written.corrections as u64);
         let now = chrono::Utc::now();
         for update in &updates {
             metrics::FRESHNESS_SECONDS
                 .observe((now - update.updated_at).num_milliseconds().max(0) as f64 / 1000.0);
         }
         let mut tpl = TopicPartitionList::new();
-        for (partition, next) in offsets {
-            self.next_offsets.insert(partition, next);
-            tpl.add_partition_offset(Topic::Usage.name(), partition, Offset::Offset(next))?;
+        for ((topic, partition), next) in offsets {
+            self.next_offsets.insert((topic, partition), next);
+            tpl.add_partition_offset(topic.name(), partition, Offset::Offset(next))?;
         }
         // A hint for a restart; the stored offsets are the truth.
         if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
@@ -204,6 +228,11 @@ impl Projector {
         }
         Ok(())
     }
+}
+
+/// The projector's input topics, by name.
+fn input_topic(name: &str) -> Option<Topic> {
+    [Topic::Usage, Topic::Corrections].into_iter().find(|t| t.name() == name)
 }
 
 #[cfg(test)]

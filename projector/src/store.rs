@@ -1,16 +1,18 @@
 //! The projector's SQL: one function per thing it stores.
 
 use sqlx::{PgPool, Postgres, Transaction};
-use tally_schemas::{InvoiceV1, PeriodStateV1, Topic, UsageUpdateV1};
+use chrono::{DateTime, Utc};
+use tally_schemas::{InvoiceCorrectedV1, InvoiceV1, PeriodStateV1, Topic, UsageUpdateV1};
 
 fn db_int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// The offset the projector resumes from for a partition of `tally.usage.v1`.
-pub async fn stored_offset(pool: &PgPool, partition: i32) -> Result<Option<i64>, sqlx::Error> {
+/// The offset the projector resumes from for a partition of `tally.usage.v1` or
+/// `tally.corrections.v1`.
+pub async fn stored_offset(pool: &PgPool, topic: Topic, partition: i32) -> Result<Option<i64>, sqlx::Error> {
     sqlx::query_scalar("SELECT next_offset FROM projector_offsets WHERE topic = $1 AND partition = $2")
-        .bind(Topic::Usage.name())
+        .bind(topic.name())
         .bind(partition)
         .fetch_optional(pool)
         .await
@@ -23,13 +25,25 @@ pub struct Written {
     pub stale: usize,
     /// Final invoices stored for the first time.
     pub invoices: usize,
+    /// Invoice corrections stored for the first time.
+    pub corrections: usize,
 }
 
-/// Writes a batch of updates and the offsets after them in one transaction.
+/// A record of `tally.corrections.v1` with its place and time in the log.
+#[derive(Debug, Clone)]
+pub struct LoggedCorrection {
+    pub partition: i32,
+    pub offset: i64,
+    pub at: DateTime<Utc>,
+    pub correction: InvoiceCorrectedV1,
+}
+
+/// Writes a batch of updates and corrections and the offsets after them in one transaction.
 pub async fn write_batch(
     pool: &PgPool,
     updates: &[UsageUpdateV1],
-    offsets: &[(i32, i64)],
+    corrections: &[LoggedCorrection],
+    offsets: &[(Topic, i32, i64)],
 ) -> Result<Written, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let mut written = Written::default();
@@ -46,13 +60,18 @@ pub async fn write_batch(
             }
         }
     }
-    for (partition, next_offset) in offsets {
+    for logged in corrections {
+        if insert_correction(&mut tx, logged).await? {
+            written.corrections += 1;
+        }
+    }
+    for (topic, partition, next_offset) in offsets {
         sqlx::query(
             "INSERT INTO projector_offsets (topic, partition, next_offset) VALUES ($1, $2, $3)
              ON CONFLICT (topic, partition) DO UPDATE
              SET next_offset = GREATEST(projector_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()",
         )
-        .bind(Topic::Usage.name())
+        .bind(topic.name())
         .bind(partition)
         .bind(next_offset)
         .execute(&mut *tx)
@@ -188,6 +207,41 @@ async fn insert_invoice(tx: &mut Transaction<'_, Postgres>, invoice: &InvoiceV1)
     .bind(sqlx::types::Json(&invoice.lines))
     .bind(invoice.total_cents)
     .bind(invoice.finalized_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// Stores a correction. Like an invoice it is never changed; the same correction read again
+/// (a re-projection, a second `replay correct` with the same result) changes nothing.
+async fn insert_correction(tx: &mut Transaction<'_, Postgres>, logged: &LoggedCorrection) -> Result<bool, sqlx::Error> {
+    let c = &logged.correction;
+    let invoice = &c.invoice;
+    let result = sqlx::query(
+        "INSERT INTO invoice_corrections (org_id, period, correction_id, log_partition, log_offset, corrected_at,
+             reason, tier, pricing_version, currency, traces, payload_bytes, lines, total_cents, finalized_at,
+             replaces_traces, replaces_payload_bytes, replaces_total_cents)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+         ON CONFLICT (org_id, period, correction_id) DO NOTHING",
+    )
+    .bind(&c.org_id)
+    .bind(&c.period)
+    .bind(&c.correction_id)
+    .bind(logged.partition)
+    .bind(logged.offset)
+    .bind(logged.at)
+    .bind(&c.reason)
+    .bind(invoice.tier.as_str())
+    .bind(&invoice.pricing_version)
+    .bind(&invoice.currency)
+    .bind(db_int(invoice.usage.traces))
+    .bind(db_int(invoice.usage.payload_bytes))
+    .bind(sqlx::types::Json(&invoice.lines))
+    .bind(invoice.total_cents)
+    .bind(invoice.finalized_at.unwrap_or(logged.at))
+    .bind(db_int(c.replaces.usage.traces))
+    .bind(db_int(c.replaces.usage.payload_bytes))
+    .bind(c.replaces.total_cents)
     .execute(&mut **tx)
     .await?;
     Ok(result.rows_affected() == 1)

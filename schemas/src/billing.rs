@@ -240,6 +240,31 @@ impl NotificationV1 {
     }
 }
 
+/// One record of `tally.corrections.v1`, keyed by `org_id`: the invoice of (org, period) as
+/// recomputed from the event log, which replaces what was billed before. Written by
+/// `replay correct`; the projector stores it in `invoice_corrections` (the original invoice is
+/// never changed) and the billing reporter bills the corrected usage.
+///
+/// Targets are absolute (the whole corrected invoice, not a delta), so applying a correction
+/// twice, or two equal corrections, changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvoiceCorrectedV1 {
+    /// Derived from what it corrects and what it sets: the same correction has the same id.
+    pub correction_id: String,
+    pub org_id: String,
+    /// `YYYY-MM`.
+    pub period: String,
+    /// The invoice that was in effect before (the stored final invoice, or the latest correction).
+    pub replaces: InvoiceV1,
+    /// The invoice recomputed from the log, which is in effect from now on.
+    pub invoice: InvoiceV1,
+    /// Why: free text from the operator (a ticket, a dispute).
+    pub reason: String,
+    /// When the operator asked for it (the tool's clock; informational, decides nothing).
+    pub requested_at: DateTime<Utc>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,6 +291,13 @@ mod tests {
         assert_eq!(n.org_id(), "acme");
         let n: NotificationV1 = round_trip(include_str!("../examples/notification.v1.invoice-finalized.json"));
         assert_eq!(n.org_id(), "acme");
+    }
+
+    #[test]
+    fn golden_correction_round_trips() {
+        let c: InvoiceCorrectedV1 = round_trip(include_str!("../examples/invoice-corrected.v1.json"));
+        assert_eq!(c.org_id, "acme");
+        assert_eq!(c.invoice.period, c.period);
     }
 
     #[test]

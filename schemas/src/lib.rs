@@ -7,6 +7,7 @@
 //!
 //! Layout:
 //! - [`topics`]: every topic name and its settings, in one place.
+//! - [`partition`]: which partition an org's records land in (Kafka's murmur2 partitioner).
 //! - [`event`]: `TraceCompletedV1` as emitters send it, its validation, and the record ingest logs.
 //! - [`usage`]: the usage updates the aggregator publishes.
 //! - [`billing`]: tiers, invoices, subscription changes and notifications.
@@ -17,6 +18,7 @@
 
 pub mod billing;
 pub mod event;
+pub mod partition;
 pub mod rfc3339;
 pub mod topics;
 pub mod usage;
@@ -26,10 +28,11 @@ pub use event::{
     TraceEventRecordV1,
 };
 pub use billing::{
-    BilledUsageV1, BillingEventRecordV1, InvoiceFinalizedV1, InvoiceStatusV1, InvoiceV1, LineItemV1,
+    BilledUsageV1, BillingEventRecordV1, InvoiceCorrectedV1, InvoiceFinalizedV1, InvoiceStatusV1, InvoiceV1, LineItemV1,
     LineKind, Metric, NotificationV1, SubscriptionChangedV1, SubscriptionSource, ThresholdLevel, Tier,
     UsageThresholdCrossedV1,
 };
+pub use partition::partition_for_key;
 pub use topics::{namespace, namespaced, set_namespace, Topic};
 pub use usage::{
     DailyUsageV1, LateEventV1, NotBilledV1, OperationUsageV1, PeriodStateV1, UsageTotalsV1,
@@ -59,6 +62,10 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
         (
             "invoice.v1.json",
             serde_json::to_value(schemars::schema_for!(InvoiceV1)).expect("schema is json"),
+        ),
+        (
+            "invoice-corrected.v1.json",
+            serde_json::to_value(schemars::schema_for!(InvoiceCorrectedV1)).expect("schema is json"),
         ),
         (
             "usage-update.v1.json",

@@ -52,15 +52,19 @@ pub enum Topic {
     BillingEvents,
     /// Notifications for downstream notifiers (threshold crossings, finalized invoices).
     Notifications,
+    /// Invoice corrections recomputed from the log (`replay correct`), keyed by `org_id`. Part of
+    /// what was billed: kept forever, like the input logs.
+    Corrections,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 5] = [
+    pub const ALL: [Topic; 6] = [
         Topic::TraceEvents,
         Topic::Usage,
         Topic::AggregatorChangelog,
         Topic::BillingEvents,
         Topic::Notifications,
+        Topic::Corrections,
     ];
 
     /// The topic's name in this process's namespace.
@@ -79,6 +83,7 @@ impl Topic {
             Topic::AggregatorChangelog => "tally.aggregator-changelog.v1",
             Topic::BillingEvents => "tally.billing-events.v1",
             Topic::Notifications => "tally.notifications.v1",
+            Topic::Corrections => "tally.corrections.v1",
         }
     }
 
