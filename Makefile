@@ -7,7 +7,7 @@ TALLY_HOME ?= .tally
 TALLY_API_ADDR ?= 127.0.0.1:8080
 LOADGEN := target/release/tally-loadgen
 
-.PHONY: build up down logs status test demo bench clean-data reconcile
+.PHONY: build up down logs status test demo bench bench-replay clean-data reconcile replay
 
 build:
 	$(CARGO) build --release --workspace --bins
@@ -44,6 +44,15 @@ test: build
 	TALLY_TEST_HOME=$(TEST_HOME) TALLY_TEST_LOGS=$(TEST_HOME)/logs \
 	$(CARGO) test --release --workspace -- --test-threads=1
 	$(TEST_KAFKA) scripts/kafka.sh stop
+
+# A month of 10 M events through the live aggregator, then recomputed by `replay verify`
+# (BENCHMARKS.md). Needs the stack's Kafka and PostgreSQL (`make up`).
+bench-replay: build
+	scripts/bench-replay.sh
+
+# The replay tool against the local stack (docs/replay.md), e.g. make replay ARGS="verify --period 2026-11".
+replay:
+	scripts/stack.sh replay $(ARGS)
 
 # Tally's usage, the billing reporter's ledger and Stripe's meters side by side (exit 1 on drift).
 reconcile:

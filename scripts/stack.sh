@@ -8,6 +8,8 @@
 #   scripts/stack.sh status  one line per service
 #   scripts/stack.sh billing-reporter status|reconcile [--period YYYY-MM]|retry-failed
 #                            the billing reporter's commands, with the stack's settings
+#   scripts/stack.sh replay invoice|verify|correct|rebuild ...
+#                            the replay tool (docs/replay.md), with the stack's settings
 #
 # `up` does not build: run it through `make up`, which builds target/release/* first.
 # Environment (defaults in brackets): TALLY_HOME [<repo>/.tally], TALLY_ADMIN_TOKEN [kept
@@ -302,14 +304,21 @@ cmd_billing_reporter() {
   exec "$(bin_of billing-reporter)" "$@"
 }
 
+# `scripts/stack.sh replay invoice|verify|correct|rebuild ...`: the replay tool (docs/replay.md)
+# against the stack's log and database.
+cmd_replay() {
+  exec "$(bin_of replay)" "$@"
+}
+
 case ${1:-} in
   up) cmd_up ;;
   billing-reporter) shift; cmd_billing_reporter "$@" ;;
+  replay) shift; cmd_replay "$@" ;;
   down) cmd_down ;;
   logs) cmd_logs ;;
   status) cmd_status ;;
   *)
-    echo "usage: scripts/stack.sh up|down|logs|status|billing-reporter <command>" >&2
+    echo "usage: scripts/stack.sh up|down|logs|status|billing-reporter <command>|replay <command>" >&2
     exit 2
     ;;
 esac

@@ -10,6 +10,7 @@ use tally_loadgen::WorkloadSpec;
 use tally_metering::Period;
 
 mod bench;
+mod month_log;
 mod stripe_demo;
 
 pub struct Endpoints {
@@ -129,8 +130,9 @@ async fn main() -> std::process::ExitCode {
     let result = match command.as_str() {
         "demo" => demo().await,
         "bench" => bench::run(endpoints()).await,
+        "month-log" => tokio::task::spawn_blocking(month_log::run).await.unwrap_or_else(|e| Err(anyhow::anyhow!("{e}"))),
         _ => {
-            eprintln!("usage: tally-loadgen demo | bench");
+            eprintln!("usage: tally-loadgen demo | bench | month-log");
             return std::process::ExitCode::from(2);
         }
     };

@@ -26,7 +26,7 @@ use tally_pricing::{levels_reached, percent_used_basis_points, basis_points_deci
 use tally_schemas::{
     BilledUsageV1, DailyUsageV1, InvoiceFinalizedV1, InvoiceV1, LateEventV1, Metric, NotificationV1,
     Operation, OperationUsageV1, PeriodStateV1, SubscriptionChangedV1, ThresholdLevel, Tier,
-    TraceCompletedRecordV1, UsageThresholdCrossedV1, UsageTotalsV1, UsageUpdateV1,
+    TraceCompletedRecordV1, TraceCompletedRef, UsageThresholdCrossedV1, UsageTotalsV1, UsageUpdateV1,
 };
 
 use crate::dedup::{fingerprint, FingerprintSet};
@@ -470,19 +470,25 @@ impl Fold {
 
     /// Applies one trace event that arrived at `arrival` (its record timestamp).
     pub fn apply_event(&mut self, event: &TraceCompletedRecordV1, arrival: DateTime<Utc>) -> Outcome {
+        self.apply_event_ref(&event.as_ref(), arrival)
+    }
+
+    /// [`Fold::apply_event`] on the fields that decide usage, borrowed from the record.
+    pub fn apply_event_ref(&mut self, event: &TraceCompletedRef<'_>, arrival: DateTime<Utc>) -> Outcome {
         self.advance(arrival);
         let watermark = self.watermark.expect("advance sets the watermark");
         let period = Period::containing(event.ended_at);
-        let closes_at = period.closes_at(self.config.grace);
-        let periods = match self.orgs.get_mut(event.org_id.as_str()) {
+        let org_id: &str = &event.org_id;
+        let periods = match self.orgs.get_mut(org_id) {
             Some(periods) => periods,
-            None => self.orgs.entry(event.org_id.clone()).or_default(),
+            None => self.orgs.entry(org_id.to_string()).or_default(),
         };
         let subscriptions = &self.subscriptions;
+        let grace = self.config.grace;
         let state = periods.entry(period).or_insert_with(|| {
-            let tier = tier_at(subscriptions.get(event.org_id.as_str()), period.end());
+            let tier = tier_at(subscriptions.get(org_id), period.end());
             let mut snapshot = PeriodSnapshot::empty(arrival, tier);
-            if watermark >= closes_at {
+            if watermark >= period.closes_at(grace) {
                 // Only a late event starts a period already closed. It bills nothing, so it
                 // issues no invoice (a period purged already had its own): the state is final
                 // from the start, unless a subscription claims the period (`ensure_period`).
@@ -502,7 +508,7 @@ impl Fold {
             if state.snapshot.closed_at.is_some() {
                 Outcome::Late
             } else {
-                match classify(event.is_root(), event.status) {
+                match classify(event.is_root, event.status) {
                     Classification::Billable => Outcome::Billed,
                     Classification::ChildSpan => Outcome::ChildSpan,
                     Classification::NotSuccess => Outcome::NotSuccess,
@@ -534,20 +540,20 @@ impl Fold {
             Outcome::Late => {
                 totals.not_billed.late += 1;
                 state.pending_late.push(LateEventV1 {
-                    event_id: event.event_id.clone(),
+                    event_id: event.event_id.to_string(),
                     operation: event.operation,
                     ended_at: event.ended_at,
                     arrived_at: arrival,
-                    billable: classify(event.is_root(), event.status) == Classification::Billable,
+                    billable: classify(event.is_root, event.status) == Classification::Billable,
                     payload_bytes: event.payload_bytes,
                 });
             }
         }
         if outcome == Outcome::Billed && state.thresholds_due(&self.config.pricing) {
-            state.check_thresholds(&self.config.pricing, &event.org_id, period, arrival);
+            state.check_thresholds(&self.config.pricing, org_id, period, arrival);
         }
         if state.touch(arrival) {
-            self.changed.push(PeriodKey { org_id: event.org_id.clone(), period });
+            self.changed.push(PeriodKey { org_id: org_id.to_string(), period });
         }
         if is_new_deadline {
             let deadline = Self::deadline_of(&self.config, period, &state.snapshot);

@@ -7,7 +7,7 @@
 //! two cannot drift apart.
 
 use chrono::{DateTime, TimeZone, Utc};
-use tally_schemas::{BillingEventRecordV1, TraceEventRecordV1};
+use tally_schemas::{BillingEventRecordV1, TraceEventRecordRef, TraceEventRecordV1};
 
 use crate::fold::{Fold, Outcome};
 
@@ -59,9 +59,9 @@ pub fn apply_record(fold: &mut Fold, log: Log, timestamp_ms: Option<i64>, payloa
                 fold.apply_tick(at);
                 return Applied::Tick;
             }
-            match TraceEventRecordV1::from_json(payload) {
-                Ok(TraceEventRecordV1::TraceCompleted(event)) => Applied::Event(fold.apply_event(&event, at)),
-                Ok(TraceEventRecordV1::Tick) => {
+            match TraceEventRecordV1::from_json_borrowed(payload) {
+                Ok(TraceEventRecordRef::TraceCompleted(event)) => Applied::Event(fold.apply_event_ref(&event, at)),
+                Ok(TraceEventRecordRef::Tick) => {
                     fold.apply_tick(at);
                     Applied::Tick
                 }

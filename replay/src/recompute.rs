@@ -32,10 +32,23 @@ pub fn trace_start(period: Period) -> DateTime<Utc> {
     period.start() - MAX_EVENT_FUTURE - chrono::Duration::milliseconds(1)
 }
 
-/// Whether a fold has seen enough of the logs for `period`'s invoices to be final.
-pub fn is_final(fold: &Fold, period: Period) -> bool {
-    let w = fold.watermarks();
-    w.trace.is_some_and(|t| t >= period.closes_at(fold.config().grace)) && w.billing.is_some_and(|b| b >= period.end())
+/// When a fold has seen enough of the logs for a period's invoices to be final: the trace
+/// watermark at the period's close (end plus grace), the billing watermark at its end.
+#[derive(Debug, Clone, Copy)]
+pub struct FinalAt {
+    trace: DateTime<Utc>,
+    billing: DateTime<Utc>,
+}
+
+impl FinalAt {
+    pub fn new(period: Period, grace: chrono::Duration) -> FinalAt {
+        FinalAt { trace: period.closes_at(grace), billing: period.end() }
+    }
+
+    pub fn reached(&self, fold: &Fold) -> bool {
+        let w = fold.watermarks();
+        w.trace.is_some_and(|t| t >= self.trace) && w.billing.is_some_and(|b| b >= self.billing)
+    }
 }
 
 /// What a replay of one partition found.
@@ -65,6 +78,7 @@ pub fn replay_partition(
     let mut invalid = 0;
     let mut since_drain = 0u64;
     let mut finished = false;
+    let final_at = FinalAt::new(period, config.grace);
     let collect = |fold: &mut Fold, invoices: &mut BTreeMap<String, InvoiceV1>| {
         for change in fold.drain_changes() {
             if change.key.period != period {
@@ -87,7 +101,7 @@ pub fn replay_partition(
             since_drain = 0;
             collect(&mut fold, &mut invoices);
         }
-        if is_final(&fold, period) {
+        if final_at.reached(&fold) {
             finished = true;
             return false;
         }

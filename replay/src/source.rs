@@ -17,8 +17,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use tally_common::kafka::base_config;
 use tally_metering::Log;
 use tally_schemas::Topic;
@@ -30,7 +29,7 @@ const STALL: Duration = Duration::from_secs(60);
 /// A consumer for replay: no group membership and no commits (partitions are assigned
 /// directly), committed records only, large fetches.
 pub fn consumer(brokers: &str) -> anyhow::Result<BaseConsumer> {
-    base_config(brokers)
+    let consumer: BaseConsumer = base_config(brokers)
         .set("group.id", tally_schemas::namespaced("tally-replay"))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -42,7 +41,13 @@ pub fn consumer(brokers: &str) -> anyhow::Result<BaseConsumer> {
         .set("queued.min.messages", "1000000")
         .set("queued.max.messages.kbytes", "1048576")
         .create()
-        .context("creating a Kafka consumer")
+        .context("creating a Kafka consumer")?;
+    // A topic this consumer has not seen yet waits for a metadata refresh (about a second)
+    // before its first fetch: learn both input logs now.
+    for topic in [Topic::BillingEvents, Topic::TraceEvents] {
+        consumer.fetch_metadata(Some(topic.name()), KAFKA_TIMEOUT).with_context(|| format!("reading the metadata of {topic}"))?;
+    }
+    Ok(consumer)
 }
 
 /// One record of either log: its log time (milliseconds) and payload.
@@ -107,6 +112,10 @@ pub fn extent(consumer: &BaseConsumer, partition: i32, from: DateTime<Utc>) -> a
 
 /// Reads `[from, high)` of one topic partition, handing each record (offset, log time in
 /// milliseconds, payload) to `each` until it returns false. Returns the records handed over.
+///
+/// Records come from librdkafka's batch API (`rd_kafka_consume_batch_queue`): thousands per call
+/// instead of one poll, one clock read and one queue lock per record, which is most of what
+/// reading costs once the fold is fast (BENCHMARKS.md).
 pub fn read_range(
     consumer: &BaseConsumer,
     topic: &str,
@@ -121,36 +130,145 @@ pub fn read_range(
     let mut assignment = TopicPartitionList::new();
     assignment.add_partition_offset(topic, partition, Offset::Offset(from))?;
     consumer.assign(&assignment).context("assigning a partition")?;
+    let batch = Batch::of(consumer);
     let mut read = 0;
     let mut idle = Duration::ZERO;
-    let result = loop {
-        match consumer.poll(Duration::from_millis(500)) {
-            None => {
-                idle += Duration::from_millis(500);
-                if position(consumer, topic, partition)? >= high {
-                    break Ok(read);
-                }
-                if idle >= STALL {
-                    break Err(anyhow::anyhow!("{topic} partition {partition}: no records for {STALL:?} before offset {high}"));
-                }
+    let result = 'reading: loop {
+        // What has been fetched already, without waiting; only when nothing has, wait a little
+        // (the batch call waits for a full batch or its timeout, whichever comes first).
+        let mut messages = batch.next(Duration::ZERO);
+        if messages.is_empty() {
+            messages = batch.next(Duration::from_millis(5));
+        }
+        if messages.is_empty() {
+            idle += Duration::from_millis(5);
+            if idle.as_millis() % 500 != 0 {
+                continue;
             }
-            Some(Err(KafkaError::PartitionEOF(_))) => break Ok(read),
-            Some(Err(e)) => break Err(anyhow::Error::new(e).context(format!("reading {topic} partition {partition}"))),
-            Some(Ok(message)) => {
-                idle = Duration::ZERO;
-                let offset = message.offset();
-                if offset >= high {
-                    break Ok(read);
-                }
-                read += 1;
-                if !each(offset, message.timestamp().to_millis(), message.payload().unwrap_or_default()) || offset + 1 >= high {
-                    break Ok(read);
+            if position(consumer, topic, partition)? >= high {
+                break Ok(read);
+            }
+            if idle >= STALL {
+                break Err(anyhow::anyhow!("{topic} partition {partition}: no records for {STALL:?} before offset {high}"));
+            }
+            continue;
+        }
+        idle = Duration::ZERO;
+        for message in messages.iter() {
+            match message {
+                Fetched::EndOfPartition => break 'reading Ok(read),
+                Fetched::Error(e) => break 'reading Err(anyhow::anyhow!("reading {topic} partition {partition}: {e}")),
+                Fetched::Record { partition: p, .. } if p != partition => continue,
+                Fetched::Record { offset, timestamp_ms, payload, .. } => {
+                    if offset >= high {
+                        break 'reading Ok(read);
+                    }
+                    read += 1;
+                    if !each(offset, timestamp_ms, payload) || offset + 1 >= high {
+                        break 'reading Ok(read);
+                    }
                 }
             }
         }
     };
+    drop(batch);
     consumer.unassign().context("unassigning a partition")?;
     result
+}
+
+/// The consumer's queue, read in batches through librdkafka's C API.
+struct Batch {
+    queue: *mut rdkafka::bindings::rd_kafka_queue_t,
+}
+
+/// Up to this many records per call.
+const BATCH: usize = 4096;
+
+impl Batch {
+    fn of(consumer: &BaseConsumer) -> Batch {
+        // SAFETY: the client pointer is valid while `consumer` lives, and `Batch` does not
+        // outlive the call that borrows it; the queue handle is released in `drop`.
+        let queue = unsafe { rdkafka::bindings::rd_kafka_queue_get_consumer(consumer.client().native_ptr()) };
+        Batch { queue }
+    }
+
+    /// The next records, waiting up to `timeout` for the first.
+    fn next(&self, timeout: Duration) -> Messages {
+        let mut messages = Messages { ptrs: vec![std::ptr::null_mut(); BATCH], len: 0 };
+        // SAFETY: `ptrs` has room for BATCH pointers; librdkafka fills the first `n` with
+        // messages we own until `Messages` destroys them.
+        let n = unsafe {
+            rdkafka::bindings::rd_kafka_consume_batch_queue(
+                self.queue,
+                timeout.as_millis() as std::os::raw::c_int,
+                messages.ptrs.as_mut_ptr(),
+                BATCH,
+            )
+        };
+        messages.len = n.max(0) as usize;
+        messages
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from rd_kafka_queue_get_consumer and is released once.
+        unsafe { rdkafka::bindings::rd_kafka_queue_destroy(self.queue) }
+    }
+}
+
+/// Records owned from librdkafka, destroyed on drop.
+struct Messages {
+    ptrs: Vec<*mut rdkafka::bindings::rd_kafka_message_t>,
+    len: usize,
+}
+
+enum Fetched<'a> {
+    Record { partition: i32, offset: i64, timestamp_ms: Option<i64>, payload: &'a [u8] },
+    EndOfPartition,
+    Error(String),
+}
+
+impl Messages {
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn iter(&self) -> impl Iterator<Item = Fetched<'_>> {
+        self.ptrs[..self.len].iter().map(|&ptr| {
+            // SAFETY: every pointer in `..len` is a valid message until `self` is dropped, and
+            // the payload slice borrows `self`.
+            let m = unsafe { &*ptr };
+            if m.err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__PARTITION_EOF {
+                return Fetched::EndOfPartition;
+            }
+            if m.err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                let text = unsafe { std::ffi::CStr::from_ptr(rdkafka::bindings::rd_kafka_err2str(m.err)) };
+                return Fetched::Error(text.to_string_lossy().into_owned());
+            }
+            let payload = if m.payload.is_null() {
+                &[][..]
+            } else {
+                unsafe { std::slice::from_raw_parts(m.payload as *const u8, m.len) }
+            };
+            let mut kind = rdkafka::bindings::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
+            let ts = unsafe { rdkafka::bindings::rd_kafka_message_timestamp(ptr, &mut kind) };
+            // As rdkafka's `Timestamp::to_millis`, which the aggregator uses: none when
+            // unavailable or -1.
+            let timestamp_ms =
+                (kind != rdkafka::bindings::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE && ts != -1).then_some(ts);
+            Fetched::Record { partition: m.partition, offset: m.offset, timestamp_ms, payload }
+        })
+    }
+}
+
+impl Drop for Messages {
+    fn drop(&mut self) {
+        for &ptr in &self.ptrs[..self.len] {
+            // SAFETY: each message is destroyed exactly once.
+            unsafe { rdkafka::bindings::rd_kafka_message_destroy(ptr) }
+        }
+    }
 }
 
 fn position(consumer: &BaseConsumer, topic: &str, partition: i32) -> anyhow::Result<i64> {

@@ -1,5 +1,6 @@
 //! The trace-completion event, as emitters send it and as ingest records it in the log.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
@@ -321,60 +322,141 @@ pub enum TraceEventRecordV1 {
     Tick,
 }
 
+/// A trace event borrowed from the bytes of its record: the fields that decide usage, without
+/// copying its strings (a string with escapes is the only one copied). What
+/// [`TraceEventRecordV1::from_json_borrowed`] gives the aggregator's and the replay tool's fold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceCompletedRef<'a> {
+    pub event_id: Cow<'a, str>,
+    pub org_id: Cow<'a, str>,
+    pub is_root: bool,
+    pub operation: Operation,
+    pub status: Status,
+    pub ended_at: DateTime<Utc>,
+    pub payload_bytes: u64,
+}
+
+/// One record of `tally.trace-events.v1`, borrowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TraceEventRecordRef<'a> {
+    TraceCompleted(TraceCompletedRef<'a>),
+    Tick,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum WireKind {
+    TraceCompleted,
+    Tick,
+}
+
+/// The record as it is on the wire: one struct for both decoders, so they accept and refuse
+/// exactly the same records.
+#[derive(Deserialize)]
+struct Wire<'a> {
+    kind: WireKind,
+    #[serde(borrow)]
+    event_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    org_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    trace_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    span_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    parent_span_id: Option<Cow<'a, str>>,
+    operation: Option<Operation>,
+    status: Option<Status>,
+    #[serde(default, deserialize_with = "crate::rfc3339::option::deserialize")]
+    started_at: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "crate::rfc3339::option::deserialize")]
+    ended_at: Option<DateTime<Utc>>,
+    payload_bytes: Option<u64>,
+    #[serde(default, borrow)]
+    attributes: Option<BTreeMap<Cow<'a, str>, Cow<'a, str>>>,
+}
+
+fn required<T>(value: Option<T>, field: &'static str) -> Result<T, serde_json::Error> {
+    value.ok_or_else(|| serde::de::Error::missing_field(field))
+}
+
+impl<'a> Wire<'a> {
+    fn parse(bytes: &'a [u8]) -> Result<Wire<'a>, serde_json::Error> {
+        // One UTF-8 check of the whole record is cheaper than serde_json's check of every string.
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            <serde_json::Error as serde::de::Error>::custom(format!("record is not UTF-8: {e}"))
+        })?;
+        serde_json::from_str(text)
+    }
+}
+
 impl TraceEventRecordV1 {
     /// Decodes one record of `tally.trace-events.v1`: the same result as
     /// `serde_json::from_slice`, without serde's buffering of internally tagged enums, which
     /// costs more than the fold itself on the aggregator's hot path.
     pub fn from_json(bytes: &[u8]) -> Result<TraceEventRecordV1, serde_json::Error> {
-        #[derive(Deserialize)]
-        #[serde(rename_all = "snake_case")]
-        enum Kind {
-            TraceCompleted,
-            Tick,
-        }
-        #[derive(Deserialize)]
-        struct Wire {
-            kind: Kind,
-            event_id: Option<String>,
-            org_id: Option<String>,
-            trace_id: Option<String>,
-            span_id: Option<String>,
-            #[serde(default)]
-            parent_span_id: Option<String>,
-            operation: Option<Operation>,
-            status: Option<Status>,
-            #[serde(default, deserialize_with = "crate::rfc3339::option::deserialize")]
-            started_at: Option<DateTime<Utc>>,
-            #[serde(default, deserialize_with = "crate::rfc3339::option::deserialize")]
-            ended_at: Option<DateTime<Utc>>,
-            payload_bytes: Option<u64>,
-            #[serde(default)]
-            attributes: Option<BTreeMap<String, String>>,
-        }
-        fn required<T>(value: Option<T>, field: &'static str) -> Result<T, serde_json::Error> {
-            value.ok_or_else(|| serde::de::Error::missing_field(field))
-        }
-        // One UTF-8 check of the whole record is cheaper than serde_json's check of every string.
-        let text = std::str::from_utf8(bytes).map_err(|e| {
-            <serde_json::Error as serde::de::Error>::custom(format!("record is not UTF-8: {e}"))
-        })?;
-        let wire: Wire = serde_json::from_str(text)?;
+        let wire = Wire::parse(bytes)?;
         Ok(match wire.kind {
-            Kind::Tick => TraceEventRecordV1::Tick,
-            Kind::TraceCompleted => TraceEventRecordV1::TraceCompleted(TraceCompletedRecordV1 {
-                event_id: required(wire.event_id, "event_id")?,
-                org_id: required(wire.org_id, "org_id")?,
-                trace_id: required(wire.trace_id, "trace_id")?,
-                span_id: required(wire.span_id, "span_id")?,
-                parent_span_id: wire.parent_span_id,
+            WireKind::Tick => TraceEventRecordV1::Tick,
+            WireKind::TraceCompleted => TraceEventRecordV1::TraceCompleted(TraceCompletedRecordV1 {
+                event_id: required(wire.event_id, "event_id")?.into_owned(),
+                org_id: required(wire.org_id, "org_id")?.into_owned(),
+                trace_id: required(wire.trace_id, "trace_id")?.into_owned(),
+                span_id: required(wire.span_id, "span_id")?.into_owned(),
+                parent_span_id: wire.parent_span_id.map(Cow::into_owned),
                 operation: required(wire.operation, "operation")?,
                 status: required(wire.status, "status")?,
                 started_at: required(wire.started_at, "started_at")?,
                 ended_at: required(wire.ended_at, "ended_at")?,
                 payload_bytes: required(wire.payload_bytes, "payload_bytes")?,
-                attributes: wire.attributes,
+                attributes: wire
+                    .attributes
+                    .map(|a| a.into_iter().map(|(k, v)| (k.into_owned(), v.into_owned())).collect()),
             }),
         })
+    }
+
+    /// Decodes one record without copying its strings: accepts and refuses exactly what
+    /// [`TraceEventRecordV1::from_json`] does (the same wire struct and checks), and gives the
+    /// fields that decide usage.
+    pub fn from_json_borrowed(bytes: &[u8]) -> Result<TraceEventRecordRef<'_>, serde_json::Error> {
+        let wire = Wire::parse(bytes)?;
+        Ok(match wire.kind {
+            WireKind::Tick => TraceEventRecordRef::Tick,
+            WireKind::TraceCompleted => {
+                let event_id = required(wire.event_id, "event_id")?;
+                let org_id = required(wire.org_id, "org_id")?;
+                required(wire.trace_id, "trace_id")?;
+                required(wire.span_id, "span_id")?;
+                let operation = required(wire.operation, "operation")?;
+                let status = required(wire.status, "status")?;
+                required(wire.started_at, "started_at")?;
+                TraceEventRecordRef::TraceCompleted(TraceCompletedRef {
+                    event_id,
+                    org_id,
+                    is_root: wire.parent_span_id.is_none(),
+                    operation,
+                    status,
+                    ended_at: required(wire.ended_at, "ended_at")?,
+                    payload_bytes: required(wire.payload_bytes, "payload_bytes")?,
+                })
+            }
+        })
+    }
+}
+
+impl TraceCompletedRecordV1 {
+    /// The fields that decide usage, borrowed.
+    pub fn as_ref(&self) -> TraceCompletedRef<'_> {
+        TraceCompletedRef {
+            event_id: Cow::Borrowed(&self.event_id),
+            org_id: Cow::Borrowed(&self.org_id),
+            is_root: self.is_root(),
+            operation: self.operation,
+            status: self.status,
+            ended_at: self.ended_at,
+            payload_bytes: self.payload_bytes,
+        }
     }
 }
 
@@ -399,6 +481,44 @@ mod tests {
         assert!(TraceEventRecordV1::from_json(&text).is_err());
         assert!(TraceEventRecordV1::from_json(br#"{"kind":"other"}"#).is_err());
         assert!(TraceEventRecordV1::from_json(b"[]").is_err());
+    }
+
+    /// The borrowed decoder accepts and refuses exactly what the owned one does, and agrees with
+    /// it on every field the fold reads; records are mutated field by field from the golden one.
+    #[test]
+    fn borrowed_decoding_agrees_with_owned_decoding() {
+        let golden: serde_json::Value =
+            serde_json::from_str(include_str!("../examples/trace-event-record.v1.json")).unwrap();
+        let mut cases: Vec<Vec<u8>> = vec![
+            serde_json::to_vec(&golden).unwrap(),
+            br#"{"kind":"tick"}"#.to_vec(),
+            br#"{"kind":"other"}"#.to_vec(),
+            b"[]".to_vec(),
+            b"\xff".to_vec(),
+            br#"{"kind":"trace_completed","event_id":"e\"1","org_id":"acme\u00e9","trace_id":"t","span_id":"s","operation":"llm_call","status":"success","started_at":"2026-11-28T10:15:00Z","ended_at":"2026-11-28T10:15:01Z","payload_bytes":3}"#.to_vec(),
+        ];
+        let fields = ["kind", "event_id", "org_id", "trace_id", "span_id", "parent_span_id", "operation", "status", "started_at", "ended_at", "payload_bytes", "attributes"];
+        let odd = [serde_json::json!(null), serde_json::json!(7), serde_json::json!("x"), serde_json::json!({"a": 1}), serde_json::json!(["a"]), serde_json::json!("2026-13-01T00:00:00Z"), serde_json::json!(-1)];
+        for field in fields {
+            let mut removed = golden.clone();
+            removed.as_object_mut().unwrap().remove(field);
+            cases.push(serde_json::to_vec(&removed).unwrap());
+            for value in &odd {
+                let mut changed = golden.clone();
+                changed[field] = value.clone();
+                cases.push(serde_json::to_vec(&changed).unwrap());
+            }
+        }
+        for case in cases {
+            let owned = TraceEventRecordV1::from_json(&case);
+            let borrowed = TraceEventRecordV1::from_json_borrowed(&case);
+            match (owned, borrowed) {
+                (Ok(TraceEventRecordV1::Tick), Ok(TraceEventRecordRef::Tick)) => {}
+                (Ok(TraceEventRecordV1::TraceCompleted(o)), Ok(TraceEventRecordRef::TraceCompleted(b))) => assert_eq!(o.as_ref(), b),
+                (Err(_), Err(_)) => {}
+                (o, b) => panic!("{}: owned {o:?}, borrowed {b:?}", String::from_utf8_lossy(&case)),
+            }
+        }
     }
 
     fn sample() -> TraceCompletedV1 {

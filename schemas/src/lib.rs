@@ -24,8 +24,8 @@ pub mod topics;
 pub mod usage;
 
 pub use event::{
-    FieldError, FieldErrorCode, Operation, Status, TraceCompletedRecordV1, TraceCompletedV1,
-    TraceEventRecordV1,
+    FieldError, FieldErrorCode, Operation, Status, TraceCompletedRecordV1, TraceCompletedRef, TraceCompletedV1,
+    TraceEventRecordRef, TraceEventRecordV1,
 };
 pub use billing::{
     BilledUsageV1, BillingEventRecordV1, InvoiceCorrectedV1, InvoiceFinalizedV1, InvoiceStatusV1, InvoiceV1, LineItemV1,
