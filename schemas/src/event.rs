@@ -355,15 +355,15 @@ enum WireKind {
 #[derive(Deserialize)]
 struct Wire<'a> {
     kind: WireKind,
-    #[serde(borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed_str")]
     event_id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed_str")]
     org_id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed_str")]
     trace_id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed_str")]
     span_id: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed_str")]
     parent_span_id: Option<Cow<'a, str>>,
     operation: Option<Operation>,
     status: Option<Status>,
@@ -374,6 +374,14 @@ struct Wire<'a> {
     payload_bytes: Option<u64>,
     #[serde(default, borrow)]
     attributes: Option<BTreeMap<Cow<'a, str>, Cow<'a, str>>>,
+}
+
+/// An optional string borrowed from the record when it has no escapes. (serde borrows a
+/// `Cow<str>` only when it is a field of its own; inside an `Option` it would always copy.)
+fn borrowed_str<'de: 'a, 'a, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cow<'a, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Borrowed<'a>>::deserialize(d)?.map(|b| b.0))
 }
 
 fn required<T>(value: Option<T>, field: &'static str) -> Result<T, serde_json::Error> {
@@ -508,6 +516,13 @@ mod tests {
                 changed[field] = value.clone();
                 cases.push(serde_json::to_vec(&changed).unwrap());
             }
+        }
+        let golden_bytes = serde_json::to_vec(&golden).unwrap();
+        match TraceEventRecordV1::from_json_borrowed(&golden_bytes).unwrap() {
+            TraceEventRecordRef::TraceCompleted(e) => {
+                assert!(matches!((&e.event_id, &e.org_id), (Cow::Borrowed(_), Cow::Borrowed(_))), "strings are not copied");
+            }
+            TraceEventRecordRef::Tick => panic!("a trace event"),
         }
         for case in cases {
             let owned = TraceEventRecordV1::from_json(&case);
