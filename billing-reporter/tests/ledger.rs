@@ -218,3 +218,55 @@ async fn one_reporter_reports_at_a_time() {
     assert!(!report.standby);
     assert_eq!(w.stripe_total(Metric::Traces).await, 5);
 }
+
+impl World {
+    /// A correction of the period's invoice, as the projector stores one from
+    /// `tally.corrections.v1` (only the columns the reporter reads matter here).
+    async fn correction(&self, offset: i64, traces: i64, payload_bytes: i64) {
+        sqlx::query(
+            "INSERT INTO invoice_corrections (org_id, period, correction_id, log_partition, log_offset, corrected_at,
+                 reason, tier, pricing_version, currency, traces, payload_bytes, lines, total_cents, finalized_at,
+                 replaces_traces, replaces_payload_bytes, replaces_total_cents)
+             VALUES ($1, $2, $3, 0, $4, now(), 'test', 'growth', '2026-11', 'usd', $5, $6, '[]', 0, now(), 0, 0, 0)",
+        )
+        .bind(&self.org)
+        .bind(self.period.to_string())
+        .bind(format!("corr_{offset}"))
+        .bind(offset)
+        .bind(traces)
+        .bind(payload_bytes)
+        .execute(&self.pool)
+        .await
+        .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrected_invoice_is_billed_and_a_lower_one_is_not_taken_back() {
+    let w = world().await;
+    w.usage(100, 1_000).await;
+    w.reporter().cycle().await.unwrap();
+    assert_eq!(w.stripe_total(Metric::Traces).await, 100);
+
+    // `replay correct` raised the period's usage: the difference goes to Stripe as a new event.
+    w.correction(1, 130, 1_000).await;
+    w.reporter().cycle().await.unwrap();
+    assert_eq!((w.stripe_total(Metric::Traces).await, w.stripe_total(Metric::PayloadBytes).await), (130, 1_000));
+    let lines = reconcile(&w.pool, &w.client, w.period, Some(&w.org)).await.unwrap();
+    assert!(lines.iter().all(|l| !l.drift()), "{}", table(&lines));
+    // The projector's usage row moving on does not undo the correction: the newest correction
+    // is what is billed.
+    w.usage(101, 1_000).await;
+    assert!(w.due(Metric::Traces).await.is_none());
+
+    // A newer correction lowers it: a sum meter cannot go down, so nothing is sent, and
+    // reconcile shows the row ahead (the credit note is the operator's, docs/replay.md).
+    w.correction(2, 120, 1_000).await;
+    let sent = w.meter_event_requests().await;
+    w.reporter().cycle().await.unwrap();
+    assert_eq!(w.meter_event_requests().await, sent);
+    assert_eq!(w.stripe_total(Metric::Traces).await, 130);
+    let lines = reconcile(&w.pool, &w.client, w.period, Some(&w.org)).await.unwrap();
+    let traces = lines.iter().find(|l| l.metric == Metric::Traces.as_str()).unwrap();
+    assert_eq!(traces.status, Status::Ahead, "{}", table(&lines));
+}
