@@ -47,12 +47,13 @@ while :; do
   sleep 2
 done
 say "the live pipeline finalized $n invoices in $(( $(date +%s) - started )) s"
-for service in aggregator projector; do :; done
 cleanup; pids=()
 say "replay verify --period 2026-10 (the live services stopped; only replay runs)"
+# GNU time adds CPU and memory figures where it is installed (Debian's `time` package).
+timed=()
+[[ -x /usr/bin/time ]] && timed=(/usr/bin/time -f "bench-replay: %e s wall, %U s user, %S s system, %M KiB max resident")
 set +e
-/usr/bin/time -f "bench-replay: %e s wall, %U s user, %S s system, %M KiB max resident" \
-  target/release/replay verify --period 2026-10 --json >"$LOGS/verify.json"
+"${timed[@]}" target/release/replay verify --period 2026-10 --json >"$LOGS/verify.json"
 code=$?
 set -e
 python3 - "$LOGS/verify.json" <<'PY'
