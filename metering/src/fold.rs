@@ -633,12 +633,14 @@ impl Fold {
     }
 
     /// Starts an empty state for (org, period) so the period is invoiced even without usage,
-    /// unless it exists or has already closed.
+    /// unless it exists already.
+    ///
+    /// `period` is the billing log's current month, so its invoice cannot have been issued yet
+    /// (that needs the billing log past its end), however far the trace log has run ahead: a
+    /// period whose state is gone was purged as late events only, and is invoiced now, exactly as
+    /// if the subscription had been read first. (Skipping periods far behind the trace log here
+    /// made a lagging billing log lose a subscribed org's invoices.)
     fn ensure_period(&mut self, org: &str, period: Period, at: DateTime<Utc>) {
-        // Past the purge horizon the period's invoice, if any, was issued long ago.
-        if self.watermark.is_some_and(|w| w >= period.end() + MAX_EVENT_AGE) {
-            return;
-        }
         let tier = tier_at(self.subscriptions.get(org), period.end());
         let periods = self.orgs.entry(org.to_string()).or_default();
         if let Some(state) = periods.get_mut(&period) {

@@ -406,3 +406,31 @@ fn a_billing_log_read_far_ahead_of_the_trace_log_keeps_the_tiers_open_periods_ne
     assert_eq!((issued[0].period.as_str(), issued[0].tier), ("2026-01", Tier::Growth));
     assert_eq!(fold.get("acme", jan).unwrap().tier, Tier::Growth);
 }
+
+#[test]
+fn a_subscribed_org_is_invoiced_for_every_month_even_when_the_billing_log_lags_by_months() {
+    let run = |trace_first: bool| {
+        let mut fold = Fold::new(FoldConfig::default());
+        let trace = |fold: &mut Fold| fold.apply_tick(at("2026-04-15T00:00:00Z"));
+        fold.apply_billing_tick(at("2026-01-01T00:00:00Z"));
+        fold.apply_subscription(&change("globex", Tier::Growth), at("2026-01-05T00:00:00Z"));
+        if trace_first {
+            // The trace log runs on to mid-April before the billing log's next records are read.
+            trace(&mut fold);
+        }
+        for t in ["2026-02-01T00:00:01Z", "2026-03-01T00:00:01Z", "2026-04-01T00:00:01Z", "2026-04-15T00:00:00Z"] {
+            fold.apply_billing_tick(at(t));
+        }
+        if !trace_first {
+            trace(&mut fold);
+        }
+        let issued = invoices(&fold.drain_changes());
+        issued.iter().map(|i| (i.period.clone(), i.tier, i.total_cents)).collect::<Vec<_>>()
+    };
+    let expected: Vec<(String, Tier, i64)> =
+        ["2026-01", "2026-02", "2026-03"].iter().map(|p| (p.to_string(), Tier::Growth, 50_000)).collect();
+    assert_eq!(run(false), expected, "the logs read in time order");
+    // February's end is more than 35 days behind the trace log when the billing log enters it:
+    // it is invoiced all the same.
+    assert_eq!(run(true), expected, "the billing log read months behind the trace log");
+}
