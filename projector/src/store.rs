@@ -191,24 +191,15 @@ async fn insert_late_events(tx: &mut Transaction<'_, Postgres>, u: &UsageUpdateV
 /// Stores a final invoice. It is written once and never changed: a re-delivered or re-projected
 /// finalization finds it there and changes nothing. True when it was stored now.
 async fn insert_invoice(tx: &mut Transaction<'_, Postgres>, invoice: &InvoiceV1) -> Result<bool, sqlx::Error> {
-    let result = sqlx::query(
+    let query = sqlx::query(
         "INSERT INTO invoices (org_id, period, tier, pricing_version, currency, traces, payload_bytes,
              lines, total_cents, finalized_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
          ON CONFLICT (org_id, period) DO NOTHING",
     )
     .bind(&invoice.org_id)
-    .bind(&invoice.period)
-    .bind(invoice.tier.as_str())
-    .bind(&invoice.pricing_version)
-    .bind(&invoice.currency)
-    .bind(db_int(invoice.usage.traces))
-    .bind(db_int(invoice.usage.payload_bytes))
-    .bind(sqlx::types::Json(&invoice.lines))
-    .bind(invoice.total_cents)
-    .bind(invoice.finalized_at)
-    .execute(&mut **tx)
-    .await?;
+    .bind(&invoice.period);
+    let result = bind_invoice(query, invoice).bind(invoice.finalized_at).execute(&mut **tx).await?;
     Ok(result.rows_affected() == 1)
 }
 
@@ -217,7 +208,7 @@ async fn insert_invoice(tx: &mut Transaction<'_, Postgres>, invoice: &InvoiceV1)
 async fn insert_correction(tx: &mut Transaction<'_, Postgres>, logged: &LoggedCorrection) -> Result<bool, sqlx::Error> {
     let c = &logged.correction;
     let invoice = &c.invoice;
-    let result = sqlx::query(
+    let query = sqlx::query(
         "INSERT INTO invoice_corrections (org_id, period, correction_id, log_partition, log_offset, corrected_at,
              reason, tier, pricing_version, currency, traces, payload_bytes, lines, total_cents, finalized_at,
              replaces_traces, replaces_payload_bytes, replaces_total_cents)
@@ -230,19 +221,28 @@ async fn insert_correction(tx: &mut Transaction<'_, Postgres>, logged: &LoggedCo
     .bind(logged.partition)
     .bind(logged.offset)
     .bind(logged.at)
-    .bind(&c.reason)
-    .bind(invoice.tier.as_str())
-    .bind(&invoice.pricing_version)
-    .bind(&invoice.currency)
-    .bind(db_int(invoice.usage.traces))
-    .bind(db_int(invoice.usage.payload_bytes))
-    .bind(sqlx::types::Json(&invoice.lines))
-    .bind(invoice.total_cents)
-    .bind(invoice.finalized_at.unwrap_or(logged.at))
-    .bind(db_int(c.replaces.usage.traces))
-    .bind(db_int(c.replaces.usage.payload_bytes))
-    .bind(c.replaces.total_cents)
-    .execute(&mut **tx)
-    .await?;
+    .bind(&c.reason);
+    let result = bind_invoice(query, invoice)
+        .bind(invoice.finalized_at.unwrap_or(logged.at))
+        .bind(db_int(c.replaces.usage.traces))
+        .bind(db_int(c.replaces.usage.payload_bytes))
+        .bind(c.replaces.total_cents)
+        .execute(&mut **tx)
+        .await?;
     Ok(result.rows_affected() == 1)
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
+/// Binds an invoice's columns in the order `invoices` and `invoice_corrections` both list them:
+/// tier, pricing_version, currency, traces, payload_bytes, lines, total_cents.
+fn bind_invoice<'q>(query: PgQuery<'q>, invoice: &'q InvoiceV1) -> PgQuery<'q> {
+    query
+        .bind(invoice.tier.as_str())
+        .bind(&invoice.pricing_version)
+        .bind(&invoice.currency)
+        .bind(db_int(invoice.usage.traces))
+        .bind(db_int(invoice.usage.payload_bytes))
+        .bind(sqlx::types::Json(&invoice.lines))
+        .bind(invoice.total_cents)
 }
