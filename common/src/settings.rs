@@ -22,6 +22,16 @@ where
     raw.parse().map_err(|e: T::Err| SettingError { name, message: format!("{raw:?}: {e}") })
 }
 
+/// `TALLY_GRACE_HOURS` (default 48, at most a year): how long after its end a period accepts
+/// events. Part of what the log means: the aggregator and the replay tool read it here.
+pub fn grace() -> Result<chrono::Duration, SettingError> {
+    let hours: i64 = var_or("TALLY_GRACE_HOURS", "48")?;
+    if !(0..=24 * 366).contains(&hours) {
+        return Err(SettingError { name: "TALLY_GRACE_HOURS", message: "must be 0-8784".into() });
+    }
+    Ok(chrono::Duration::hours(hours))
+}
+
 /// Reads a required secret.
 pub fn secret(name: &'static str) -> Result<Secret, SettingError> {
     match std::env::var(name) {

@@ -470,7 +470,7 @@ impl Fold {
 
     /// Applies one trace event that arrived at `arrival` (its record timestamp).
     pub fn apply_event(&mut self, event: &TraceCompletedRecordV1, arrival: DateTime<Utc>) -> Outcome {
-        self.apply_event_ref(&event.as_ref(), arrival)
+        self.apply_event_ref(&event.usage_fields(), arrival)
     }
 
     /// [`Fold::apply_event`] on the fields that decide usage, borrowed from the record.

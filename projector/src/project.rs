@@ -173,29 +173,11 @@ impl Projector {
                 continue;
             }
             offsets.insert((topic, partition), message.offset() + 1);
-            let payload = message.payload().unwrap_or_default();
-            match topic {
-                Topic::Corrections => match serde_json::from_slice::<InvoiceCorrectedV1>(payload) {
-                    Ok(correction) => {
-                        let at = message
-                            .timestamp()
-                            .to_millis()
-                            .and_then(|ms| chrono::TimeZone::timestamp_millis_opt(&chrono::Utc, ms).single())
-                            .unwrap_or(correction.requested_at);
-                        corrections.push(store::LoggedCorrection { partition, offset: message.offset(), at, correction });
-                    }
-                    Err(e) => {
-                        tracing::warn!(partition, offset = message.offset(), error = %e, "skipping an undecodable correction");
-                        metrics::UPDATES.with_label_values(&["invalid"]).inc();
-                    }
-                },
-                _ => match serde_json::from_slice::<UsageUpdateV1>(payload) {
-                    Ok(update) => updates.push(update),
-                    Err(e) => {
-                        tracing::warn!(partition, offset = message.offset(), error = %e, "skipping an undecodable usage update");
-                        metrics::UPDATES.with_label_values(&["invalid"]).inc();
-                    }
-                },
+            let (timestamp_ms, payload) = (message.timestamp().to_millis(), message.payload().unwrap_or_default());
+            match decode(topic, partition, message.offset(), timestamp_ms, payload) {
+                Some(Decoded::Update(update)) => updates.push(update),
+                Some(Decoded::Correction(correction)) => corrections.push(correction),
+                None => metrics::UPDATES.with_label_values(&["invalid"]).inc(),
             }
         }
         if offsets.is_empty() {
@@ -228,6 +210,30 @@ impl Projector {
         }
         Ok(())
     }
+}
+
+/// A record of the projector's input topics.
+pub enum Decoded {
+    Update(UsageUpdateV1),
+    Correction(store::LoggedCorrection),
+}
+
+/// Decodes a record of `tally.usage.v1` or `tally.corrections.v1` (its log time dates a
+/// correction). An undecodable record is logged and skipped (`None`): it stays in the log for
+/// inspection. The projector and `replay rebuild` both read the log through this.
+pub fn decode(topic: Topic, partition: i32, offset: i64, timestamp_ms: Option<i64>, payload: &[u8]) -> Option<Decoded> {
+    let decoded = match topic {
+        Topic::Corrections => serde_json::from_slice::<InvoiceCorrectedV1>(payload).map(|correction| {
+            let at = timestamp_ms
+                .and_then(|ms| chrono::TimeZone::timestamp_millis_opt(&chrono::Utc, ms).single())
+                .unwrap_or(correction.requested_at);
+            Decoded::Correction(store::LoggedCorrection { partition, offset, at, correction })
+        }),
+        _ => serde_json::from_slice::<UsageUpdateV1>(payload).map(Decoded::Update),
+    };
+    decoded
+        .inspect_err(|e| tracing::warn!(%topic, partition, offset, error = %e, "skipping an undecodable record"))
+        .ok()
 }
 
 /// The projector's input topics, by name.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tally_common::invoices::billed_invoices;
-use tally_common::settings::{var_or, Common};
+use tally_common::settings::{grace, Common};
 use tally_metering::{FoldConfig, Period};
 use tally_replay::diff::{self, InvoiceDiff, Verdict};
 use tally_replay::progress::{human, Progress};
@@ -96,23 +96,21 @@ impl Args {
     }
 }
 
-struct Context_ {
+/// What every command reads from the environment.
+struct Setup {
     common: Common,
     config: FoldConfig,
 }
 
-fn context(args: &Args) -> Result<Context_, Failure> {
+fn setup(args: &Args) -> Result<Setup, Failure> {
     let mut common = Common::from_env().map_err(|e| failure("invalid_setting", e.to_string()))?;
     tally_schemas::set_namespace(&common.namespace).map_err(|m| failure("invalid_setting", format!("TALLY_NAMESPACE: {m}")))?;
     if let Some(file) = args.flag("--pricing")? {
         common.pricing_file = Some(file.into());
     }
     let pricing = common.pricing().map_err(|e| failure("invalid_pricing", e.to_string()))?;
-    let grace_hours: i64 = var_or("TALLY_GRACE_HOURS", "48").map_err(|e| failure("invalid_setting", e.to_string()))?;
-    if !(0..=24 * 366).contains(&grace_hours) {
-        return Err(failure("invalid_setting", "TALLY_GRACE_HOURS: must be 0-8784"));
-    }
-    Ok(Context_ { common, config: FoldConfig { grace: chrono::Duration::hours(grace_hours), pricing } })
+    let grace = grace().map_err(|e| failure("invalid_setting", e.to_string()))?;
+    Ok(Setup { common, config: FoldConfig { grace, pricing } })
 }
 
 #[tokio::main]
@@ -152,11 +150,11 @@ async fn pool(common: &Common) -> Result<sqlx::PgPool, Failure> {
     tally_common::db::connect(&common.database_url, 4).await.map_err(|e| failure("database_unavailable", e.to_string()))
 }
 
-/// Recomputes `period` from `partitions` on a blocking thread, with the progress bar.
+/// Recomputes `period` on a blocking thread, with the progress bar: from `org`'s partition, or
+/// from every partition.
 async fn run_recompute(
-    ctx: &Context_,
+    ctx: &Setup,
     period: Period,
-    partitions: Option<Vec<i32>>,
     org: Option<&str>,
     threads: usize,
     json: bool,
@@ -171,10 +169,9 @@ async fn run_recompute(
         let consumer = source::consumer(&brokers)?;
         let count = source::partitions(&consumer)?;
         drop(consumer);
-        let partitions = match (partitions, org) {
-            (Some(p), _) => p,
-            (None, Some(org)) => vec![tally_schemas::partition_for_key(org.as_bytes(), count)],
-            (None, None) => (0..count).collect(),
+        let partitions = match org {
+            Some(org) => vec![tally_schemas::partition_for_key(org.as_bytes(), count)],
+            None => (0..count).collect(),
         };
         let recomputed = recompute::recompute(&brokers, &config, period, &partitions, threads, &p)?;
         Ok((recomputed, partitions))
@@ -219,9 +216,9 @@ async fn invoice(args: &Args, correct: bool) -> Result<Outcome, Failure> {
     }
     let org = args.required("--org")?;
     let period = args.period()?;
-    let ctx = context(args)?;
+    let ctx = setup(args)?;
     let pool = pool(&ctx.common).await?;
-    let (recomputed, partitions, seconds) = run_recompute(&ctx, period, None, Some(&org), 1, args.json).await?;
+    let (recomputed, partitions, seconds) = run_recompute(&ctx, period, Some(&org), 1, args.json).await?;
     let stored = billed_invoices(&pool, Some(&org), Some(&period.to_string())).await.map_err(anyhow::Error::from)?;
     let stored = stored.get(&(org.clone(), period.to_string()));
     let fresh = recomputed.invoices.get(&org);
@@ -248,7 +245,7 @@ async fn invoice(args: &Args, correct: bool) -> Result<Outcome, Failure> {
 
 async fn apply_correction(
     args: &Args,
-    ctx: &Context_,
+    ctx: &Setup,
     pool: &sqlx::PgPool,
     d: InvoiceDiff,
     stored: Option<tally_schemas::InvoiceV1>,
@@ -330,9 +327,9 @@ async fn verify(args: &Args) -> Result<Outcome, Failure> {
         Some(n) => n.parse().ok().filter(|n| (1..=64).contains(n)).ok_or_else(|| failure("invalid_arguments", "--threads: 1-64"))?,
         None => std::thread::available_parallelism().map_or(2, |n| n.get()),
     };
-    let ctx = context(args)?;
+    let ctx = setup(args)?;
     let pool = pool(&ctx.common).await?;
-    let (recomputed, _, seconds) = run_recompute(&ctx, period, None, None, threads, args.json).await?;
+    let (recomputed, _, seconds) = run_recompute(&ctx, period, None, threads, args.json).await?;
     let stored = billed_invoices(&pool, None, Some(&period.to_string())).await.map_err(anyhow::Error::from)?;
     let mut orgs: Vec<String> = stored.keys().map(|(o, _)| o.clone()).chain(recomputed.invoices.keys().cloned()).collect();
     orgs.sort();
@@ -399,7 +396,7 @@ fn verify_table(period: &Period, diffs: &[InvoiceDiff]) -> String {
 async fn rebuild_cmd(args: &Args) -> Result<Outcome, Failure> {
     args.check_known(&["--into"], &[])?;
     let into = args.flag("--into")?;
-    let ctx = context(args)?;
+    let ctx = setup(args)?;
     let pool = pool(&ctx.common).await?;
     let options: sqlx::postgres::PgConnectOptions =
         ctx.common.database_url.expose().parse().map_err(|e: sqlx::Error| failure("invalid_setting", format!("TALLY_DATABASE_URL: {e}")))?;
@@ -412,9 +409,7 @@ async fn rebuild_cmd(args: &Args) -> Result<Outcome, Failure> {
         println!("{}", serde_json::to_string(&rebuilt).expect("serialises"));
     } else {
         println!("rebuilt the read models from {} records of the log, in schema {}", rebuilt.records, rebuilt.schema);
-        let mut rows: Vec<_> = rebuilt.rows.iter().collect();
-        rows.sort();
-        for (table, n) in rows {
+        for (table, n) in &rebuilt.rows {
             println!("  {table:<22} {n:>10} rows");
         }
         if let Some(old) = &rebuilt.replaced {

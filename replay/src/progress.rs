@@ -80,7 +80,7 @@ impl Progress {
                 let _ = std::io::stderr().flush();
                 std::thread::sleep(Duration::from_millis(200));
             }
-            eprint!("\r{}\x1b[K\r", " ".repeat(80));
+            eprint!("\r\x1b[K");
             let _ = std::io::stderr().flush();
         });
         Drawer { progress: self.clone(), thread: Some(thread) }

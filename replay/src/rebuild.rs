@@ -14,15 +14,15 @@
 //! ones, never a mix. The registry (orgs, keys) and the Stripe tables are not projections and are
 //! left alone.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{bail, Context};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use rdkafka::consumer::Consumer;
 use sqlx::{Executor, PgPool};
-use tally_projector::project::coalesce;
+use tally_projector::project::{coalesce, decode, Decoded};
 use tally_projector::store::{self, LoggedCorrection};
-use tally_schemas::{InvoiceCorrectedV1, Topic, UsageUpdateV1};
+use tally_schemas::{Topic, UsageUpdateV1};
 
 use crate::progress::Progress;
 use crate::source;
@@ -49,7 +49,7 @@ pub struct Rebuilt {
     /// Where the replaced tables were moved (kept for inspection; drop it when satisfied).
     pub replaced: Option<String>,
     pub records: u64,
-    pub rows: HashMap<String, i64>,
+    pub rows: BTreeMap<String, i64>,
 }
 
 /// A schema name Tally will create: lower-case letters, digits and `_`, starting with a letter.
@@ -109,7 +109,11 @@ async fn project(
         pending += 1;
         progress.add(1);
         offsets.insert(partition, offset + 1);
-        decode(topic, partition, offset, ts, &payload, &mut updates, &mut corrections);
+        match decode(topic, partition, offset, ts, &payload) {
+            Some(Decoded::Update(update)) => updates.push(update),
+            Some(Decoded::Correction(correction)) => corrections.push(correction),
+            None => {}
+        }
         if pending >= BATCH {
             write(pool, topic, &mut updates, &mut corrections, &mut offsets).await?;
             pending = 0;
@@ -135,30 +139,6 @@ async fn write(
     let offs: Vec<(Topic, i32, i64)> = offsets.drain().map(|(p, o)| (topic, p, o)).collect();
     store::write_batch(pool, &batch, &logged, &offs).await.context("writing rebuilt rows")?;
     Ok(())
-}
-
-fn decode(
-    topic: Topic,
-    partition: i32,
-    offset: i64,
-    ts: Option<i64>,
-    payload: &[u8],
-    updates: &mut Vec<UsageUpdateV1>,
-    corrections: &mut Vec<LoggedCorrection>,
-) {
-    match topic {
-        Topic::Corrections => match serde_json::from_slice::<InvoiceCorrectedV1>(payload) {
-            Ok(correction) => {
-                let at = tally_metering::input::record_time(ts).unwrap_or(correction.requested_at);
-                corrections.push(LoggedCorrection { partition, offset, at, correction });
-            }
-            Err(e) => tracing::warn!(partition, offset, error = %e, "skipping an undecodable correction, as the projector does"),
-        },
-        _ => match serde_json::from_slice::<UsageUpdateV1>(payload) {
-            Ok(update) => updates.push(update),
-            Err(e) => tracing::warn!(partition, offset, error = %e, "skipping an undecodable usage update, as the projector does"),
-        },
-    }
 }
 
 /// `[stored offset, high)` of every partition of `topic`, for the tables `pool` writes.
@@ -252,7 +232,7 @@ pub async fn rebuild(
     }
     new.close().await;
     let shown = if into.is_some() { schema.clone() } else { "public".to_string() };
-    let mut rows = HashMap::new();
+    let mut rows = BTreeMap::new();
     for table in READ_MODELS {
         let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {shown}.{table}")).fetch_one(pool).await?;
         rows.insert(table.to_string(), n);

@@ -132,7 +132,7 @@ pub fn read_range(
     consumer.assign(&assignment).context("assigning a partition")?;
     let batch = Batch::of(consumer);
     let mut read = 0;
-    let mut idle = Duration::ZERO;
+    let mut last_record = std::time::Instant::now();
     let result = 'reading: loop {
         // What has been fetched already, without waiting; only when nothing has, wait a little
         // (the batch call waits for a full batch or its timeout, whichever comes first).
@@ -141,19 +141,15 @@ pub fn read_range(
             messages = batch.next(Duration::from_millis(5));
         }
         if messages.is_empty() {
-            idle += Duration::from_millis(5);
-            if idle.as_millis() % 500 != 0 {
-                continue;
-            }
             if position(consumer, topic, partition)? >= high {
                 break Ok(read);
             }
-            if idle >= STALL {
+            if last_record.elapsed() >= STALL {
                 break Err(anyhow::anyhow!("{topic} partition {partition}: no records for {STALL:?} before offset {high}"));
             }
             continue;
         }
-        idle = Duration::ZERO;
+        last_record = std::time::Instant::now();
         for message in messages.iter() {
             match message {
                 Fetched::EndOfPartition => break 'reading Ok(read),

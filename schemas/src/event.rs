@@ -455,7 +455,7 @@ impl TraceEventRecordV1 {
 
 impl TraceCompletedRecordV1 {
     /// The fields that decide usage, borrowed.
-    pub fn as_ref(&self) -> TraceCompletedRef<'_> {
+    pub fn usage_fields(&self) -> TraceCompletedRef<'_> {
         TraceCompletedRef {
             event_id: Cow::Borrowed(&self.event_id),
             org_id: Cow::Borrowed(&self.org_id),
@@ -529,7 +529,7 @@ mod tests {
             let borrowed = TraceEventRecordV1::from_json_borrowed(&case);
             match (owned, borrowed) {
                 (Ok(TraceEventRecordV1::Tick), Ok(TraceEventRecordRef::Tick)) => {}
-                (Ok(TraceEventRecordV1::TraceCompleted(o)), Ok(TraceEventRecordRef::TraceCompleted(b))) => assert_eq!(o.as_ref(), b),
+                (Ok(TraceEventRecordV1::TraceCompleted(o)), Ok(TraceEventRecordRef::TraceCompleted(b))) => assert_eq!(o.usage_fields(), b),
                 (Err(_), Err(_)) => {}
                 (o, b) => panic!("{}: owned {o:?}, borrowed {b:?}", String::from_utf8_lossy(&case)),
             }

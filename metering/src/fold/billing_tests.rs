@@ -204,28 +204,10 @@ fn gen_logs() -> impl Strategy<Value = (Vec<Rec>, Vec<Rec>)> {
     })
 }
 
+/// Applies both logs interleaved as `picks` says (true: the trace log's next record), draining
+/// every seventh record; the final invoices issued, sorted.
 fn run(trace: &[Rec], billing: &[Rec], picks: &[bool]) -> Vec<InvoiceV1> {
-    let mut fold = Fold::new(FoldConfig::default());
-    let (mut i, mut j) = (0, 0);
-    let mut issued = Vec::new();
-    let mut k = 0;
-    while i < trace.len() || j < billing.len() {
-        let take_trace = j == billing.len() || (i < trace.len() && picks.get(k).copied().unwrap_or(true));
-        k += 1;
-        if take_trace {
-            apply(&mut fold, &trace[i]);
-            i += 1;
-        } else {
-            apply(&mut fold, &billing[j]);
-            j += 1;
-        }
-        if k % 7 == 0 {
-            issued.extend(invoices(&fold.drain_changes()));
-        }
-    }
-    issued.extend(invoices(&fold.drain_changes()));
-    issued.sort_by(|a, b| (&a.org_id, &a.period).cmp(&(&b.org_id, &b.period)));
-    issued
+    run_with_restarts(trace, billing, picks, &[])
 }
 
 /// What the aggregator's changelog holds, kept from the drained changes as the changelog keeps it:
@@ -266,8 +248,8 @@ impl Persisted {
     }
 }
 
-/// As [`run`], restarting from the persisted state wherever `restarts` says: what a crashed and
-/// restarted aggregator would do.
+/// As [`run`], also restarting from the persisted state wherever `restarts` says: what a crashed
+/// and restarted aggregator would do.
 fn run_with_restarts(trace: &[Rec], billing: &[Rec], picks: &[bool], restarts: &[bool]) -> Vec<InvoiceV1> {
     let mut fold = Fold::new(FoldConfig::default());
     let mut persisted = Persisted::default();
@@ -283,11 +265,13 @@ fn run_with_restarts(trace: &[Rec], billing: &[Rec], picks: &[bool], restarts: &
             apply(&mut fold, &billing[j]);
             j += 1;
         }
-        if restarts.get(k).copied().unwrap_or(false) {
+        k += 1;
+        if restarts.get(k - 1).copied().unwrap_or(false) {
             issued.extend(persisted.drain(&mut fold));
             fold = persisted.restore(fold.watermarks());
+        } else if k % 7 == 0 {
+            issued.extend(persisted.drain(&mut fold));
         }
-        k += 1;
     }
     issued.extend(persisted.drain(&mut fold));
     issued.sort_by(|a, b| (&a.org_id, &a.period).cmp(&(&b.org_id, &b.period)));
