@@ -41,7 +41,7 @@ test: build
 	TALLY_TEST_PYTHON=$(CURDIR)/.tally/venv/bin/python \
 	TALLY_TEST_KAFKA_BROKERS=127.0.0.1:19092 \
 	TALLY_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/tally_test \
-	TALLY_TEST_HOME=$(TEST_HOME) TALLY_TEST_LOGS=$(TEST_HOME)/logs \
+	TALLY_TEST_HOME=$(TEST_HOME) TALLY_TEST_LOGS=$(TEST_HOME)/logs TALLY_TEST_KAFKA_CONTROLLER_PORT=19093 \
 	$(CARGO) test --release --workspace -- --test-threads=1
 	$(TEST_KAFKA) scripts/kafka.sh stop
 

@@ -9,24 +9,31 @@
 //! partition's in-memory state is dropped (it is reloaded from the changelog on next use) and the
 //! consumer is rewound to the committed offsets: nothing of the failed batch survives anywhere.
 //!
-//! Instances: each runs with its own `TALLY_INSTANCE_ID`, which names both its transactional id
-//! (a restarted instance fences its previous incarnation and aborts its open transaction) and
-//! its static group membership (a restarted instance takes its partitions back without waiting
-//! for a session timeout). Offsets are committed with the consumer group's metadata, so a
-//! member that lost its partitions in a rebalance can no longer commit for them.
+//! Instances: each runs with its own `TALLY_INSTANCE_ID`, which names its transactional id (a
+//! restarted instance fences its previous incarnation and aborts its open transaction). Group
+//! membership is dynamic: a static member is fenced for good by its own rejoin after a broker
+//! restart (docs/architecture.md, "Faults in Kafka"). Offsets are committed with the consumer
+//! group's metadata, so a member that lost its partitions in a rebalance can no longer commit for
+//! them.
+//!
+//! Faults: nothing here leaves a live process that does nothing. A failed batch is aborted and
+//! rewound; a producer that cannot abort, or is fenced, is replaced by a new one under the same
+//! transactional id (whose `init_transactions` aborts what the old one left open); a consumer
+//! with a fatal error is replaced and rejoins the group. While the clients are being rebuilt, or
+//! Kafka cannot be reached, the stage reports not ready ([`Health`]); it exits only when its
+//! transactional id keeps being fenced by another live instance.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-use tally_common::kafka::base_config;
-use tally_common::probes::Readiness;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tally_common::health::Health;
+use tally_common::kafka::{base_config, Backoff, GroupContext};
 use tally_common::shutdown::Shutdown;
 use tally_metering::{apply_record, Applied, Fold, Log, Outcome, PeriodKey};
 use tally_schemas::{NotificationV1, Topic};
@@ -35,43 +42,19 @@ use crate::changelog::{self, ChunkRange};
 use crate::metrics;
 use crate::settings::Settings;
 
-const GROUP_ID: &str = "tally-aggregator";
-/// Part of the static group membership id. A static member that rejoins under a known id is
-/// handed its previous assignment without a rebalance, even if its subscription changed; so the
-/// id changes whenever the set of input topics does (v2: the billing log joined the trace log),
-/// and an upgraded instance joins as a new member and gets both topics' partitions.
-const MEMBERSHIP_VERSION: &str = "v2";
+pub const GROUP_ID: &str = "tally-aggregator";
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a recovery step (abort, rewind, reconnect) may block before it is tried again: short,
+/// so the loop keeps turning and reporting while Kafka is away.
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(10);
+const REPLACING_PRODUCER: &str = "replacing the transactional producer";
+const REPLACING_CONSUMER: &str = "replacing the consumer";
 const CHANGELOG_LOAD_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Notes rebalances so the loop can drop state it may no longer own.
-#[derive(Default)]
-pub struct RebalanceFlag(Arc<AtomicBool>);
-
-impl ClientContext for RebalanceFlag {}
-
-impl ConsumerContext for RebalanceFlag {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                tracing::info!(partitions = tpl.count(), "partitions assigned");
-                let mismatched = uncopartitioned(tpl);
-                if !mismatched.is_empty() {
-                    tracing::error!(
-                        ?mismatched,
-                        "assigned a partition of one input log without the same partition of the other: \
-                         those partitions' invoices cannot be finalized (check partition.assignment.strategy \
-                         and that both topics have as many partitions)"
-                    );
-                }
-                metrics::UNCOPARTITIONED.set(mismatched.len() as i64);
-            }
-            Rebalance::Revoke(tpl) => tracing::info!(partitions = tpl.count(), "partitions revoked"),
-            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
-        }
-        self.0.store(true, Ordering::SeqCst);
-    }
-}
+/// A transactional id fenced this many times within [`FENCING_WINDOW`] is in use by another live
+/// instance: replacing the producer again would only fence that one in turn. (A restarted
+/// incarnation of this instance fences an old one once; the old one is gone by then.)
+const FENCINGS_TO_EXIT: usize = 3;
+const FENCING_WINDOW: Duration = Duration::from_secs(600);
 
 /// Partitions assigned for one input log but not the other: the fold of partition `p` needs both.
 fn uncopartitioned(assignment: &TopicPartitionList) -> Vec<i32> {
@@ -89,14 +72,20 @@ struct PartitionState {
 
 pub struct Aggregator {
     settings: Settings,
-    consumer: BaseConsumer<RebalanceFlag>,
-    rebalanced: Arc<AtomicBool>,
-    /// Polled by this thread itself after each send; `commit_transaction` flushes it.
+    health: Health,
+    group: GroupContext,
+    consumer: BaseConsumer<GroupContext>,
+    /// Polled by this thread itself: after each send, and until nothing is in flight before a
+    /// commit or an abort ([`drain`]).
     producer: BaseProducer<DefaultProducerContext>,
     changelog_reader: BaseConsumer,
     partitions: HashMap<i32, PartitionState>,
     /// Whether a transaction is open: a failed batch must abort it before anything else.
     in_transaction: bool,
+    /// The consumer may be ahead of the committed state (a batch failed): rewind before polling.
+    must_rewind: bool,
+    /// When the producer was last fenced, to tell a transient fencing from a twin instance.
+    fencings: VecDeque<Instant>,
 }
 
 /// Outcome counts of a batch, published to metrics only once the batch commits.
@@ -111,116 +100,186 @@ struct BatchCounts {
 }
 
 impl Aggregator {
-    pub fn start(settings: Settings, readiness: Readiness) -> anyhow::Result<Aggregator> {
-        let brokers = settings.common.kafka_brokers.clone();
-        let flag = RebalanceFlag::default();
-        let rebalanced = flag.0.clone();
-        let consumer: BaseConsumer<RebalanceFlag> = base_config(&brokers)
-            .set("group.id", tally_schemas::namespaced(GROUP_ID))
-            .set(
-                "group.instance.id",
-                tally_schemas::namespaced(&format!("{GROUP_ID}-{MEMBERSHIP_VERSION}-{}", settings.common.instance_id)),
-            )
-            .set("isolation.level", "read_committed")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
-            .set("partition.assignment.strategy", "range")
-            .set("fetch.wait.max.ms", "20")
-            .set("max.partition.fetch.bytes", "8388608")
-            .set("fetch.max.bytes", "67108864")
-            .set("queued.max.messages.kbytes", "262144")
-            .create_with_context(flag)
-            .context("creating the consumer")?;
-        let producer: BaseProducer<DefaultProducerContext> = base_config(&brokers)
-            .set("transactional.id", settings.transactional_id())
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("transaction.timeout.ms", "15000")
-            .set("linger.ms", "1")
-            .set("queue.buffering.max.messages", "1000000")
-            .create()
-            .context("creating the transactional producer")?;
-        producer
-            .init_transactions(KAFKA_TIMEOUT)
-            .context("initialising transactions (is another instance using the same TALLY_INSTANCE_ID?)")?;
-        let changelog_reader: BaseConsumer = base_config(&brokers)
-            .set("group.id", tally_schemas::namespaced(&format!("{GROUP_ID}-changelog-reader")))
-            .set("isolation.level", "read_committed")
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            .set("fetch.max.bytes", "52428800")
-            .create()
-            .context("creating the changelog reader")?;
-        consumer
-            .subscribe(&[Topic::TraceEvents.name(), Topic::BillingEvents.name()])
-            .context("subscribing")?;
-        readiness.set(true);
-        tracing::info!(transactional_id = %settings.transactional_id(), "aggregator ready");
-        Ok(Aggregator {
+    /// Connects to Kafka and joins the group; retries with backoff (reporting not ready) until it
+    /// can, or until shutdown (`None`).
+    pub fn connect(settings: Settings, health: Health, group: GroupContext, shutdown: &Shutdown) -> Option<Aggregator> {
+        let consumer = retry("creating the consumer", &health, shutdown, || consumer(&settings, &group))?;
+        let producer = retry("initialising the transactional producer", &health, shutdown, || producer(&settings))?;
+        let changelog_reader = retry("creating the changelog reader", &health, shutdown, || changelog_reader(&settings))?;
+        tracing::info!(transactional_id = %settings.transactional_id(), "aggregator connected");
+        group.settle();
+        Some(Aggregator {
             settings,
+            health,
+            group,
             consumer,
-            rebalanced,
             producer,
             changelog_reader,
             partitions: HashMap::new(),
             in_transaction: false,
+            must_rewind: false,
+            fencings: VecDeque::new(),
         })
     }
 
-    /// Runs batches until shutdown. A fatal Kafka error (for instance, this instance was fenced
-    /// by a newer one) ends the loop with an error: the process exits and its supervisor
-    /// restarts it, which is always safe.
+    /// Runs batches until shutdown. Returns an error only for what a restart of the process is
+    /// the answer to (another live instance holds this transactional id).
     pub fn run(mut self, shutdown: &Shutdown) -> anyhow::Result<()> {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        // Whether batches are failing: a run of failures is logged once when it starts and once
+        // when a batch succeeds again; the stage stays not ready in between, whatever the rewinds
+        // and retries in the middle do.
+        let mut failing = false;
         while !shutdown.is_requested() {
-            match self.batch() {
-                Ok(()) => {}
-                Err(BatchError::Fatal(e)) => return Err(e),
-                Err(BatchError::Retry(e)) => {
-                    tracing::warn!(error = %format!("{e:#}"), "batch aborted; rewinding to the committed state");
-                    metrics::TRANSACTIONS.with_label_values(&["aborted"]).inc();
-                    // A producer that cannot abort cannot be trusted with another transaction:
-                    // exit, and the restarted instance fences this one.
-                    self.abort()?;
-                    self.reset().map_err(|e| e.context("rewinding after an aborted batch"))?;
-                    std::thread::sleep(Duration::from_millis(200));
+            self.health.turned();
+            let result = if self.must_rewind {
+                self.rewind()
+            } else {
+                let result = self.batch();
+                if result.is_ok() {
+                    if failing {
+                        tracing::info!("batches succeed again");
+                        self.group.settle();
+                        failing = false;
+                    }
+                    backoff.reset();
                 }
+                result
+            };
+            let Err(failure) = result else { continue };
+            match &failure {
+                BatchError::Rebalanced => tracing::info!("the group rebalanced; starting again from the committed state"),
+                _ if failing => tracing::debug!(error = %failure, "batch failed again"),
+                _ => tracing::warn!(error = %failure, "batch failed; recovering"),
             }
+            if !matches!(failure, BatchError::Rebalanced) {
+                failing = true;
+                self.health.down(failure.reason());
+            }
+            self.recover(&failure, shutdown)?;
+            std::thread::sleep(backoff.next_wait());
         }
         tracing::info!("aggregator stopping");
         Ok(())
     }
 
-    /// Aborts the open transaction, if any.
+    /// Leaves nothing of a failed batch: aborts its transaction (or replaces a producer that
+    /// cannot), replaces a failed consumer, drops every partition's state and rewinds before the
+    /// next poll.
+    fn recover(&mut self, failure: &BatchError, shutdown: &Shutdown) -> anyhow::Result<()> {
+        self.partitions.clear();
+        metrics::FINGERPRINTS.set(0);
+        self.must_rewind = true;
+        if self.in_transaction {
+            metrics::TRANSACTIONS.with_label_values(&["aborted"]).inc();
+        }
+        let mut replace_producer = matches!(failure, BatchError::ProducerFatal(_));
+        if !replace_producer {
+            if let Err(e) = self.abort() {
+                tracing::warn!(error = %format!("{e:#}"), "cannot abort the transaction; replacing the producer, which aborts it");
+                replace_producer = true;
+            }
+        }
+        if replace_producer {
+            // Another producer took the transactional id (rather than, say, an abort that could
+            // not reach the broker): count it.
+            if matches!(self.producer.client().fatal_error(), Some((RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced, _))) {
+                self.note_fencing()?;
+            }
+            self.health.down(REPLACING_PRODUCER);
+            metrics::CLIENT_REBUILDS.with_label_values(&["producer"]).inc();
+            let Some(producer) = retry("initialising the transactional producer", &self.health, shutdown, || producer(&self.settings)) else {
+                return Ok(());
+            };
+            self.producer = producer;
+            self.in_transaction = false;
+        }
+        if matches!(failure, BatchError::ConsumerFatal(_)) {
+            self.health.down(REPLACING_CONSUMER);
+            metrics::CLIENT_REBUILDS.with_label_values(&["consumer"]).inc();
+            let Some(consumer) = retry("creating the consumer", &self.health, shutdown, || consumer(&self.settings, &self.group)) else {
+                return Ok(());
+            };
+            // The old consumer leaves the group as it is dropped; the new one joins.
+            self.consumer = consumer;
+            self.must_rewind = false;
+        }
+        Ok(())
+    }
+
+    /// Remembers that the producer was fenced; fenced again and again in a short time, the
+    /// transactional id is in use by another live instance, which no replacement can fix.
+    fn note_fencing(&mut self) -> anyhow::Result<()> {
+        let now = Instant::now();
+        self.fencings.push_back(now);
+        while self.fencings.front().is_some_and(|t| now.duration_since(*t) > FENCING_WINDOW) {
+            self.fencings.pop_front();
+        }
+        if self.fencings.len() >= FENCINGS_TO_EXIT {
+            anyhow::bail!(
+                "the transactional id {} was fenced {} times in {} minutes: another live instance runs with \
+                 TALLY_INSTANCE_ID={}; give each instance its own id",
+                self.settings.transactional_id(),
+                self.fencings.len(),
+                FENCING_WINDOW.as_secs() / 60,
+                self.settings.common.instance_id
+            );
+        }
+        Ok(())
+    }
+
+    /// Aborts the open transaction, if any, once its outputs' delivery reports are served
+    /// (librdkafka refuses to abort while they wait).
     fn abort(&mut self) -> anyhow::Result<()> {
         if self.in_transaction {
-            self.producer.abort_transaction(KAFKA_TIMEOUT).context("aborting the transaction")?;
+            drain(&self.producer, RECOVERY_TIMEOUT);
+            self.producer.abort_transaction(RECOVERY_TIMEOUT).context("aborting the transaction")?;
             self.in_transaction = false;
         }
         Ok(())
     }
 
-    /// Drops all in-memory state and rewinds the consumer to its committed offsets.
-    fn reset(&mut self) -> anyhow::Result<()> {
-        self.partitions.clear();
-        metrics::FINGERPRINTS.set(0);
-        let assignment = self.consumer.assignment()?;
-        if assignment.count() == 0 {
-            return Ok(());
+    /// Rewinds the consumer to its committed offsets, so the next batch starts from exactly the
+    /// committed state.
+    fn rewind(&mut self) -> Result<(), BatchError> {
+        let assignment = self.consumer.assignment().map_err(|e| self.consumer_error(e))?;
+        if assignment.count() > 0 {
+            let committed = self.consumer.committed_offsets(assignment, RECOVERY_TIMEOUT).map_err(|e| self.consumer_error(e))?;
+            let mut rewind = TopicPartitionList::new();
+            for element in committed.elements() {
+                let offset = match element.offset() {
+                    Offset::Offset(o) => Offset::Offset(o),
+                    _ => Offset::Beginning,
+                };
+                rewind.add_partition_offset(element.topic(), element.partition(), offset).map_err(|e| BatchError::Retry(e.into()))?;
+            }
+            self.consumer.seek_partitions(rewind, RECOVERY_TIMEOUT).map_err(|e| self.consumer_error(e))?;
         }
-        let committed = self.consumer.committed_offsets(assignment, KAFKA_TIMEOUT)?;
-        let mut rewind = TopicPartitionList::new();
-        for element in committed.elements() {
-            let offset = match element.offset() {
-                Offset::Offset(o) => Offset::Offset(o),
-                _ => Offset::Beginning,
-            };
-            rewind.add_partition_offset(element.topic(), element.partition(), offset)?;
-        }
-        self.consumer.seek_partitions(rewind, KAFKA_TIMEOUT)?;
+        self.must_rewind = false;
         Ok(())
+    }
+
+    /// A consumer error: fatal when the consumer itself says so.
+    fn consumer_error(&self, e: KafkaError) -> BatchError {
+        match self.consumer.client().fatal_error() {
+            Some((code, reason)) => BatchError::ConsumerFatal(anyhow::anyhow!("{code:?}: {reason} (after: {e})")),
+            None => BatchError::Retry(e.into()),
+        }
+    }
+
+    /// A partition assignment arrived: check that both logs' partitions came together.
+    fn assigned(&self) {
+        let Ok(assignment) = self.consumer.assignment() else { return };
+        let mismatched = uncopartitioned(&assignment);
+        if !mismatched.is_empty() {
+            tracing::error!(
+                ?mismatched,
+                "assigned a partition of one input log without the same partition of the other: \
+                 those partitions' invoices cannot be finalized (check partition.assignment.strategy \
+                 and that both topics have as many partitions)"
+            );
+        }
+        metrics::UNCOPARTITIONED.set(mismatched.len() as i64);
     }
 
     fn batch(&mut self) -> Result<(), BatchError> {
@@ -237,20 +296,23 @@ impl Aggregator {
                 }
             }
             let polled = self.consumer.poll(wait);
-            if self.rebalanced.swap(false, Ordering::SeqCst) {
+            if self.group.rebalanced.swap(false, Ordering::SeqCst) {
                 // Whatever this batch read may belong to partitions now owned elsewhere, and the
                 // polled message may be from before the rebalance: start over from the commit.
-                self.abort().map_err(BatchError::Fatal)?;
-                self.reset().map_err(BatchError::Retry)?;
-                return Ok(());
+                self.assigned();
+                return Err(BatchError::Rebalanced);
             }
             let message = match polled {
                 None if self.in_transaction => break,
                 None => return Ok(()),
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "consumer error");
-                    continue;
-                }
+                Some(Err(e)) => match self.consumer_error(e) {
+                    fatal @ BatchError::ConsumerFatal(_) => return Err(fatal),
+                    BatchError::Retry(e) => {
+                        tracing::debug!(error = %e, "consumer error");
+                        continue;
+                    }
+                    other => return Err(other),
+                },
                 Some(Ok(message)) => message,
             };
             let partition = message.partition();
@@ -260,7 +322,7 @@ impl Aggregator {
                 Topic::TraceEvents
             };
             if !self.in_transaction {
-                self.producer.begin_transaction().map_err(BatchError::from_kafka)?;
+                self.producer.begin_transaction().map_err(|e| BatchError::from_producer(&self.producer, e))?;
                 self.in_transaction = true;
             }
             offsets.insert((topic, partition), message.offset() + 1);
@@ -349,11 +411,17 @@ impl Aggregator {
             .ok_or_else(|| BatchError::Retry(anyhow::anyhow!("no consumer group metadata")))?;
         self.producer
             .send_offsets_to_transaction(&tpl, &group, KAFKA_TIMEOUT)
-            .map_err(BatchError::from_kafka)?;
+            .map_err(|e| BatchError::from_producer(&self.producer, e))?;
         metrics::COMMIT_SECONDS.with_label_values(&["offsets"]).observe(offsets_started.elapsed().as_secs_f64());
+        let delivered_started = Instant::now();
+        if !drain(&self.producer, KAFKA_TIMEOUT) {
+            return Err(BatchError::Retry(anyhow::anyhow!("the batch's outputs were not acknowledged within {KAFKA_TIMEOUT:?}")));
+        }
+        metrics::COMMIT_SECONDS.with_label_values(&["deliveries"]).observe(delivered_started.elapsed().as_secs_f64());
         let commit_started = Instant::now();
-        self.producer.commit_transaction(KAFKA_TIMEOUT).map_err(BatchError::from_kafka)?;
+        self.producer.commit_transaction(KAFKA_TIMEOUT).map_err(|e| BatchError::from_producer(&self.producer, e))?;
         self.in_transaction = false;
+        self.health.committed();
         metrics::COMMIT_SECONDS.with_label_values(&["commit"]).observe(commit_started.elapsed().as_secs_f64());
 
         metrics::TRANSACTIONS.with_label_values(&["committed"]).inc();
@@ -417,28 +485,147 @@ where
                 record = r;
                 producer.poll(Duration::from_millis(5));
             }
-            Err((e, _)) => return Err(BatchError::from_kafka(e)),
+            Err((e, _)) => return Err(BatchError::from_producer(producer, e)),
         }
     }
 }
 
+/// Why a batch did not commit, and so what recovering from it takes.
 enum BatchError {
+    /// Partitions moved: abort, rewind, go on.
+    Rebalanced,
     /// Abort, rewind, try again.
     Retry(anyhow::Error),
-    /// This producer can no longer be used.
-    Fatal(anyhow::Error),
+    /// The producer can no longer be used (fenced, or a fatal idempotence error): replace it.
+    ProducerFatal(anyhow::Error),
+    /// The consumer can no longer be used (a fatal consumer error): replace it, rejoin.
+    ConsumerFatal(anyhow::Error),
+}
+
+impl std::fmt::Display for BatchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BatchError::Rebalanced => f.write_str("the group rebalanced"),
+            BatchError::Retry(e) => write!(f, "{e:#}"),
+            BatchError::ProducerFatal(e) => write!(f, "the transactional producer failed for good: {e:#}"),
+            BatchError::ConsumerFatal(e) => write!(f, "the consumer failed for good: {e:#}"),
+        }
+    }
 }
 
 impl BatchError {
-    fn from_kafka(e: KafkaError) -> BatchError {
-        let fatal = match &e {
-            KafkaError::Transaction(t) => t.is_fatal(),
-            _ => false,
-        };
-        if fatal {
-            BatchError::Fatal(anyhow::Error::new(e).context("fatal transaction error"))
-        } else {
-            BatchError::Retry(e.into())
+    /// Why the stage is not working meanwhile, as `/readyz` says it: stable across retries, so
+    /// that the health logs a change of state, not every attempt.
+    fn reason(&self) -> &'static str {
+        match self {
+            BatchError::Rebalanced => "the group rebalanced",
+            BatchError::Retry(_) => "batches fail; retrying from the committed state",
+            BatchError::ProducerFatal(_) => REPLACING_PRODUCER,
+            BatchError::ConsumerFatal(_) => REPLACING_CONSUMER,
         }
     }
+
+    /// A producer error: fatal when the transaction API or the producer itself says so.
+    fn from_producer(producer: &BaseProducer<DefaultProducerContext>, e: KafkaError) -> BatchError {
+        let cause = producer.client().fatal_error();
+        let fatal = matches!(&e, KafkaError::Transaction(t) if t.is_fatal())
+            || e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal)
+            || cause.is_some();
+        if !fatal {
+            return BatchError::Retry(e.into());
+        }
+        BatchError::ProducerFatal(match cause {
+            Some((code, reason)) => anyhow::anyhow!("fatal producer error {code:?}: {reason}"),
+            None => anyhow::Error::new(e).context("fatal producer error"),
+        })
+    }
+}
+
+/// Serves the producer's delivery reports until nothing is in flight, for at most `timeout`;
+/// whether everything was delivered. `commit_transaction` would flush by polling in 100 ms slices
+/// that never end early, and `abort_transaction` refuses to run while reports wait to be served;
+/// polling here, 1 ms at a time, serves both.
+fn drain(producer: &BaseProducer<DefaultProducerContext>, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while producer.in_flight_count() > 0 {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        producer.poll(Duration::from_millis(1));
+    }
+    true
+}
+
+/// Runs `attempt` until it succeeds, reporting `what` as the stage's reason for not being ready
+/// meanwhile (one log line per change) and backing off between attempts. `None` on shutdown.
+fn retry<T>(what: &str, health: &Health, shutdown: &Shutdown, mut attempt: impl FnMut() -> anyhow::Result<T>) -> Option<T> {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut failed = false;
+    while !shutdown.is_requested() {
+        match attempt() {
+            Ok(value) => return Some(value),
+            Err(e) => {
+                if failed {
+                    tracing::debug!(error = %format!("{e:#}"), "{what} failed again");
+                } else {
+                    tracing::warn!(error = %format!("{e:#}"), "{what} failed; retrying");
+                    health.down(what);
+                    failed = true;
+                }
+                std::thread::sleep(backoff.next_wait());
+            }
+        }
+    }
+    None
+}
+
+fn consumer(settings: &Settings, group: &GroupContext) -> anyhow::Result<BaseConsumer<GroupContext>> {
+    let consumer: BaseConsumer<GroupContext> = base_config(&settings.common.kafka_brokers)
+        .set("group.id", tally_schemas::namespaced(GROUP_ID))
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("partition.assignment.strategy", "range")
+        .set("fetch.wait.max.ms", "20")
+        .set("max.partition.fetch.bytes", "8388608")
+        .set("fetch.max.bytes", "67108864")
+        .set("queued.max.messages.kbytes", "262144")
+        .create_with_context(group.clone())
+        .context("creating the consumer")?;
+    group.joining();
+    consumer.subscribe(&[Topic::TraceEvents.name(), Topic::BillingEvents.name()]).context("subscribing")?;
+    Ok(consumer)
+}
+
+/// The transactional producer; `init_transactions` fences any earlier producer with the same
+/// transactional id and aborts the transaction it left open.
+fn producer(settings: &Settings) -> anyhow::Result<BaseProducer<DefaultProducerContext>> {
+    let producer: BaseProducer<DefaultProducerContext> = base_config(&settings.common.kafka_brokers)
+        .set("transactional.id", settings.transactional_id())
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("transaction.timeout.ms", "15000")
+        .set("linger.ms", "1")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .context("creating the transactional producer")?;
+    producer.init_transactions(RECOVERY_TIMEOUT).context("initialising transactions")?;
+    Ok(producer)
+}
+
+fn changelog_reader(settings: &Settings) -> anyhow::Result<BaseConsumer> {
+    base_config(&settings.common.kafka_brokers)
+        .set("group.id", tally_schemas::namespaced(&format!("{GROUP_ID}-changelog-reader")))
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("fetch.max.bytes", "52428800")
+        // A restore waits for the end of a partition; librdkafka's default 500 ms fetch wait made
+        // every empty partition's restore take half a second.
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .context("creating the changelog reader")
 }

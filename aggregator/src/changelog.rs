@@ -37,6 +37,8 @@ pub enum ChangelogError {
     Kafka(#[from] KafkaError),
     #[error("the changelog of partition {partition} did not reach its end within {timeout:?}")]
     Timeout { partition: i32, timeout: Duration },
+    #[error("the changelog reader failed for good: {0}")]
+    Fatal(String),
 }
 
 /// The live dedup chunks of a period: `first..next`.
@@ -244,7 +246,15 @@ pub fn load_partition(
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) | None => {}
                 Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) => {}
-                Some(Err(e)) => return Err(e.into()),
+                // librdkafka's consumer errors are reports (a broker went away, all brokers are
+                // down; some queued since an outage long over) and it retries by itself; only a
+                // fatal one ends the restore. The deadline bounds the rest.
+                Some(Err(e)) => {
+                    if let Some((code, reason)) = reader.client().fatal_error() {
+                        return Err(ChangelogError::Fatal(format!("{code:?}: {reason} (after: {e})")));
+                    }
+                    tracing::debug!(partition, error = %e, "changelog reader error; still reading");
+                }
             }
             let position = reader
                 .position()?

@@ -13,39 +13,42 @@
 //! the input.
 //!
 //! Layout: [`settings`], [`metrics`], [`changelog`] (state codec and recovery), [`batch`] (the
-//! transactional loop), [`run`] (start-up and probes).
+//! transactional loop and its recovery from faults), [`backlog`] (the watcher that tells
+//! readiness whether input waits), [`run`] (start-up and probes).
 
+pub mod backlog;
 pub mod batch;
 pub mod changelog;
 pub mod metrics;
 pub mod settings;
 
 use anyhow::Context;
+use tally_common::kafka::GroupContext;
 use tally_common::{kafka, probes, shutdown::Shutdown};
 
 pub use settings::Settings;
 
-/// Starts the aggregator and runs it until shutdown or a fatal error.
+/// Starts the aggregator and runs it until shutdown, or until a fault that only a restart of the
+/// process can fix (docs/architecture.md, "Faults in Kafka").
 pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     kafka::ensure_topics(&settings.common.kafka_brokers, settings.common.kafka_partitions, settings.common.kafka_replication)
         .await
         .context("kafka")?;
-    let readiness = probes::Readiness::default();
-    let server = tokio::spawn(probes::serve(
-        settings.addr,
-        probes::router(readiness.clone()),
-        shutdown.clone(),
-    ));
+    let health = settings.common.health("aggregator");
+    let server = tokio::spawn(probes::serve(settings.addr, probes::router(health.clone()), shutdown.clone()));
+    let group = GroupContext::new(health.clone());
+    backlog::spawn(&settings, group.assignment.clone(), health.clone(), shutdown.clone())?;
 
     let loop_shutdown = shutdown.clone();
-    let loop_readiness = readiness.clone();
-    let worker = tokio::task::spawn_blocking(move || {
-        batch::Aggregator::start(settings, loop_readiness)?.run(&loop_shutdown)
+    let loop_health = health.clone();
+    let worker = tokio::task::spawn_blocking(move || match batch::Aggregator::connect(settings, loop_health, group, &loop_shutdown) {
+        Some(aggregator) => aggregator.run(&loop_shutdown),
+        None => Ok(()),
     });
     let result = tokio::select! {
         r = worker => r.context("aggregator loop panicked")?,
         r = server => r.context("probe server panicked")?,
     };
-    readiness.set(false);
+    health.down("stopped");
     result
 }

@@ -67,12 +67,12 @@ pub static FINGERPRINTS: LazyLock<IntGauge> = LazyLock::new(|| {
 });
 
 /// Time spent committing a transaction, by step (`produce`: handing the outputs to the producer;
-/// `offsets`: `send_offsets_to_transaction`; `commit`: `commit_transaction`, which also waits for
-/// the outputs' acknowledgements). While it runs, the aggregator folds nothing.
+/// `offsets`: `send_offsets_to_transaction`; `deliveries`: waiting for the outputs'
+/// acknowledgements; `commit`: `commit_transaction`). While it runs, the aggregator folds nothing.
 pub static COMMIT_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
         "tally_aggregator_commit_duration_seconds",
-        "Time to commit one transaction, by step (produce, offsets, commit).",
+        "Time to commit one transaction, by step (produce, offsets, deliveries, commit).",
         &["step"],
         vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]
     )
@@ -115,6 +115,17 @@ pub static UNCOPARTITIONED: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
         "tally_aggregator_uncopartitioned_partitions",
         "Partitions assigned for the trace log or the billing log but not both (should be 0)."
+    )
+    .expect("metric registers")
+});
+
+/// Kafka clients replaced after a fatal error, by client (`producer`: fenced, failed for good, or
+/// could not abort; `consumer`: a fatal consumer error).
+pub static CLIENT_REBUILDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "tally_aggregator_client_rebuilds_total",
+        "Kafka clients replaced after a fatal error, by client (producer, consumer).",
+        &["client"]
     )
     .expect("metric registers")
 });

@@ -58,13 +58,14 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     let pool = tally_common::db::connect(&settings.common.database_url, 16).await?;
-    let readiness = probes::Readiness::default();
+    // The api keeps no loop of its own: it is ready once it serves (PostgreSQL was reached at start).
+    let health = settings.common.health("api");
     let pricing = settings.common.pricing()?;
     let billing_producer = billing::billing_producer(&settings.common.kafka_brokers)?;
     let stripe = settings.stripe.as_ref().map(tally_stripe::StripeSettings::client);
     let state = Arc::new(AppState { settings: settings.clone(), pool, pricing, billing_producer, stripe });
     tokio::spawn(stripe::sweep(state.clone(), shutdown.clone()));
-    let app = router(state).merge(probes::router(readiness.clone()));
-    readiness.set(true);
+    let app = router(state).merge(probes::router(health.clone()));
+    health.up();
     probes::serve(settings.addr, app, shutdown).await
 }

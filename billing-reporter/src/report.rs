@@ -285,13 +285,19 @@ impl Reporter {
         Ok(())
     }
 
-    /// Runs cycles until shutdown. A failed cycle is logged and the next one tries again.
-    pub async fn run(self, interval: Duration, shutdown: tally_common::shutdown::Shutdown) {
+    /// Runs cycles until shutdown. A failed cycle is logged and the next one tries again; the
+    /// reporter is ready while its last cycle succeeded (or stood by).
+    pub async fn run(self, interval: Duration, health: tally_common::health::Health, shutdown: tally_common::shutdown::Shutdown) {
         loop {
             let started = Instant::now();
             match self.cycle().await {
-                Ok(report) if report.standby => metrics::CYCLES.with_label_values(&["standby"]).inc(),
+                Ok(report) if report.standby => {
+                    metrics::CYCLES.with_label_values(&["standby"]).inc();
+                    health.up();
+                }
                 Ok(report) => {
+                    health.committed();
+                    health.up();
                     metrics::CYCLES.with_label_values(&["ok"]).inc();
                     metrics::AHEAD_ROWS.set(report.ahead as i64);
                     metrics::LAST_SUCCESS.set(chrono::Utc::now().timestamp());
@@ -302,6 +308,7 @@ impl Reporter {
                 Err(e) => {
                     metrics::CYCLES.with_label_values(&["error"]).inc();
                     tracing::error!(error = %e, "reporting cycle failed; retrying next cycle");
+                    health.down(format!("the last reporting cycle failed: {e}"));
                 }
             }
             metrics::CYCLE_SECONDS.observe(started.elapsed().as_secs_f64());
@@ -317,19 +324,20 @@ impl Reporter {
 pub async fn run(settings: crate::settings::Settings, shutdown: tally_common::shutdown::Shutdown) -> anyhow::Result<()> {
     use anyhow::Context;
     let pool = tally_common::db::connect(&settings.common.database_url, (settings.concurrency as u32 + 2).min(16)).await?;
-    let readiness = tally_common::probes::Readiness::default();
+    let health = settings.common.health("billing-reporter");
     let server = tokio::spawn(tally_common::probes::serve(
         settings.addr,
-        tally_common::probes::router(readiness.clone()),
+        tally_common::probes::router(health.clone()),
         shutdown.clone(),
     ));
     let reporter = Reporter::new(pool, settings.stripe.client(), settings.concurrency);
-    readiness.set(true);
+    // Ready from the start (PostgreSQL was reached); the first cycle confirms or refutes it.
+    health.up();
     tracing::info!(api_base = %settings.stripe.api_base, interval_secs = settings.interval.as_secs(), "billing reporter started");
     tokio::select! {
-        _ = reporter.run(settings.interval, shutdown.clone()) => {}
+        _ = reporter.run(settings.interval, health.clone(), shutdown.clone()) => {}
         r = server => r.context("probe server panicked")??,
     }
-    readiness.set(false);
+    health.down("stopped");
     Ok(())
 }

@@ -1,13 +1,22 @@
-//! Kafka clients as Tally configures them, the start-up check, and topic creation.
+//! Kafka clients as Tally configures them, the start-up check, topic creation, and what the
+//! consuming stages share to stay in their group: the rebalance context ([`GroupContext`]), the
+//! partitions held ([`Assignment`]), end offsets for the backlog watchers ([`end_offsets`]) and
+//! the backoff between attempts to reconnect ([`Backoff`]).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tally_schemas::Topic;
+
+use crate::health::{Health, Phase};
 
 /// Why Kafka could not be used at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -108,4 +117,143 @@ async fn wait_for_partitions(brokers: &str, topic: Topic) -> Result<usize, Kafka
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Err(KafkaSetupError::Partitions { topic: topic.name(), actual: 0, expected: 1 })
+}
+
+/// The partitions a group member holds, as its rebalance callbacks report them, shared with the
+/// stage's backlog watcher. `None` while it holds none: before its first assignment and between a
+/// revocation and the next assignment. (`Some(empty)`: the group has more members than partitions.)
+#[derive(Clone, Default)]
+pub struct Assignment(Arc<Mutex<Option<Vec<(String, i32)>>>>);
+
+impl Assignment {
+    pub fn get(&self) -> Option<Vec<(String, i32)>> {
+        self.0.lock().expect("assignment lock").clone()
+    }
+
+    fn set(&self, partitions: Option<Vec<(String, i32)>>) {
+        *self.0.lock().expect("assignment lock") = partitions;
+    }
+}
+
+/// The context of a consuming stage's group consumer: on every rebalance it raises `rebalanced`
+/// (the loop then drops what it read from partitions it may no longer own), records the
+/// [`Assignment`], and tells the stage's [`Health`] that it is waiting for partitions between a
+/// revocation and the next assignment.
+#[derive(Clone)]
+pub struct GroupContext {
+    pub rebalanced: Arc<AtomicBool>,
+    pub assignment: Assignment,
+    health: Health,
+}
+
+/// Why a stage waits between a revocation and an assignment (a [`Phase::Pending`]).
+const WAITING_FOR_PARTITIONS: &str = "waiting for a partition assignment";
+
+impl GroupContext {
+    pub fn new(health: Health) -> GroupContext {
+        GroupContext { rebalanced: Arc::default(), assignment: Assignment::default(), health }
+    }
+
+    /// A new consumer is about to join: it holds nothing until the group assigns it partitions.
+    pub fn joining(&self) {
+        self.assignment.set(None);
+        self.health.set(Phase::Pending(WAITING_FOR_PARTITIONS.into()));
+    }
+
+    /// The stage's clients work again (connected, rebuilt, rewound): it is up if it holds an
+    /// assignment, and waits for one otherwise.
+    pub fn settle(&self) {
+        match self.assignment.get() {
+            Some(_) => self.health.up(),
+            None => self.health.set(Phase::Pending(WAITING_FOR_PARTITIONS.into())),
+        }
+    }
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = tpl.count(), "partitions assigned");
+                let held = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+                self.assignment.set(Some(held));
+                self.health.up();
+            }
+            Rebalance::Revoke(tpl) => {
+                tracing::info!(partitions = tpl.count(), "partitions revoked");
+                self.joining();
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+        self.rebalanced.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The end offset (high watermark) of each partition, asked of the broker.
+pub fn end_offsets(client: &BaseConsumer, partitions: &[(String, i32)], timeout: Duration) -> KafkaResult<Vec<i64>> {
+    partitions.iter().map(|(topic, partition)| client.fetch_watermarks(topic, *partition, timeout).map(|(_, high)| high)).collect()
+}
+
+/// The offsets `group` has committed for `partitions` (0 where it has none), asked of the broker.
+/// `client` must be configured with that `group.id`; it needs no membership to ask.
+pub fn committed_offsets(client: &BaseConsumer, partitions: &[(String, i32)], timeout: Duration) -> KafkaResult<Vec<i64>> {
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition) in partitions {
+        tpl.add_partition(topic, *partition);
+    }
+    let committed = client.committed_offsets(tpl, timeout)?;
+    Ok(partitions
+        .iter()
+        .map(|(topic, partition)| {
+            match committed.find_partition(topic, *partition).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => 0,
+            }
+        })
+        .collect())
+}
+
+/// Capped exponential backoff with full jitter, for reconnecting after a failure: the n-th wait
+/// is uniform in [0, min(cap, base * 2^n)], so instances that failed together do not retry in step.
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration) -> Backoff {
+        Backoff { base, cap, attempt: 0 }
+    }
+
+    /// The next wait.
+    pub fn next_wait(&mut self) -> Duration {
+        let ceiling = self.base.saturating_mul(1 << self.attempt.min(16)).min(self.cap);
+        self.attempt = self.attempt.saturating_add(1);
+        ceiling.mul_f64(rand::random::<f64>())
+    }
+
+    /// Success: the next failure starts from the base again.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_and_resets() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        for n in 0..20 {
+            let wait = backoff.next_wait();
+            let ceiling = Duration::from_millis(100).saturating_mul(1 << n.min(16)).min(Duration::from_secs(5));
+            assert!(wait <= ceiling, "attempt {n}: {wait:?} > {ceiling:?}");
+        }
+        backoff.reset();
+        assert!(backoff.next_wait() <= Duration::from_millis(100));
+    }
 }

@@ -6,11 +6,13 @@
 //! - [`kafka`]: client configuration, the start-up broker check, topic creation.
 //! - [`db`]: the PostgreSQL pool, the start-up check and the migrations (one schema for all stages).
 //! - [`invoices`]: final invoices as stored, and the corrections that replace them.
+//! - [`health`]: whether a stage makes progress (what `/readyz` answers), judged from evidence.
 //! - [`probes`]: `/healthz`, `/readyz` and `/metrics`, served by every service on its address.
 //! - [`keys`]: how API keys are generated and hashed.
 //! - [`shutdown`]: the signal every service stops on.
 
 pub mod db;
+pub mod health;
 pub mod invoices;
 pub mod kafka;
 pub mod keys;

@@ -1,48 +1,41 @@
 //! `/healthz`, `/readyz` and `/metrics`, served by every service on its own address.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
+use crate::health::Health;
 use crate::shutdown::Shutdown;
 
-/// Whether the service is ready for work (connected, state loaded). Shared with the probe.
-#[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
-
-impl Readiness {
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::SeqCst);
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// The probe routes, to merge into a service's router or serve alone.
-pub fn router(readiness: Readiness) -> Router {
+/// The probe routes, to merge into a service's router or serve alone. `/readyz` answers 200 while
+/// `health` judges the stage ready and 503 with the reason otherwise; `/metrics` refreshes the
+/// stage's health gauges before it answers.
+pub fn router(health: Health) -> Router {
+    let ready = health.clone();
     Router::new()
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
         .route(
             "/readyz",
             get(move || {
-                let ready = readiness.is_ready();
+                let verdict = ready.verdict();
                 async move {
-                    if ready {
-                        (StatusCode::OK, "ready\n")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                    match verdict {
+                        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+                        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
                     }
                 }
             }),
         )
-        .route("/metrics", get(metrics))
+        .route(
+            "/metrics",
+            get(move || {
+                let _ = health.verdict();
+                metrics()
+            }),
+        )
 }
 
 async fn metrics() -> impl IntoResponse {

@@ -58,9 +58,17 @@ pub struct Common {
     pub namespace: String,
     /// The price list (`TALLY_PRICING_FILE`; the built-in `pricing/2026-11.toml` when unset).
     pub pricing_file: Option<std::path::PathBuf>,
+    /// How long a stage may go without progress while work waits before `/readyz` fails
+    /// (`TALLY_STALL_SECS`, default 30; see `health`).
+    pub stall_after: std::time::Duration,
 }
 
 impl Common {
+    /// A stage's health, judged with this deployment's stall bound.
+    pub fn health(&self, stage: &'static str) -> crate::health::Health {
+        crate::health::Health::new(stage, self.stall_after)
+    }
+
     /// The checked price list this service uses.
     pub fn pricing(&self) -> Result<std::sync::Arc<tally_pricing::Pricing>, SettingError> {
         let pricing = match &self.pricing_file {
@@ -83,6 +91,7 @@ impl Common {
             instance_id: var_or("TALLY_INSTANCE_ID", "0")?,
             namespace: var_or("TALLY_NAMESPACE", "")?,
             pricing_file: std::env::var_os("TALLY_PRICING_FILE").filter(|v| !v.is_empty()).map(Into::into),
+            stall_after: std::time::Duration::from_secs(var_or("TALLY_STALL_SECS", "30")?),
         })
     }
 }

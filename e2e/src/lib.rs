@@ -192,6 +192,64 @@ impl Stack {
         }
     }
 
+    /// Whether `service` (started by this stack) is still running.
+    pub fn running(&mut self, service: &'static str) -> bool {
+        self.children.get_mut(service).is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Waits up to `timeout` for `service` to exit on its own; its exit status, if it did.
+    pub async fn wait_exit(&mut self, service: &'static str, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.children.get_mut(service).and_then(|c| c.try_wait().ok().flatten()) {
+                self.children.remove(service);
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        None
+    }
+
+    /// `GET /readyz` of `service`: its status code (0 when it did not answer) and body.
+    pub async fn readyz(&self, service: &'static str) -> (u16, String) {
+        let url = format!("http://{}/readyz", self.addrs[service]);
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
+        match client.get(&url).send().await {
+            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+            Err(_) => (0, String::new()),
+        }
+    }
+
+    /// Waits up to `timeout` until `/readyz` of `service` answers `status`; fails with the last answer.
+    pub async fn wait_readyz(&self, service: &'static str, status: u16, timeout: Duration) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (got, body) = self.readyz(service).await;
+            if got == status {
+                return Ok(body);
+            }
+            if Instant::now() > deadline {
+                bail!("{service} /readyz answered {got} {body:?}, not {status}, for {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// The value of one sample (`name{labels}` exactly as exposed) on `service`'s `/metrics`.
+    pub async fn metric(&self, service: &'static str, sample: &str) -> Option<f64> {
+        let url = format!("http://{}/metrics", self.addrs[service]);
+        let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|value| value.trim().parse().ok())
+    }
+
+    /// The last line `service` wrote to its log.
+    pub fn last_log_line(&self, service: &'static str) -> String {
+        let text = std::fs::read_to_string(logs_dir().join(format!("{service}.log"))).unwrap_or_default();
+        text.lines().last().unwrap_or_default().to_string()
+    }
+
     pub fn api(&self) -> Api {
         Api::new(&format!("http://{}", self.addrs["api"]), &self.admin_token)
     }
@@ -264,5 +322,78 @@ pub async fn assert_usage_eventually(
             bail!("usage differs after {timeout:?}:\n{}", diffs.join("\n"));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The test broker that `make test` started (`scripts/kafka.sh` with the test's home and ports),
+/// for tests that stop, kill and start it.
+pub struct Broker {
+    home: String,
+    port: String,
+    controller_port: String,
+}
+
+impl Broker {
+    pub fn test() -> Broker {
+        let home = std::env::var("TALLY_TEST_HOME")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.tally/test").to_string());
+        let port = kafka_brokers().rsplit(':').next().unwrap_or("19092").to_string();
+        let controller_port = std::env::var("TALLY_TEST_KAFKA_CONTROLLER_PORT").unwrap_or_else(|_| "19093".into());
+        Broker { home, port, controller_port }
+    }
+
+    async fn script(&self, command: &str) -> anyhow::Result<()> {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka.sh");
+        let output = tokio::process::Command::new(script)
+            .arg(command)
+            .env("TALLY_HOME", &self.home)
+            .env("TALLY_KAFKA_PORT", &self.port)
+            .env("TALLY_KAFKA_CONTROLLER_PORT", &self.controller_port)
+            .output()
+            .await?;
+        if !output.status.success() {
+            bail!("scripts/kafka.sh {command}: {}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(())
+    }
+
+    /// Stops the broker the ordinary way (SIGTERM, controlled shutdown).
+    pub async fn stop(&self) -> anyhow::Result<()> {
+        self.script("stop").await
+    }
+
+    /// SIGKILL: the broker gets no chance to finish anything.
+    pub async fn kill9(&self) -> anyhow::Result<()> {
+        let pid = std::fs::read_to_string(format!("{}/run/kafka.pid", self.home)).context("the test broker's pid file")?;
+        let status = tokio::process::Command::new("kill").args(["-KILL", pid.trim()]).status().await?;
+        anyhow::ensure!(status.success(), "kill -KILL {}", pid.trim());
+        // Wait until the process is gone, so the ports are free for the next start.
+        let proc = format!("/proc/{}/stat", pid.trim());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::fs::read_to_string(&proc).is_ok_and(|stat| !stat.rsplit(") ").next().unwrap_or("").starts_with('Z')) {
+            anyhow::ensure!(Instant::now() < deadline, "the killed broker is still running");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// Starts the broker and waits until it serves.
+    pub async fn start(&self) -> anyhow::Result<()> {
+        self.script("start").await
+    }
+}
+
+/// The broker is left running: a test that stopped it and failed half-way starts it again, so
+/// the tests after it have their broker.
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka.sh");
+        let _ = Command::new(script)
+            .arg("start")
+            .env("TALLY_HOME", &self.home)
+            .env("TALLY_KAFKA_PORT", &self.port)
+            .env("TALLY_KAFKA_CONTROLLER_PORT", &self.controller_port)
+            .stdout(Stdio::null())
+            .status();
     }
 }

@@ -36,14 +36,14 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     let pool = tally_common::db::connect(&settings.common.database_url, 4).await?;
     let registry = registry::Registry::load(pool).await.context("loading the org registry")?;
     let publisher = publish::Publisher::new(&settings)?;
-    let readiness = probes::Readiness::default();
+    let health = settings.common.health("ingest");
 
     tokio::spawn(registry.clone().refresh_forever(shutdown.clone()));
-    tokio::spawn(ticker::run(publisher.clone(), settings.tick_interval, shutdown.clone()));
+    // Ingest is ready once Kafka acknowledged its first ticks (ticker.rs).
+    tokio::spawn(ticker::run(publisher.clone(), settings.tick_interval, health.clone(), shutdown.clone()));
 
     let state = Arc::new(routes::AppState { settings: settings.clone(), registry, publisher: publisher.clone() });
-    let router = routes::router(state).merge(probes::router(readiness.clone()));
-    readiness.set(true);
+    let router = routes::router(state).merge(probes::router(health));
     let served = probes::serve(settings.addr, router, shutdown).await;
     publisher.flush();
     served

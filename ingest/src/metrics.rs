@@ -48,3 +48,10 @@ pub static TICKS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("tally_ingest_ticks_total", "Tick records written to the log.")
         .expect("metric registers")
 });
+
+/// Producers replaced after a fatal error (librdkafka can no longer keep the idempotence
+/// guarantees of the one in use).
+pub static PRODUCER_REBUILDS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("tally_ingest_producer_rebuilds_total", "Kafka producers replaced after a fatal error.")
+        .expect("metric registers")
+});

@@ -5,9 +5,13 @@
 //! Java-compatible murmur2 partitioner, so every event of an org lands in one partition (where
 //! the aggregator deduplicates it) whichever client wrote it. The record timestamp is the arrival
 //! time: the time every later decision about lateness is made from.
+//!
+//! A producer with a fatal error (librdkafka raises one when the idempotence guarantees can no
+//! longer be kept) can never send again: the publisher replaces it with a new one, and the
+//! requests that failed meanwhile got a 503 and are resent by their clients.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -80,30 +84,58 @@ impl ProducerContext for AckContext {
     }
 }
 
+type IngestProducer = ThreadedProducer<AckContext>;
+
 #[derive(Clone)]
 pub struct Publisher {
-    producer: Arc<ThreadedProducer<AckContext>>,
+    /// The producer in use; replaced as a whole after a fatal error.
+    producer: Arc<RwLock<Arc<IngestProducer>>>,
     timeout: Duration,
     brokers: String,
 }
 
+fn producer(brokers: &str, timeout: Duration) -> Result<IngestProducer, KafkaError> {
+    base_config(brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .set("message.timeout.ms", timeout.as_millis().to_string())
+        .create_with_context(AckContext)
+}
+
 impl Publisher {
     pub fn new(settings: &Settings) -> Result<Publisher, KafkaError> {
-        let producer = base_config(&settings.common.kafka_brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("partitioner", "murmur2_random")
-            .set("linger.ms", "5")
-            .set("batch.size", "1000000")
-            .set("queue.buffering.max.messages", "1000000")
-            .set("queue.buffering.max.kbytes", "1048576")
-            .set("message.timeout.ms", settings.kafka_timeout.as_millis().to_string())
-            .create_with_context(AckContext)?;
+        let producer = producer(&settings.common.kafka_brokers, settings.kafka_timeout)?;
         Ok(Publisher {
-            producer: Arc::new(producer),
+            producer: Arc::new(RwLock::new(Arc::new(producer))),
             timeout: settings.kafka_timeout,
             brokers: settings.common.kafka_brokers.clone(),
         })
+    }
+
+    fn current(&self) -> Arc<IngestProducer> {
+        self.producer.read().expect("producer lock").clone()
+    }
+
+    /// Replaces `failed` if it has a fatal error and is still the producer in use.
+    fn replace_if_fatal(&self, failed: &Arc<IngestProducer>) {
+        let Some((code, reason)) = failed.client().fatal_error() else { return };
+        let mut current = self.producer.write().expect("producer lock");
+        if !Arc::ptr_eq(&current, failed) {
+            return;
+        }
+        match producer(&self.brokers, self.timeout) {
+            Ok(fresh) => {
+                tracing::warn!(?code, %reason, "the producer failed for good; replaced it");
+                crate::metrics::PRODUCER_REBUILDS.inc();
+                *current = Arc::new(fresh);
+            }
+            Err(e) => tracing::warn!(?code, %reason, error = %e, "the producer failed for good and cannot be replaced yet"),
+        }
     }
 
     /// Sends records built by `build` and waits until Kafka acknowledged every one.
@@ -112,9 +144,23 @@ impl Publisher {
         count: usize,
         mut build: impl FnMut(usize, Arc<BatchAck>) -> BaseRecord<'a, str, Vec<u8>, Arc<BatchAck>>,
     ) -> Result<(), PublishError> {
+        let producer = self.current();
+        let result = self.send_with(&producer, count, &mut build).await;
+        if result.is_err() {
+            self.replace_if_fatal(&producer);
+        }
+        result
+    }
+
+    async fn send_with<'a>(
+        &self,
+        producer: &IngestProducer,
+        count: usize,
+        build: &mut impl FnMut(usize, Arc<BatchAck>) -> BaseRecord<'a, str, Vec<u8>, Arc<BatchAck>>,
+    ) -> Result<(), PublishError> {
         let ack = BatchAck::new(count);
         for i in 0..count {
-            if let Err((e, _)) = self.producer.send(build(i, ack.clone())) {
+            if let Err((e, _)) = producer.send(build(i, ack.clone())) {
                 // Records not sent will never be acknowledged: settle them now. Those already
                 // sent may still land; the client's retry is deduplicated downstream.
                 ack.settle(count - i);
@@ -186,7 +232,7 @@ impl Publisher {
 
     /// Waits for in-flight records before the process exits.
     pub fn flush(&self) {
-        let _ = self.producer.flush(Duration::from_secs(5));
+        let _ = self.current().flush(Duration::from_secs(5));
     }
 }
 

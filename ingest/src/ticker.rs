@@ -6,15 +6,19 @@
 //! Ticks make log time advance in partitions whose orgs are silent, so their periods close and
 //! their invoices are issued on time. Several ingest instances may all tick: extra ticks are
 //! harmless.
+//!
+//! The ticks are also ingest's readiness: ingest is ready while Kafka acknowledges them, and not
+//! ready from the first tick Kafka did not take until the next one it does.
 
 use std::time::Duration;
 
+use tally_common::health::Health;
 use tally_common::shutdown::Shutdown;
 
 use crate::metrics;
 use crate::publish::Publisher;
 
-pub async fn run(publisher: Publisher, every: Duration, shutdown: Shutdown) {
+pub async fn run(publisher: Publisher, every: Duration, health: Health, shutdown: Shutdown) {
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -23,8 +27,13 @@ pub async fn run(publisher: Publisher, every: Duration, shutdown: Shutdown) {
             _ = shutdown.clone().requested() => return,
         }
         match publisher.tick_all_partitions().await {
-            Ok(n) => metrics::TICKS.inc_by(n as u64),
-            Err(e) => tracing::warn!(error = %e, "could not write ticks"),
+            Ok(n) => {
+                metrics::TICKS.inc_by(n as u64);
+                health.committed();
+                health.up();
+            }
+            // The health logs the change, once.
+            Err(e) => health.down(format!("Kafka does not take writes: {e}")),
         }
     }
 }

@@ -12,8 +12,10 @@
 //! one transaction: upsert usage, per-operation and daily rows, insert late events, advance
 //! offsets → commit.
 //!
-//! Layout: [`settings`], [`metrics`], [`store`] (the SQL), [`project`] (the loop).
+//! Layout: [`settings`], [`metrics`], [`store`] (the SQL), [`project`] (the loop and its recovery
+//! from faults), [`backlog`] (the watcher that tells readiness whether input waits).
 
+pub mod backlog;
 pub mod metrics;
 pub mod project;
 pub mod settings;
@@ -22,6 +24,7 @@ pub mod store;
 use anyhow::{bail, Context};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tally_schemas::Topic;
+use tally_common::kafka::GroupContext;
 use tally_common::{kafka, probes, shutdown::Shutdown};
 
 pub use settings::Settings;
@@ -32,15 +35,19 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
         .context("kafka")?;
     let pool = tally_common::db::connect(&settings.common.database_url, 4).await?;
     check_not_ahead_of_the_log(&settings, &pool).await?;
-    let readiness = probes::Readiness::default();
-    let server = tokio::spawn(probes::serve(settings.addr, probes::router(readiness.clone()), shutdown.clone()));
-    let projector = project::Projector::start(&settings, pool)?;
-    readiness.set(true);
+    let health = settings.common.health("projector");
+    let server = tokio::spawn(probes::serve(settings.addr, probes::router(health.clone()), shutdown.clone()));
+    let group = GroupContext::new(health.clone());
+    tokio::spawn(backlog::watch(
+        backlog::Watcher::new(&settings, pool.clone(), group.assignment.clone(), health.clone())?,
+        shutdown.clone(),
+    ));
+    let projector = project::Projector::start(&settings, pool, health.clone(), group)?;
     let result = tokio::select! {
         r = projector.run(shutdown.clone()) => r,
         r = server => r.context("probe server panicked")?,
     };
-    readiness.set(false);
+    health.down("stopped");
     result
 }
 

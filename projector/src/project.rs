@@ -1,16 +1,22 @@
 //! The projector's loop: batches of usage updates and invoice corrections, each written in one
 //! database transaction.
+//!
+//! Faults: a failed batch stores nothing; the projector reports not ready, backs off, and reads
+//! its offsets from PostgreSQL again, for as long as PostgreSQL is away. A consumer with a fatal
+//! error is replaced and rejoins the group. Membership is dynamic, for the reason the aggregator's
+//! is (docs/architecture.md, "Faults in Kafka").
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Message, Offset, TopicPartitionList};
 use sqlx::PgPool;
-use tally_common::kafka::base_config;
+use tally_common::health::Health;
+use tally_common::kafka::{base_config, Backoff, GroupContext};
 use tally_common::shutdown::Shutdown;
 use tally_schemas::{InvoiceCorrectedV1, Topic, UsageUpdateV1};
 
@@ -18,28 +24,60 @@ use crate::metrics;
 use crate::settings::Settings;
 use crate::store;
 
-const GROUP_ID: &str = "tally-projector";
+pub const GROUP_ID: &str = "tally-projector";
 
-/// Notes rebalances so the stored offsets of newly assigned partitions are read again.
-#[derive(Default)]
-pub struct RebalanceFlag(Arc<AtomicBool>);
+pub struct Projector {
+    settings: Settings,
+    health: Health,
+    group: GroupContext,
+    consumer: StreamConsumer<GroupContext>,
+    pool: PgPool,
+    /// The next offset to project per (topic, partition), as stored in PostgreSQL.
+    next_offsets: HashMap<(Topic, i32), i64>,
+    /// A batch failed: seek back to the stored offsets before reading on.
+    must_rewind: bool,
+}
 
-impl ClientContext for RebalanceFlag {}
+/// Why a batch did not complete.
+enum Failure {
+    /// The consumer can no longer be used: replace it.
+    ConsumerFatal(anyhow::Error),
+    /// PostgreSQL or Kafka failed: rewind to the stored offsets and try again.
+    Retry(anyhow::Error),
+}
 
-impl ConsumerContext for RebalanceFlag {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {
-        self.0.store(true, Ordering::SeqCst);
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Failure {
+        Failure::Retry(e)
     }
 }
 
-pub struct Projector {
-    consumer: StreamConsumer<RebalanceFlag>,
-    rebalanced: Arc<AtomicBool>,
-    pool: PgPool,
-    max_batch: usize,
-    max_batch_wait: Duration,
-    /// The next offset to project per (topic, partition), as stored in PostgreSQL.
-    next_offsets: HashMap<(Topic, i32), i64>,
+impl From<sqlx::Error> for Failure {
+    fn from(e: sqlx::Error) -> Failure {
+        Failure::Retry(anyhow::Error::new(e).context("PostgreSQL"))
+    }
+}
+
+impl From<KafkaError> for Failure {
+    fn from(e: KafkaError) -> Failure {
+        Failure::Retry(e.into())
+    }
+}
+
+fn consumer(settings: &Settings, group: &GroupContext) -> anyhow::Result<StreamConsumer<GroupContext>> {
+    let consumer: StreamConsumer<GroupContext> = base_config(&settings.common.kafka_brokers)
+        .set("group.id", tally_schemas::namespaced(GROUP_ID))
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("fetch.wait.max.ms", "20")
+        .create_with_context(group.clone())
+        .context("creating the consumer")?;
+    group.joining();
+    consumer.subscribe(&[Topic::Usage.name(), Topic::Corrections.name()]).context("subscribing")?;
+    Ok(consumer)
 }
 
 /// Keeps, per (org, period), the newest update of a batch, with the late events of all of them
@@ -68,46 +106,81 @@ pub fn coalesce(updates: Vec<UsageUpdateV1>) -> Vec<UsageUpdateV1> {
 }
 
 impl Projector {
-    pub fn start(settings: &Settings, pool: PgPool) -> anyhow::Result<Projector> {
-        let flag = RebalanceFlag::default();
-        let rebalanced = flag.0.clone();
-        let consumer: StreamConsumer<RebalanceFlag> = base_config(&settings.common.kafka_brokers)
-            .set("group.id", tally_schemas::namespaced(GROUP_ID))
-            .set("group.instance.id", tally_schemas::namespaced(&format!("{GROUP_ID}-{}", settings.common.instance_id)))
-            .set("isolation.level", "read_committed")
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
-            .set("fetch.wait.max.ms", "20")
-            .create_with_context(flag)
-            .context("creating the consumer")?;
-        consumer.subscribe(&[Topic::Usage.name(), Topic::Corrections.name()]).context("subscribing")?;
+    pub fn start(settings: &Settings, pool: PgPool, health: Health, group: GroupContext) -> anyhow::Result<Projector> {
+        let consumer = consumer(settings, &group)?;
         Ok(Projector {
+            settings: settings.clone(),
+            health,
+            group,
             consumer,
-            rebalanced,
             pool,
-            max_batch: settings.max_batch,
-            max_batch_wait: settings.max_batch_wait,
             next_offsets: HashMap::new(),
+            must_rewind: false,
         })
     }
 
     pub async fn run(mut self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        // Whether batches are failing: a run of failures is logged once when it starts and once
+        // when a batch succeeds again; the stage stays not ready in between.
+        let mut failing = false;
         while !shutdown.is_requested() {
-            if let Err(e) = self.batch().await {
-                // Nothing of a failed batch was stored; its records are read again.
-                tracing::warn!(error = %format!("{e:#}"), "projection batch failed; retrying from the stored offsets");
-                self.next_offsets.clear();
-                self.rewind().await?;
-                tokio::time::sleep(Duration::from_millis(500)).await;
+            self.health.turned();
+            let result = if self.must_rewind {
+                self.rewind().await
+            } else {
+                let result = self.batch().await;
+                if result.is_ok() {
+                    if failing {
+                        tracing::info!("projection succeeds again");
+                        self.group.settle();
+                        failing = false;
+                    }
+                    backoff.reset();
+                }
+                result
+            };
+            let Err(failure) = result else { continue };
+            match failure {
+                Failure::Retry(e) => {
+                    // Nothing of a failed batch was stored; its records are read again.
+                    if failing {
+                        tracing::debug!(error = %format!("{e:#}"), "projection failed again");
+                    } else {
+                        tracing::warn!(error = %format!("{e:#}"), "projection failed; retrying from the stored offsets");
+                    }
+                    self.health.down("projection fails; retrying from the stored offsets");
+                    self.next_offsets.clear();
+                    self.must_rewind = true;
+                }
+                Failure::ConsumerFatal(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "the consumer failed for good; replacing it and rejoining the group");
+                    self.health.down("replacing the consumer");
+                    metrics::CLIENT_REBUILDS.inc();
+                    // The old consumer leaves the group as it is dropped; the new one joins
+                    // (pending until the group assigns it partitions) and starts from Kafka's
+                    // hint, checked against the stored offsets per partition.
+                    match consumer(&self.settings, &self.group) {
+                        Ok(consumer) => {
+                            self.consumer = consumer;
+                            self.next_offsets.clear();
+                            self.must_rewind = false;
+                        }
+                        Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot create a consumer yet"),
+                    }
+                }
+            }
+            failing = true;
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.next_wait()) => {}
+                _ = shutdown.clone().requested() => {}
             }
         }
         Ok(())
     }
 
     /// Seeks every assigned partition back to the offset stored in PostgreSQL.
-    async fn rewind(&mut self) -> anyhow::Result<()> {
+    async fn rewind(&mut self) -> Result<(), Failure> {
         let assignment = self.consumer.assignment()?;
         let mut tpl = TopicPartitionList::new();
         for element in assignment.elements() {
@@ -121,16 +194,23 @@ impl Projector {
         if tpl.count() > 0 {
             self.consumer.seek_partitions(tpl, Duration::from_secs(10))?;
         }
+        self.must_rewind = false;
         Ok(())
     }
 
-    async fn batch(&mut self) -> anyhow::Result<()> {
+    /// A consumer error: fatal when the consumer itself says so.
+    fn consumer_error(&self, e: KafkaError) -> Option<Failure> {
+        let (code, reason) = self.consumer.client().fatal_error()?;
+        Some(Failure::ConsumerFatal(anyhow::anyhow!("{code:?}: {reason} (after: {e})")))
+    }
+
+    async fn batch(&mut self) -> Result<(), Failure> {
         let mut updates = Vec::new();
         let mut corrections = Vec::new();
         let mut offsets: HashMap<(Topic, i32), i64> = HashMap::new();
-        let deadline = Instant::now() + self.max_batch_wait;
+        let deadline = Instant::now() + self.settings.max_batch_wait;
         let mut read = 0;
-        while read < self.max_batch {
+        while read < self.settings.max_batch {
             let timeout = if read == 0 {
                 Duration::from_millis(200)
             } else {
@@ -142,13 +222,16 @@ impl Projector {
             let message = match tokio::time::timeout(timeout, self.consumer.recv()).await {
                 Err(_elapsed) => break,
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "consumer error");
+                    if let Some(fatal) = self.consumer_error(e.clone()) {
+                        return Err(fatal);
+                    }
+                    tracing::debug!(error = %e, "consumer error");
                     break;
                 }
                 Ok(Ok(message)) => message,
             };
             read += 1;
-            if self.rebalanced.swap(false, Ordering::SeqCst) {
+            if self.group.rebalanced.swap(false, Ordering::SeqCst) {
                 self.next_offsets.clear();
             }
             let Some(topic) = input_topic(message.topic()) else { continue };
@@ -189,6 +272,7 @@ impl Projector {
         let written = store::write_batch(&self.pool, &updates, &corrections, &offsets_list)
             .await
             .context("writing to PostgreSQL")?;
+        self.health.committed();
         metrics::BATCH_SECONDS.observe(started.elapsed().as_secs_f64());
         metrics::UPDATES.with_label_values(&["applied"]).inc_by(written.applied as u64);
         metrics::UPDATES.with_label_values(&["stale"]).inc_by(written.stale as u64);

@@ -18,6 +18,11 @@ pub async fn stored_offset(pool: &PgPool, topic: Topic, partition: i32) -> Resul
         .await
 }
 
+/// Every stored offset: (topic, partition) → the next offset to project.
+pub async fn stored_offsets(pool: &PgPool) -> Result<Vec<(String, i32, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT topic, partition, next_offset FROM projector_offsets").fetch_all(pool).await
+}
+
 /// What a batch did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Written {
