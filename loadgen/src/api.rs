@@ -52,17 +52,32 @@ impl Api {
         Ok(value["key"].as_str().context("key in answer")?.to_string())
     }
 
+    /// The usage answer. Like a careful dashboard, it asks again for up to a minute while the
+    /// api answers 5xx or not at all (PostgreSQL restarting, say); a 4xx is final.
     pub async fn usage(&self, org_id: &str, period: &str) -> anyhow::Result<Value> {
-        let response = self
-            .client
-            .get(format!("{}/v1/orgs/{org_id}/usage?period={period}", self.base))
-            .bearer_auth(&self.admin_token)
-            .send()
-            .await?;
-        if !response.status().is_success() {
-            bail!("usage of {org_id} {period}: {}", response.status());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let sent = self
+                .client
+                .get(format!("{}/v1/orgs/{org_id}/usage?period={period}", self.base))
+                .bearer_auth(&self.admin_token)
+                .send()
+                .await;
+            let failure = match sent {
+                Ok(response) if response.status().is_success() => return Ok(response.json().await?),
+                Ok(response) if response.status().is_client_error() => {
+                    bail!("usage of {org_id} {period}: {}", response.status())
+                }
+                Ok(response) => anyhow::anyhow!("usage of {org_id} {period}: {}", response.status()),
+                Err(e) => anyhow::Error::new(e).context(format!("usage of {org_id} {period}")),
+            };
+            if Instant::now() > deadline {
+                return Err(failure);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
         }
-        Ok(response.json().await?)
     }
 
     /// Polls `usage` until `done` holds for it or `timeout` passes; returns the last answer.
