@@ -33,7 +33,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tally_common::health::Health;
-use tally_common::kafka::{base_config, Backoff, GroupContext};
+use tally_common::kafka::{base_config, GroupContext};
+use tally_common::retry::Failures;
 use tally_common::shutdown::Shutdown;
 use tally_metering::{apply_record, Applied, Fold, Log, Outcome, PeriodKey};
 use tally_schemas::{NotificationV1, Topic};
@@ -125,39 +126,42 @@ impl Aggregator {
     /// Runs batches until shutdown. Returns an error only for what a restart of the process is
     /// the answer to (another live instance holds this transactional id).
     pub fn run(mut self, shutdown: &Shutdown) -> anyhow::Result<()> {
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-        // Whether batches are failing: a run of failures is logged once when it starts and once
-        // when a batch succeeds again; the stage stays not ready in between, whatever the rewinds
-        // and retries in the middle do.
-        let mut failing = false;
+        // A run of failed batches is logged when it starts and when a batch succeeds again; the
+        // stage stays not ready in between, whatever the rewinds and retries in the middle do.
+        let mut failures = Failures::new(Duration::from_millis(200), Duration::from_secs(10));
         while !shutdown.is_requested() {
             self.health.turned();
-            let result = if self.must_rewind {
-                self.rewind()
-            } else {
-                let result = self.batch();
-                if result.is_ok() {
-                    if failing {
+            let rewinding = self.must_rewind;
+            let result = if rewinding { self.rewind() } else { self.batch() };
+            let failure = match result {
+                Ok(()) if rewinding => continue,
+                Ok(()) => {
+                    if failures.succeeded() {
                         tracing::info!("batches succeed again");
                         self.group.settle();
-                        failing = false;
                     }
-                    backoff.reset();
+                    continue;
                 }
-                result
+                Err(failure) => failure,
             };
-            let Err(failure) = result else { continue };
-            match &failure {
-                BatchError::Rebalanced => tracing::info!("the group rebalanced; starting again from the committed state"),
-                _ if failing => tracing::debug!(error = %failure, "batch failed again"),
-                _ => tracing::warn!(error = %failure, "batch failed; recovering"),
-            }
-            if !matches!(failure, BatchError::Rebalanced) {
-                failing = true;
-                self.health.down(failure.reason());
-            }
+            let wait = match failure {
+                BatchError::Rebalanced => {
+                    tracing::info!("the group rebalanced; starting again from the committed state");
+                    Duration::ZERO
+                }
+                _ => {
+                    let (first, wait) = failures.failed();
+                    if first {
+                        tracing::warn!(error = %failure, "batch failed; recovering");
+                    } else {
+                        tracing::debug!(error = %failure, "batch failed again");
+                    }
+                    self.health.down(failure.reason());
+                    wait
+                }
+            };
             self.recover(&failure, shutdown)?;
-            std::thread::sleep(backoff.next_wait());
+            std::thread::sleep(wait);
         }
         tracing::info!("aggregator stopping");
         Ok(())
@@ -559,20 +563,19 @@ fn drain(producer: &BaseProducer<DefaultProducerContext>, timeout: Duration) -> 
 /// Runs `attempt` until it succeeds, reporting `what` as the stage's reason for not being ready
 /// meanwhile (one log line per change) and backing off between attempts. `None` on shutdown.
 fn retry<T>(what: &str, health: &Health, shutdown: &Shutdown, mut attempt: impl FnMut() -> anyhow::Result<T>) -> Option<T> {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    let mut failed = false;
+    let mut failures = Failures::new(Duration::from_millis(200), Duration::from_secs(10));
     while !shutdown.is_requested() {
         match attempt() {
             Ok(value) => return Some(value),
             Err(e) => {
-                if failed {
-                    tracing::debug!(error = %format!("{e:#}"), "{what} failed again");
-                } else {
+                let (first, wait) = failures.failed();
+                if first {
                     tracing::warn!(error = %format!("{e:#}"), "{what} failed; retrying");
                     health.down(what);
-                    failed = true;
+                } else {
+                    tracing::debug!(error = %format!("{e:#}"), "{what} failed again");
                 }
-                std::thread::sleep(backoff.next_wait());
+                std::thread::sleep(wait);
             }
         }
     }

@@ -1,7 +1,6 @@
 //! Kafka clients as Tally configures them, the start-up check, topic creation, and what the
 //! consuming stages share to stay in their group: the rebalance context ([`GroupContext`]), the
-//! partitions held ([`Assignment`]), end offsets for the backlog watchers ([`end_offsets`]) and
-//! the backoff between attempts to reconnect ([`Backoff`]).
+//! partitions held ([`Assignment`]) and end offsets for the backlog watchers ([`end_offsets`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -213,47 +212,4 @@ pub fn committed_offsets(client: &BaseConsumer, partitions: &[(String, i32)], ti
             }
         })
         .collect())
-}
-
-/// Capped exponential backoff with full jitter, for reconnecting after a failure: the n-th wait
-/// is uniform in [0, min(cap, base * 2^n)], so instances that failed together do not retry in step.
-pub struct Backoff {
-    base: Duration,
-    cap: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(base: Duration, cap: Duration) -> Backoff {
-        Backoff { base, cap, attempt: 0 }
-    }
-
-    /// The next wait.
-    pub fn next_wait(&mut self) -> Duration {
-        let ceiling = self.base.saturating_mul(1 << self.attempt.min(16)).min(self.cap);
-        self.attempt = self.attempt.saturating_add(1);
-        ceiling.mul_f64(rand::random::<f64>())
-    }
-
-    /// Success: the next failure starts from the base again.
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_to_its_cap_and_resets() {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        for n in 0..20 {
-            let wait = backoff.next_wait();
-            let ceiling = Duration::from_millis(100).saturating_mul(1 << n.min(16)).min(Duration::from_secs(5));
-            assert!(wait <= ceiling, "attempt {n}: {wait:?} > {ceiling:?}");
-        }
-        backoff.reset();
-        assert!(backoff.next_wait() <= Duration::from_millis(100));
-    }
 }

@@ -9,6 +9,7 @@
 //! - [`health`]: whether a stage makes progress (what `/readyz` answers), judged from evidence.
 //! - [`probes`]: `/healthz`, `/readyz` and `/metrics`, served by every service on its address.
 //! - [`keys`]: how API keys are generated and hashed.
+//! - [`retry`]: backoff, and runs of failures logged once.
 //! - [`shutdown`]: the signal every service stops on.
 
 pub mod db;
@@ -17,6 +18,7 @@ pub mod invoices;
 pub mod kafka;
 pub mod keys;
 pub mod probes;
+pub mod retry;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

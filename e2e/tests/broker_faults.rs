@@ -90,6 +90,46 @@ async fn usage_is_exact_across_broker_restarts_and_kills() -> anyhow::Result<()>
     Ok(())
 }
 
+/// One org of a stack whose events all have one operation and one payload size: its events by
+/// number, and the usage the first `n` of them make.
+struct OneOrg {
+    id: String,
+    sender: Sender,
+    operation: Operation,
+    bytes: u64,
+    now: chrono::DateTime<chrono::Utc>,
+}
+
+impl OneOrg {
+    async fn new(stack: &Stack, prefix: &str, operation: Operation, bytes: u64) -> anyhow::Result<OneOrg> {
+        let api = stack.api();
+        let id = unique(prefix);
+        api.ensure_org(&id, "Broker faults test org").await?;
+        let key = api.create_key(&id, "ingest").await?;
+        Ok(OneOrg { sender: Sender::new(&stack.ingest_url(), &key), id, operation, bytes, now: chrono::Utc::now() })
+    }
+
+    /// Events `from..from + n`, sent until ingest accepted them.
+    async fn send(&self, from: usize, n: usize) -> anyhow::Result<()> {
+        let events: Vec<Value> = (from..from + n)
+            .map(|i| {
+                let id = &self.id;
+                let mut e = event(&format!("{id}-e{i}"), id, &format!("t{i}"), "s", None, self.operation, "success", self.now);
+                e["payload_bytes"] = json!(self.bytes);
+                e
+            })
+            .collect();
+        self.sender.send_all(&events, n, 1).await
+    }
+
+    fn expect(&self, n: u64) -> BTreeMap<(String, String), Expected> {
+        let mut want = Expected { traces: n, payload_bytes: self.bytes * n, ..Default::default() };
+        want.by_operation.insert(self.operation, (n, self.bytes * n));
+        let period = tally_metering::Period::containing(self.now).to_string();
+        [((self.id.clone(), period), want)].into()
+    }
+}
+
 /// A producer that takes the aggregator's transactional id, as a twin instance would.
 fn fence_the_aggregator() -> anyhow::Result<()> {
     let producer: BaseProducer = ClientConfig::new()
@@ -107,34 +147,15 @@ fn fence_the_aggregator() -> anyhow::Result<()> {
 async fn a_fenced_aggregator_replaces_its_producer_and_exits_when_a_twin_keeps_fencing_it() -> anyhow::Result<()> {
     let mut stack = Stack::start_with(&[("TALLY_TICK_INTERVAL_SECS", "1")]).await?;
     let api = stack.api();
-    let org = unique("fence-");
-    api.ensure_org(&org, "Fencing test org").await?;
-    let key = api.create_key(&org, "ingest").await?;
-    let sender = Sender::new(&stack.ingest_url(), &key);
-    let now = chrono::Utc::now();
-    let batch = |from: usize, n: usize| -> Vec<Value> {
-        (from..from + n)
-            .map(|i| {
-                let mut e = event(&format!("{org}-e{i}"), &org, &format!("t{i}"), "s", None, Operation::ToolCall, "success", now);
-                e["payload_bytes"] = json!(7);
-                e
-            })
-            .collect()
-    };
-    let period = tally_metering::Period::containing(now).to_string();
-    let expect = |n: u64| -> BTreeMap<(String, String), Expected> {
-        let mut want = Expected { traces: n, payload_bytes: 7 * n, ..Default::default() };
-        want.by_operation.insert(Operation::ToolCall, (n, 7 * n));
-        [((org.clone(), period.clone()), want)].into()
-    };
+    let org = OneOrg::new(&stack, "fence-", Operation::ToolCall, 7).await?;
     let rebuilds = "tally_aggregator_client_rebuilds_total{client=\"producer\"}";
 
-    sender.send_all(&batch(0, 100), 100, 1).await?;
-    assert_usage_eventually(&api, &expect(100), Duration::from_secs(60)).await?;
+    org.send(0, 100).await?;
+    assert_usage_eventually(&api, &org.expect(100), Duration::from_secs(60)).await?;
 
     tokio::task::spawn_blocking(fence_the_aggregator).await??;
-    sender.send_all(&batch(100, 100), 100, 1).await?;
-    assert_usage_eventually(&api, &expect(200), Duration::from_secs(60)).await?;
+    org.send(100, 100).await?;
+    assert_usage_eventually(&api, &org.expect(200), Duration::from_secs(60)).await?;
     assert_eq!(stack.metric("aggregator", rebuilds).await, Some(1.0), "the fenced producer was replaced once");
     assert!(stack.running("aggregator"));
     stack.wait_readyz("aggregator", 200, Duration::from_secs(30)).await?;
@@ -164,29 +185,10 @@ async fn a_fenced_aggregator_replaces_its_producer_and_exits_when_a_twin_keeps_f
 async fn readyz_fails_while_a_stage_cannot_progress() -> anyhow::Result<()> {
     let mut stack = Stack::start_with(&[("TALLY_STALL_SECS", "5"), ("TALLY_TICK_INTERVAL_SECS", "1")]).await?;
     let api = stack.api();
-    let org = unique("stall-");
-    api.ensure_org(&org, "Stall test org").await?;
-    let key = api.create_key(&org, "ingest").await?;
-    let sender = Sender::new(&stack.ingest_url(), &key);
-    let now = chrono::Utc::now();
-    let batch = |from: usize, n: usize| -> Vec<Value> {
-        (from..from + n)
-            .map(|i| {
-                let mut e = event(&format!("{org}-e{i}"), &org, &format!("t{i}"), "s", None, Operation::Retrieval, "success", now);
-                e["payload_bytes"] = json!(3);
-                e
-            })
-            .collect()
-    };
-    let period = tally_metering::Period::containing(now).to_string();
-    let expect = |n: u64| -> BTreeMap<(String, String), Expected> {
-        let mut want = Expected { traces: n, payload_bytes: 3 * n, ..Default::default() };
-        want.by_operation.insert(Operation::Retrieval, (n, 3 * n));
-        [((org.clone(), period.clone()), want)].into()
-    };
+    let org = OneOrg::new(&stack, "stall-", Operation::Retrieval, 3).await?;
     // The pipeline works (every stage holds its partitions): the first events are counted.
-    sender.send_all(&batch(0, 25), 25, 1).await?;
-    assert_usage_eventually(&api, &expect(25), Duration::from_secs(60)).await?;
+    org.send(0, 25).await?;
+    assert_usage_eventually(&api, &org.expect(25), Duration::from_secs(60)).await?;
     for service in SERVICES {
         stack.wait_readyz(service, 200, Duration::from_secs(30)).await?;
     }
@@ -195,14 +197,14 @@ async fn readyz_fails_while_a_stage_cannot_progress() -> anyhow::Result<()> {
     let pool = sqlx::PgPool::connect(&tally_e2e::database_url()).await?;
     let mut lock = pool.begin().await?;
     sqlx::query("LOCK TABLE projector_offsets IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await?;
-    sender.send_all(&batch(25, 25), 25, 1).await?;
+    org.send(25, 25).await?;
     let started = Instant::now();
     let reason = stack.wait_readyz("projector", 503, Duration::from_secs(30)).await?;
     eprintln!("projector not ready {:?} after the lock: {reason}", started.elapsed());
     assert!(reason.contains("has not turned"), "{reason}");
     lock.rollback().await?;
     stack.wait_readyz("projector", 200, Duration::from_secs(30)).await?;
-    assert_usage_eventually(&api, &expect(50), Duration::from_secs(30)).await?;
+    assert_usage_eventually(&api, &org.expect(50), Duration::from_secs(30)).await?;
 
     // The broker goes away: every stage that needs it says so, and comes back with it.
     let broker = Broker::test();
@@ -212,20 +214,19 @@ async fn readyz_fails_while_a_stage_cannot_progress() -> anyhow::Result<()> {
         let reason = stack.wait_readyz(service, 503, Duration::from_secs(60)).await?;
         eprintln!("{service} not ready {:?} after the broker died: {reason}", started.elapsed());
     }
-    let late = tokio::spawn({
-        let sender = sender.clone();
-        let events = batch(50, 50);
-        async move { sender.send_all(&events, 50, 1).await }
+    let late = tokio::spawn(async move {
+        org.send(50, 50).await?;
+        anyhow::Ok(org)
     });
     broker.start().await?;
     for service in SERVICES {
         stack.wait_readyz(service, 200, Duration::from_secs(90)).await?;
         assert!(stack.running(service), "{service} was not restarted");
     }
-    late.await??;
+    let org = late.await??;
     // Sent while the broker was away, the last batch may have reached the log before a resend.
-    let resent = sender.retries.load(std::sync::atomic::Ordering::Relaxed) * 50;
-    assert_usage_eventually_resent(&api, &expect(100), resent, Duration::from_secs(60)).await?;
+    let resent = org.sender.retries.load(std::sync::atomic::Ordering::Relaxed) * 50;
+    assert_usage_eventually_resent(&api, &org.expect(100), resent, Duration::from_secs(60)).await?;
     assert!(stack.metric("aggregator", "tally_stage_last_commit_age_seconds{stage=\"aggregator\"}").await.is_some());
     Ok(())
 }

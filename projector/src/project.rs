@@ -16,7 +16,8 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use sqlx::PgPool;
 use tally_common::health::Health;
-use tally_common::kafka::{base_config, Backoff, GroupContext};
+use tally_common::kafka::{base_config, GroupContext};
+use tally_common::retry::Failures;
 use tally_common::shutdown::Shutdown;
 use tally_schemas::{InvoiceCorrectedV1, Topic, UsageUpdateV1};
 
@@ -120,34 +121,32 @@ impl Projector {
     }
 
     pub async fn run(mut self, shutdown: Shutdown) -> anyhow::Result<()> {
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-        // Whether batches are failing: a run of failures is logged once when it starts and once
-        // when a batch succeeds again; the stage stays not ready in between.
-        let mut failing = false;
+        // A run of failed batches is logged when it starts and when a batch succeeds again; the
+        // stage stays not ready in between.
+        let mut failures = Failures::new(Duration::from_millis(200), Duration::from_secs(10));
         while !shutdown.is_requested() {
             self.health.turned();
-            let result = if self.must_rewind {
-                self.rewind().await
-            } else {
-                let result = self.batch().await;
-                if result.is_ok() {
-                    if failing {
+            let rewinding = self.must_rewind;
+            let result = if rewinding { self.rewind().await } else { self.batch().await };
+            let failure = match result {
+                Ok(()) if rewinding => continue,
+                Ok(()) => {
+                    if failures.succeeded() {
                         tracing::info!("projection succeeds again");
                         self.group.settle();
-                        failing = false;
                     }
-                    backoff.reset();
+                    continue;
                 }
-                result
+                Err(failure) => failure,
             };
-            let Err(failure) = result else { continue };
+            let (first, wait) = failures.failed();
             match failure {
                 Failure::Retry(e) => {
                     // Nothing of a failed batch was stored; its records are read again.
-                    if failing {
-                        tracing::debug!(error = %format!("{e:#}"), "projection failed again");
-                    } else {
+                    if first {
                         tracing::warn!(error = %format!("{e:#}"), "projection failed; retrying from the stored offsets");
+                    } else {
+                        tracing::debug!(error = %format!("{e:#}"), "projection failed again");
                     }
                     self.health.down("projection fails; retrying from the stored offsets");
                     self.next_offsets.clear();
@@ -170,9 +169,8 @@ impl Projector {
                     }
                 }
             }
-            failing = true;
             tokio::select! {
-                _ = tokio::time::sleep(backoff.next_wait()) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.clone().requested() => {}
             }
         }
