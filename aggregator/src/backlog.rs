@@ -28,6 +28,8 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 pub fn spawn(settings: &Settings, assignment: Assignment, health: Health, shutdown: Shutdown) -> anyhow::Result<()> {
     let client: BaseConsumer = base_config(&settings.common.kafka_brokers)
         .set("group.id", tally_schemas::namespaced(GROUP_ID))
+        // It only reads the group's offsets; it never joins and must never commit.
+        .set("enable.auto.commit", "false")
         .create()
         .context("creating the backlog watcher's client")?;
     std::thread::Builder::new()

@@ -44,7 +44,14 @@ use crate::metrics;
 use crate::settings::Settings;
 
 pub const GROUP_ID: &str = "tally-aggregator";
-const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest one step of a commit (offsets, deliveries, commit) may take. Well below
+/// `transaction.timeout.ms`, so a step fails on its own timeout before the broker could time the
+/// transaction out and fence the producer.
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longer than everything an open transaction may wait for before it fails: the batch window
+/// and the three commit steps. A killed instance's open transaction is aborted by its restart,
+/// or by the broker after this long if it never comes back.
+const TRANSACTION_TIMEOUT_MS: &str = "60000";
 /// How long a recovery step (abort, rewind, reconnect) may block before it is tried again: short,
 /// so the loop keeps turning and reporting while Kafka is away.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -128,7 +135,7 @@ impl Aggregator {
     pub fn run(mut self, shutdown: &Shutdown) -> anyhow::Result<()> {
         // A run of failed batches is logged when it starts and when a batch succeeds again; the
         // stage stays not ready in between, whatever the rewinds and retries in the middle do.
-        let mut failures = Failures::new(Duration::from_millis(200), Duration::from_secs(10));
+        let mut failures = Failures::default();
         while !shutdown.is_requested() {
             self.health.turned();
             let rewinding = self.must_rewind;
@@ -138,8 +145,9 @@ impl Aggregator {
                 Ok(()) => {
                     if failures.succeeded() {
                         tracing::info!("batches succeed again");
-                        self.group.settle();
                     }
+                    // The loop alone says the stage works: up if it holds partitions.
+                    self.group.settle();
                     continue;
                 }
                 Err(failure) => failure,
@@ -160,6 +168,11 @@ impl Aggregator {
                     wait
                 }
             };
+            // Fenced while batches were succeeding: another producer took the transactional id.
+            // (Fenced in the middle of an outage, the broker may have timed the transaction out.)
+            if matches!(failure, BatchError::ProducerFatal(_)) && failures.started_now() && self.producer_fenced() {
+                self.note_fencing()?;
+            }
             self.recover(&failure, shutdown)?;
             std::thread::sleep(wait);
         }
@@ -185,11 +198,6 @@ impl Aggregator {
             }
         }
         if replace_producer {
-            // Another producer took the transactional id (rather than, say, an abort that could
-            // not reach the broker): count it.
-            if matches!(self.producer.client().fatal_error(), Some((RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced, _))) {
-                self.note_fencing()?;
-            }
             self.health.down(REPLACING_PRODUCER);
             metrics::CLIENT_REBUILDS.with_label_values(&["producer"]).inc();
             let Some(producer) = retry("initialising the transactional producer", &self.health, shutdown, || producer(&self.settings)) else {
@@ -197,6 +205,13 @@ impl Aggregator {
             };
             self.producer = producer;
             self.in_transaction = false;
+        }
+        if self.changelog_reader.client().fatal_error().is_some() {
+            metrics::CLIENT_REBUILDS.with_label_values(&["changelog_reader"]).inc();
+            let Some(reader) = retry("creating the changelog reader", &self.health, shutdown, || changelog_reader(&self.settings)) else {
+                return Ok(());
+            };
+            self.changelog_reader = reader;
         }
         if matches!(failure, BatchError::ConsumerFatal(_)) {
             self.health.down(REPLACING_CONSUMER);
@@ -209,6 +224,10 @@ impl Aggregator {
             self.must_rewind = false;
         }
         Ok(())
+    }
+
+    fn producer_fenced(&self) -> bool {
+        matches!(self.producer.client().fatal_error(), Some((RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced, _)))
     }
 
     /// Remembers that the producer was fenced; fenced again and again in a short time, the
@@ -251,8 +270,14 @@ impl Aggregator {
             let committed = self.consumer.committed_offsets(assignment, RECOVERY_TIMEOUT).map_err(|e| self.consumer_error(e))?;
             let mut rewind = TopicPartitionList::new();
             for element in committed.elements() {
+                // A partition whose committed offset could not be read is not rewound to the
+                // beginning (that would fold its whole log again onto the restored state).
+                if let Err(e) = element.error() {
+                    return Err(BatchError::Retry(anyhow::anyhow!("the committed offset of {} [{}]: {e}", element.topic(), element.partition())));
+                }
                 let offset = match element.offset() {
                     Offset::Offset(o) => Offset::Offset(o),
+                    // Nothing committed yet: the group starts at the beginning of the log.
                     _ => Offset::Beginning,
                 };
                 rewind.add_partition_offset(element.topic(), element.partition(), offset).map_err(|e| BatchError::Retry(e.into()))?;
@@ -563,7 +588,7 @@ fn drain(producer: &BaseProducer<DefaultProducerContext>, timeout: Duration) -> 
 /// Runs `attempt` until it succeeds, reporting `what` as the stage's reason for not being ready
 /// meanwhile (one log line per change) and backing off between attempts. `None` on shutdown.
 fn retry<T>(what: &str, health: &Health, shutdown: &Shutdown, mut attempt: impl FnMut() -> anyhow::Result<T>) -> Option<T> {
-    let mut failures = Failures::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut failures = Failures::default();
     while !shutdown.is_requested() {
         match attempt() {
             Ok(value) => return Some(value),
@@ -610,7 +635,7 @@ fn producer(settings: &Settings) -> anyhow::Result<BaseProducer<DefaultProducerC
         .set("transactional.id", settings.transactional_id())
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("transaction.timeout.ms", "15000")
+        .set("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS)
         .set("linger.ms", "1")
         .set("queue.buffering.max.messages", "1000000")
         .create()

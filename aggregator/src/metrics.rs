@@ -120,11 +120,11 @@ pub static UNCOPARTITIONED: LazyLock<IntGauge> = LazyLock::new(|| {
 });
 
 /// Kafka clients replaced after a fatal error, by client (`producer`: fenced, failed for good, or
-/// could not abort; `consumer`: a fatal consumer error).
+/// could not abort; `consumer`: a fatal consumer error; `changelog_reader`: likewise).
 pub static CLIENT_REBUILDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "tally_aggregator_client_rebuilds_total",
-        "Kafka clients replaced after a fatal error, by client (producer, consumer).",
+        "Kafka clients replaced after a fatal error, by client (producer, consumer, changelog_reader).",
         &["client"]
     )
     .expect("metric registers")

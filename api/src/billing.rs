@@ -16,7 +16,8 @@ use axum::response::IntoResponse;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use rand::RngCore;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use tally_common::kafka::Renewable;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tally_metering::Period;
@@ -37,13 +38,17 @@ const MAX_INVOICES: i64 = 96;
 
 /// The producer of subscription changes: idempotent, `acks=all`, and keyed by org with the same
 /// murmur2 partitioner as ingest, so an org's billing records share its trace records' partition.
-pub fn billing_producer(brokers: &str) -> anyhow::Result<FutureProducer> {
-    Ok(tally_common::kafka::base_config(brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("partitioner", "murmur2_random")
-        .set("message.timeout.ms", "10000")
-        .create()?)
+/// Replaced as a whole after a fatal error.
+pub fn billing_producer(brokers: &str) -> anyhow::Result<Renewable<FutureProducer>> {
+    let brokers = brokers.to_string();
+    Ok(Renewable::new(move || {
+        tally_common::kafka::base_config(&brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("partitioner", "murmur2_random")
+            .set("message.timeout.ms", "10000")
+            .create()
+    })?)
 }
 
 /// What the read models say about one (org, period).
@@ -320,9 +325,10 @@ pub fn parse_tier(name: &str) -> Result<Tier, ApiError> {
 /// Writes a subscription change to the billing log and waits for Kafka's acknowledgement;
 /// returns the record's log time.
 pub async fn record_subscription_change(
-    producer: &FutureProducer,
+    producers: &Renewable<FutureProducer>,
     change: &SubscriptionChangedV1,
 ) -> Result<DateTime<Utc>, ApiError> {
+    let producer = producers.current();
     let payload = serde_json::to_vec(&BillingEventRecordV1::SubscriptionChanged(change.clone()))
         .expect("billing records serialise");
     let now = Utc::now();
@@ -334,6 +340,7 @@ pub async fn record_subscription_change(
         Ok(_) => Ok(now),
         Err((e, _)) => {
             tracing::warn!(error = %e, "could not record a subscription change");
+            producers.renew_if_fatal(&producer, producer.client().fatal_error());
             Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "kafka_unavailable",

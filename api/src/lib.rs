@@ -32,7 +32,7 @@ pub struct AppState {
     pub settings: Settings,
     pub pool: PgPool,
     pub pricing: Arc<tally_pricing::Pricing>,
-    pub billing_producer: rdkafka::producer::FutureProducer,
+    pub billing_producer: tally_common::kafka::Renewable<rdkafka::producer::FutureProducer>,
     /// Tally's Stripe client, when Stripe is configured.
     pub stripe: Option<tally_stripe::StripeHttp>,
 }

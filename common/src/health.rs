@@ -85,15 +85,15 @@ pub fn judge(s: &Snapshot, now: Instant, bound: Duration) -> Result<(), String> 
     if let Some(turn) = s.last_turn.filter(|t| longer_than_bound(*t)) {
         return Err(format!("the loop has not turned for {} s", secs(turn)));
     }
+    if let Some((since, error)) = &s.check_failing {
+        if longer_than_bound(*since) {
+            return Err(format!("cannot see the input's end for {} s: {error}", secs(*since)));
+        }
+    }
     if let Some(since) = s.waiting_since {
         let progress = s.last_commit.map_or(since, |c| c.max(since));
         if longer_than_bound(progress) {
             return Err(format!("input has been waiting for {} s and nothing was committed", secs(progress)));
-        }
-    }
-    if let Some((since, error)) = &s.check_failing {
-        if longer_than_bound(*since) {
-            return Err(format!("cannot see the input's end for {} s: {error}", secs(*since)));
         }
     }
     Ok(())
@@ -139,10 +139,6 @@ impl Health {
         }))
     }
 
-    pub fn stage(&self) -> &'static str {
-        self.0.stage
-    }
-
     fn stamp(&self, cell: &AtomicU64) {
         cell.store(self.0.started.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
     }
@@ -182,11 +178,6 @@ impl Health {
         self.stamp(&self.0.last_turn_ms);
     }
 
-    /// Forget the loop's last turn: the loop is not running (between client rebuilds).
-    pub fn loop_stopped(&self) {
-        self.0.last_turn_ms.store(0, Ordering::Relaxed);
-    }
-
     /// The stage committed its work.
     pub fn committed(&self) {
         self.stamp(&self.0.last_commit_ms);
@@ -205,11 +196,11 @@ impl Health {
         }
     }
 
-    /// The watcher could not look at the input (Kafka or PostgreSQL unreachable). Whether input
-    /// waits is unknown from then on.
+    /// The watcher could not look at the input (Kafka or PostgreSQL unreachable). What it saw
+    /// last stands: input seen waiting keeps counting, so a watcher that fails now and then
+    /// cannot hide a stage that does not commit.
     pub fn check_failed(&self, error: impl std::fmt::Display) {
         let mut state = self.0.state.lock().expect("health lock");
-        state.waiting_since = None;
         if state.check_failing.is_none() {
             tracing::warn!(stage = self.0.stage, error = %error, "cannot read the input's end offsets");
             state.check_failing = Some((Instant::now(), error.to_string()));

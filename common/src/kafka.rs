@@ -1,9 +1,10 @@
 //! Kafka clients as Tally configures them, the start-up check, topic creation, and what the
 //! consuming stages share to stay in their group: the rebalance context ([`GroupContext`]), the
-//! partitions held ([`Assignment`]) and end offsets for the backlog watchers ([`end_offsets`]).
+//! partitions held ([`Assignment`]) and end offsets for the backlog watchers ([`end_offsets`]); a
+//! producer replaced after a fatal error ([`Renewable`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -136,8 +137,8 @@ impl Assignment {
 
 /// The context of a consuming stage's group consumer: on every rebalance it raises `rebalanced`
 /// (the loop then drops what it read from partitions it may no longer own), records the
-/// [`Assignment`], and tells the stage's [`Health`] that it is waiting for partitions between a
-/// revocation and the next assignment.
+/// [`Assignment`], and on a revocation tells the stage's [`Health`] that it waits for partitions.
+/// It never says the stage works: only the loop does, after a batch succeeded ([`GroupContext::settle`]).
 #[derive(Clone)]
 pub struct GroupContext {
     pub rebalanced: Arc<AtomicBool>,
@@ -159,8 +160,8 @@ impl GroupContext {
         self.health.set(Phase::Pending(WAITING_FOR_PARTITIONS.into()));
     }
 
-    /// The stage's clients work again (connected, rebuilt, rewound): it is up if it holds an
-    /// assignment, and waits for one otherwise.
+    /// The stage's loop works (a batch succeeded, or its clients are connected): it is up if it
+    /// holds an assignment, and waits for one otherwise.
     pub fn settle(&self) {
         match self.assignment.get() {
             Some(_) => self.health.up(),
@@ -178,7 +179,6 @@ impl ConsumerContext for GroupContext {
                 tracing::info!(partitions = tpl.count(), "partitions assigned");
                 let held = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
                 self.assignment.set(Some(held));
-                self.health.up();
             }
             Rebalance::Revoke(tpl) => {
                 tracing::info!(partitions = tpl.count(), "partitions revoked");
@@ -212,4 +212,46 @@ pub fn committed_offsets(client: &BaseConsumer, partitions: &[(String, i32)], ti
             }
         })
         .collect())
+}
+
+/// A producer that is replaced as a whole after a fatal error (librdkafka raises one when it can
+/// no longer keep a producer's idempotence guarantees; such a producer never sends again). Each
+/// send takes [`Renewable::current`]; a failed send hands the producer back to
+/// [`Renewable::renew_if_fatal`]. Requests that failed meanwhile got an error and are retried by
+/// their callers.
+pub struct Renewable<P> {
+    current: RwLock<Arc<P>>,
+    make: Box<dyn Fn() -> KafkaResult<P> + Send + Sync>,
+}
+
+impl<P> Renewable<P> {
+    pub fn new(make: impl Fn() -> KafkaResult<P> + Send + Sync + 'static) -> KafkaResult<Renewable<P>> {
+        let first = make()?;
+        Ok(Renewable { current: RwLock::new(Arc::new(first)), make: Box::new(make) })
+    }
+
+    pub fn current(&self) -> Arc<P> {
+        self.current.read().expect("producer lock").clone()
+    }
+
+    /// Replaces `failed` when `fatal` (its `client().fatal_error()`) is set and it is still the
+    /// producer in use; whether it was replaced.
+    pub fn renew_if_fatal(&self, failed: &Arc<P>, fatal: Option<(RDKafkaErrorCode, String)>) -> bool {
+        let Some((code, reason)) = fatal else { return false };
+        let mut current = self.current.write().expect("producer lock");
+        if !Arc::ptr_eq(&current, failed) {
+            return false;
+        }
+        match (self.make)() {
+            Ok(fresh) => {
+                tracing::warn!(?code, %reason, "the producer failed for good; replaced it");
+                *current = Arc::new(fresh);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(?code, %reason, error = %e, "the producer failed for good and cannot be replaced yet");
+                false
+            }
+        }
+    }
 }

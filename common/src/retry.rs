@@ -34,24 +34,39 @@ impl Backoff {
 /// ([`Failures::succeeded`]), and waits the backoff between attempts.
 pub struct Failures {
     failing: bool,
+    /// The current run started with the last failure.
+    started_now: bool,
     backoff: Backoff,
+}
+
+/// Tally's loops back off from 200 ms up to 10 s.
+impl Default for Failures {
+    fn default() -> Failures {
+        Failures::new(Duration::from_millis(200), Duration::from_secs(10))
+    }
 }
 
 impl Failures {
     pub fn new(base: Duration, cap: Duration) -> Failures {
-        Failures { failing: false, backoff: Backoff::new(base, cap) }
+        Failures { failing: false, started_now: false, backoff: Backoff::new(base, cap) }
     }
 
     /// An attempt succeeded: whether that ends a run of failures.
     pub fn succeeded(&mut self) -> bool {
         self.backoff.reset();
+        self.started_now = false;
         std::mem::take(&mut self.failing)
     }
 
     /// An attempt failed: whether it starts a run of failures, and how long to wait.
     pub fn failed(&mut self) -> (bool, Duration) {
-        let first = !std::mem::replace(&mut self.failing, true);
-        (first, self.backoff.next_wait())
+        self.started_now = !std::mem::replace(&mut self.failing, true);
+        (self.started_now, self.backoff.next_wait())
+    }
+
+    /// Whether the last failure started the current run (the attempt before it succeeded).
+    pub fn started_now(&self) -> bool {
+        self.started_now
     }
 }
 
@@ -64,7 +79,9 @@ mod tests {
         let mut failures = Failures::new(Duration::from_millis(1), Duration::from_millis(10));
         assert!(!failures.succeeded());
         assert!(failures.failed().0);
+        assert!(failures.started_now());
         assert!(!failures.failed().0);
+        assert!(!failures.started_now());
         assert!(failures.succeeded());
         assert!(!failures.succeeded());
         assert!(failures.failed().0);

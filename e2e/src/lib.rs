@@ -363,6 +363,9 @@ impl Broker {
             .env("TALLY_HOME", &self.home)
             .env("TALLY_KAFKA_PORT", &self.port)
             .env("TALLY_KAFKA_CONTROLLER_PORT", &self.controller_port)
+            // A broker killed under load can take more than the default minute to recover its
+            // log on two busy cores; the test is about Tally, not about the broker's start time.
+            .env("TALLY_KAFKA_WAIT_SECS", "240")
             .output()
             .await?;
         if !output.status.success() {

@@ -57,7 +57,9 @@ async fn usage_is_exact_across_broker_restarts_and_kills() -> anyhow::Result<()>
     });
 
     let broker = Broker::test();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(now.timestamp_millis() as u64);
+    let seed = now.timestamp_millis() as u64;
+    eprintln!("restart moments from seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for round in 0..6 {
         // Some restarts come right after the last one, while the stages are still rejoining their
         // groups and restoring state; others once they have been folding and committing again
@@ -77,7 +79,6 @@ async fn usage_is_exact_across_broker_restarts_and_kills() -> anyhow::Result<()>
     let last_restart = Instant::now();
     flow.await??;
     let retries = sender.retries.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(retries > 0, "the restarts were felt by the clients");
 
     // A request that timed out may have reached the log before the client resent it: its events
     // are then re-deliveries (not billed), at most 500 for each resend. Billed usage is exact.
@@ -198,8 +199,9 @@ async fn readyz_fails_while_a_stage_cannot_progress() -> anyhow::Result<()> {
     let mut lock = pool.begin().await?;
     sqlx::query("LOCK TABLE projector_offsets IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await?;
     org.send(25, 25).await?;
+    // The bound is 5 s; the loop stamps every turn, so the verdict needs no watcher.
     let started = Instant::now();
-    let reason = stack.wait_readyz("projector", 503, Duration::from_secs(30)).await?;
+    let reason = stack.wait_readyz("projector", 503, Duration::from_secs(10)).await?;
     eprintln!("projector not ready {:?} after the lock: {reason}", started.elapsed());
     assert!(reason.contains("has not turned"), "{reason}");
     lock.rollback().await?;
@@ -209,9 +211,11 @@ async fn readyz_fails_while_a_stage_cannot_progress() -> anyhow::Result<()> {
     // The broker goes away: every stage that needs it says so, and comes back with it.
     let broker = Broker::test();
     broker.kill9().await?;
+    // Within the bound (5 s) plus two watcher periods (10 s), and for ingest its 10 s Kafka
+    // timeout plus a tick: 25 s with room to spare.
     let started = Instant::now();
     for service in ["aggregator", "projector", "ingest"] {
-        let reason = stack.wait_readyz(service, 503, Duration::from_secs(60)).await?;
+        let reason = stack.wait_readyz(service, 503, Duration::from_secs(25).saturating_sub(started.elapsed())).await?;
         eprintln!("{service} not ready {:?} after the broker died: {reason}", started.elapsed());
     }
     let late = tokio::spawn(async move {
@@ -227,6 +231,9 @@ async fn readyz_fails_while_a_stage_cannot_progress() -> anyhow::Result<()> {
     // Sent while the broker was away, the last batch may have reached the log before a resend.
     let resent = org.sender.retries.load(std::sync::atomic::Ordering::Relaxed) * 50;
     assert_usage_eventually_resent(&api, &org.expect(100), resent, Duration::from_secs(60)).await?;
-    assert!(stack.metric("aggregator", "tally_stage_last_commit_age_seconds{stage=\"aggregator\"}").await.is_some());
+    for service in SERVICES {
+        let sample = format!("tally_stage_ready{{stage=\"{service}\"}}");
+        assert_eq!(stack.metric(service, &sample).await, Some(1.0), "{service} exports that it is ready");
+    }
     Ok(())
 }

@@ -11,14 +11,14 @@
 //! requests that failed meanwhile got a 503 and are resent by their clients.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 use serde::Serialize;
-use tally_common::kafka::base_config;
+use tally_common::kafka::{base_config, Renewable};
 use tally_schemas::{TraceCompletedRecordV1, Topic};
 use tokio::sync::Notify;
 
@@ -89,7 +89,7 @@ type IngestProducer = ThreadedProducer<AckContext>;
 #[derive(Clone)]
 pub struct Publisher {
     /// The producer in use; replaced as a whole after a fatal error.
-    producer: Arc<RwLock<Arc<IngestProducer>>>,
+    producer: Arc<Renewable<IngestProducer>>,
     timeout: Duration,
     brokers: String,
 }
@@ -109,33 +109,13 @@ fn producer(brokers: &str, timeout: Duration) -> Result<IngestProducer, KafkaErr
 
 impl Publisher {
     pub fn new(settings: &Settings) -> Result<Publisher, KafkaError> {
-        let producer = producer(&settings.common.kafka_brokers, settings.kafka_timeout)?;
+        let (brokers, timeout) = (settings.common.kafka_brokers.clone(), settings.kafka_timeout);
+        let make = move || producer(&brokers, timeout);
         Ok(Publisher {
-            producer: Arc::new(RwLock::new(Arc::new(producer))),
+            producer: Arc::new(Renewable::new(make)?),
             timeout: settings.kafka_timeout,
             brokers: settings.common.kafka_brokers.clone(),
         })
-    }
-
-    fn current(&self) -> Arc<IngestProducer> {
-        self.producer.read().expect("producer lock").clone()
-    }
-
-    /// Replaces `failed` if it has a fatal error and is still the producer in use.
-    fn replace_if_fatal(&self, failed: &Arc<IngestProducer>) {
-        let Some((code, reason)) = failed.client().fatal_error() else { return };
-        let mut current = self.producer.write().expect("producer lock");
-        if !Arc::ptr_eq(&current, failed) {
-            return;
-        }
-        match producer(&self.brokers, self.timeout) {
-            Ok(fresh) => {
-                tracing::warn!(?code, %reason, "the producer failed for good; replaced it");
-                crate::metrics::PRODUCER_REBUILDS.inc();
-                *current = Arc::new(fresh);
-            }
-            Err(e) => tracing::warn!(?code, %reason, error = %e, "the producer failed for good and cannot be replaced yet"),
-        }
     }
 
     /// Sends records built by `build` and waits until Kafka acknowledged every one.
@@ -144,10 +124,10 @@ impl Publisher {
         count: usize,
         mut build: impl FnMut(usize, Arc<BatchAck>) -> BaseRecord<'a, str, Vec<u8>, Arc<BatchAck>>,
     ) -> Result<(), PublishError> {
-        let producer = self.current();
+        let producer = self.producer.current();
         let result = self.send_with(&producer, count, &mut build).await;
-        if result.is_err() {
-            self.replace_if_fatal(&producer);
+        if result.is_err() && self.producer.renew_if_fatal(&producer, producer.client().fatal_error()) {
+            crate::metrics::PRODUCER_REBUILDS.inc();
         }
         result
     }
@@ -232,7 +212,7 @@ impl Publisher {
 
     /// Waits for in-flight records before the process exits.
     pub fn flush(&self) {
-        let _ = self.current().flush(Duration::from_secs(5));
+        let _ = self.producer.current().flush(Duration::from_secs(5));
     }
 }
 

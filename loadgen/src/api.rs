@@ -52,10 +52,10 @@ impl Api {
         Ok(value["key"].as_str().context("key in answer")?.to_string())
     }
 
-    /// The usage answer. Like a careful dashboard, it asks again for up to a minute while the
-    /// api answers 5xx or not at all (PostgreSQL restarting, say); a 4xx is final.
+    /// The usage answer. Like a careful dashboard, it asks again for up to 30 s while the api
+    /// answers 5xx or not at all (PostgreSQL restarting, say); a 4xx is final.
     pub async fn usage(&self, org_id: &str, period: &str) -> anyhow::Result<Value> {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(30);
         let mut backoff = Duration::from_millis(100);
         loop {
             let sent = self

@@ -7,10 +7,14 @@
 //! more than one past the stored offset. `tally.corrections.v1` has no markers. The judgement is
 //! [`tally_common::health::judge`]'s.
 //!
-//! Known limit: a partition whose last write was a transaction aborted after a newer one
-//! committed (an aggregator fenced mid-transaction by its successor) ends with two markers, and
-//! looks as if one record waited until the partition's next write. That is rare, visible as a
-//! reason in `/readyz`, and clears by itself.
+//! Known limit: a partition whose last write was an aborted transaction (an aggregator fenced
+//! mid-transaction after its successor had committed the same updates) ends with that
+//! transaction's records and its abort marker, which no consumer receives either, and looks as if
+//! they waited until the partition's next write. That is rare, visible as a reason in `/readyz`,
+//! and clears by itself.
+//!
+//! It runs as a task beside the loop, with a Kafka client of its own; each look is bounded by a
+//! timeout, so a database that does not answer is a failed look, not a silent one.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -45,8 +49,9 @@ impl Watcher {
 
     async fn look(&self) -> anyhow::Result<Option<bool>> {
         let Some(partitions) = self.assignment.get() else { return Ok(None) };
-        let stored: HashMap<(String, i32), i64> = crate::store::stored_offsets(&self.pool)
+        let stored: HashMap<(String, i32), i64> = tokio::time::timeout(TIMEOUT, crate::store::stored_offsets(&self.pool))
             .await
+            .context("reading the stored offsets: PostgreSQL did not answer")?
             .context("reading the stored offsets")?
             .into_iter()
             .map(|(topic, partition, next)| ((topic, partition), next))

@@ -123,7 +123,7 @@ impl Projector {
     pub async fn run(mut self, shutdown: Shutdown) -> anyhow::Result<()> {
         // A run of failed batches is logged when it starts and when a batch succeeds again; the
         // stage stays not ready in between.
-        let mut failures = Failures::new(Duration::from_millis(200), Duration::from_secs(10));
+        let mut failures = Failures::default();
         while !shutdown.is_requested() {
             self.health.turned();
             let rewinding = self.must_rewind;
@@ -133,8 +133,9 @@ impl Projector {
                 Ok(()) => {
                     if failures.succeeded() {
                         tracing::info!("projection succeeds again");
-                        self.group.settle();
                     }
+                    // The loop alone says the stage works: up if it holds partitions.
+                    self.group.settle();
                     continue;
                 }
                 Err(failure) => failure,
