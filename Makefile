@@ -7,10 +7,17 @@ TALLY_HOME ?= .tally
 TALLY_API_ADDR ?= 127.0.0.1:8080
 LOADGEN := target/release/tally-loadgen
 
-.PHONY: build up down logs status test demo bench bench-replay clean-data reconcile replay
+.PHONY: build web up down logs status test demo bench bench-replay clean-data reconcile replay screenshots
 
-build:
+# The page (web/, TypeScript built by Vite) is compiled into the api binary: web/dist first.
+build: web
 	$(CARGO) build --release --workspace --bins
+
+WEB_SOURCES := $(shell find web/src -type f 2>/dev/null) web/index.html web/vite.config.ts web/tsconfig.json web/package.json
+web: web/dist/index.html
+web/dist/index.html: $(WEB_SOURCES) web/package-lock.json
+	cd web && npm ci --no-audit --no-fund --loglevel=error && npm run build
+	@touch $@
 
 up: build
 	scripts/stack.sh up
@@ -38,6 +45,7 @@ test: build
 	dropdb -h 127.0.0.1 -U postgres --if-exists --force tally_test
 	scripts/postgres.sh createdb tally_test
 	scripts/python-env.sh
+	scripts/browser.sh install
 	TALLY_TEST_PYTHON=$(CURDIR)/.tally/venv/bin/python \
 	TALLY_TEST_KAFKA_BROKERS=127.0.0.1:19092 \
 	TALLY_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/tally_test \

@@ -1,6 +1,15 @@
-//! Who is calling: the admin (the `TALLY_ADMIN_TOKEN`) or an org's read key.
+//! Who is calling: the admin (the `TALLY_ADMIN_TOKEN`), an org's read key, or a browser session
+//! of the page (docs/page.md), which stands for one of the two.
+//!
+//! [`Caller`] is an extractor: a handler that takes one is authenticated before it runs. A bearer
+//! token wins over the session cookie. A state-changing request authenticated by the cookie must
+//! carry the session's CSRF token and no foreign `Origin` ([`crate::session::check_csrf`]).
 
-use axum::http::{header, HeaderMap};
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
 use tally_common::keys;
 
 use crate::error::ApiError;
@@ -9,15 +18,32 @@ use crate::AppState;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
     Admin,
-    /// A read key; sees only its own org.
+    /// A read key, or a customer's page session; sees only its own org.
     Reader { org_id: String },
     /// An ingest key: it sends events, it reads nothing.
     Ingester,
 }
 
-pub async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let token = keys::bearer(header).ok_or_else(ApiError::unauthorized)?;
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
+            let token = keys::bearer(value.to_str().ok()).ok_or_else(ApiError::unauthorized)?;
+            return caller_of_token(state, token).await;
+        }
+        let Some(session) = crate::session::of_request(state, &parts.headers).await? else {
+            return Err(ApiError::unauthorized());
+        };
+        if !parts.method.is_safe() {
+            crate::session::check_csrf(&session, &parts.headers)?;
+        }
+        Ok(session.caller())
+    }
+}
+
+/// The caller a bearer token (the admin token or an api key) stands for.
+pub async fn caller_of_token(state: &AppState, token: &str) -> Result<Caller, ApiError> {
     if keys::constant_time_eq(token.as_bytes(), state.settings.admin_token.expose().as_bytes()) {
         return Ok(Caller::Admin);
     }
@@ -30,26 +56,28 @@ pub async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Api
     match row {
         Some((org_id, scope)) if scope == "read" => Ok(Caller::Reader { org_id }),
         Some(_) => Ok(Caller::Ingester),
-        None => Err(ApiError::new(axum::http::StatusCode::UNAUTHORIZED, "unauthorized", "unknown or revoked key")),
+        None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown or revoked key")),
     }
 }
 
-pub async fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    match caller(state, headers).await? {
-        Caller::Admin => Ok(()),
-        _ => Err(ApiError::forbidden("this endpoint needs the admin token")),
+impl Caller {
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        match self {
+            Caller::Admin => Ok(()),
+            _ => Err(ApiError::forbidden("this endpoint needs the admin token")),
+        }
     }
-}
 
-/// Allows the admin and `org_id`'s read keys, for an org that exists. Another org's key gets 404,
-/// as if the org did not exist, so keys cannot probe which orgs exist. (A read key's own org
-/// always exists: keys reference their org.)
-pub async fn require_reader(state: &AppState, headers: &HeaderMap, org_id: &str) -> Result<(), ApiError> {
-    match caller(state, headers).await? {
-        Caller::Admin => require_org(state, org_id).await,
-        Caller::Reader { org_id: own } if own == org_id => Ok(()),
-        Caller::Reader { .. } => Err(ApiError::not_found(format!("no org {org_id:?}"))),
-        Caller::Ingester => Err(ApiError::forbidden("ingest keys cannot read usage; use a read key")),
+    /// Allows the admin and `org_id`'s readers, for an org that exists. Another org's reader gets
+    /// 404, as if the org did not exist, so keys cannot probe which orgs exist. (A reader's own
+    /// org always exists: keys and sessions reference their org.)
+    pub async fn require_reader(&self, state: &AppState, org_id: &str) -> Result<(), ApiError> {
+        match self {
+            Caller::Admin => require_org(state, org_id).await,
+            Caller::Reader { org_id: own } if own == org_id => Ok(()),
+            Caller::Reader { .. } => Err(ApiError::not_found(format!("no org {org_id:?}"))),
+            Caller::Ingester => Err(ApiError::forbidden("ingest keys cannot read usage; use a read key")),
+        }
     }
 }
 

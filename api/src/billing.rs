@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -29,7 +29,7 @@ use tally_schemas::{
 
 use tally_common::invoices::{billed_invoices, CorrectionRef};
 
-use crate::auth::{require_admin, require_org, require_reader};
+use crate::auth::{require_org, Caller};
 use crate::error::{parse_json, ApiError};
 use crate::AppState;
 
@@ -156,9 +156,9 @@ pub fn usage_billing_fields(pricing: &Pricing, org_id: &str, period: Period, bil
 pub async fn list_invoices(
     State(state): State<Arc<AppState>>,
     Path(org_id): Path<String>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    require_reader(&state, &headers, &org_id).await?;
+    caller.require_reader(&state, &org_id).await?;
     let finals = billed_invoices(&state.pool, Some(&org_id), None).await?;
     let periods: Vec<(String, String, i64, i64)> = sqlx::query_as(
         "SELECT period, tier, traces, payload_bytes FROM usage_periods u WHERE org_id = $1
@@ -203,9 +203,9 @@ fn shown(
 pub async fn get_invoice(
     State(state): State<Arc<AppState>>,
     Path((org_id, period)): Path<(String, String)>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    require_reader(&state, &headers, &org_id).await?;
+    caller.require_reader(&state, &org_id).await?;
     let period: Period = period
         .parse()
         .map_err(|e: tally_metering::period::ParsePeriodError| ApiError::bad_request("invalid_period", e.to_string()))?;
@@ -286,10 +286,10 @@ struct SubscriptionRequest {
 pub async fn put_subscription(
     State(state): State<Arc<AppState>>,
     Path(org_id): Path<String>,
-    headers: HeaderMap,
+    caller: Caller,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    require_admin(&state, &headers).await?;
+    caller.require_admin()?;
     let request: SubscriptionRequest = parse_json(&body)?;
     let tier = parse_tier(&request.tier)?;
     require_org(&state, &org_id).await?;
@@ -354,9 +354,9 @@ pub async fn record_subscription_change(
 pub async fn get_subscription(
     State(state): State<Arc<AppState>>,
     Path(org_id): Path<String>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    require_reader(&state, &headers, &org_id).await?;
+    caller.require_reader(&state, &org_id).await?;
     let period = Period::containing(Utc::now());
     let billing = period_billing(&state, &org_id, period).await?;
     let features = &state.pricing.tier(billing.tier).features;

@@ -15,6 +15,9 @@ pub mod billing;
 pub mod error;
 pub mod metrics;
 pub mod orgs;
+pub mod page;
+pub mod pipeline;
+pub mod session;
 pub mod settings;
 pub mod stripe;
 pub mod usage;
@@ -35,14 +38,19 @@ pub struct AppState {
     pub billing_producer: tally_common::kafka::Renewable<rdkafka::producer::FutureProducer>,
     /// Tally's Stripe client, when Stripe is configured.
     pub stripe: Option<tally_stripe::StripeHttp>,
+    /// Signs the page's portal links.
+    pub link_signer: session::LinkSigner,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/v1/orgs", post(orgs::create_org))
+        .route("/v1/orgs", post(orgs::create_org).get(orgs::list_orgs))
         .route("/v1/orgs/{org_id}/keys", post(orgs::create_key))
+        .route("/v1/orgs/{org_id}/portal-sessions", post(session::create_portal_link))
         .route("/v1/orgs/{org_id}/usage", get(usage::period_usage))
         .route("/v1/orgs/{org_id}/usage/daily", get(usage::daily_usage))
+        .route("/v1/orgs/{org_id}/usage/projection", get(usage::projection))
+        .route("/v1/orgs/{org_id}/plan-changes", post(stripe::change_plan))
         .route("/v1/orgs/{org_id}/late-events", get(usage::late_events))
         .route("/v1/orgs/{org_id}/subscription", put(billing::put_subscription).get(billing::get_subscription))
         .route("/v1/orgs/{org_id}/invoices", get(billing::list_invoices))
@@ -51,6 +59,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/stripe/webhooks", post(stripe::webhook))
         .route("/v1/pricing", get(billing::get_pricing))
         .route("/v1/pricing/estimate", post(billing::estimate))
+        .route("/v1/pipeline", get(pipeline::pipeline))
+        .route("/v1/sessions", post(session::sign_in))
+        .route("/v1/sessions/portal", post(session::exchange_portal_link))
+        .route("/v1/sessions/current", get(session::current).delete(session::sign_out))
+        .route("/", get(page::to_page))
+        .route("/app", get(page::to_page))
+        .route("/app/", get(page::root))
+        .route("/app/{*path}", get(page::file))
         .fallback(|| async { error::ApiError::not_found("no such endpoint") })
         .route_layer(axum::middleware::from_fn(metrics::track))
         .with_state(state)
@@ -63,7 +79,8 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     let pricing = settings.common.pricing()?;
     let billing_producer = billing::billing_producer(&settings.common.kafka_brokers)?;
     let stripe = settings.stripe.as_ref().map(tally_stripe::StripeSettings::client);
-    let state = Arc::new(AppState { settings: settings.clone(), pool, pricing, billing_producer, stripe });
+    let link_signer = session::LinkSigner::new(settings.admin_token.expose());
+    let state = Arc::new(AppState { settings: settings.clone(), pool, pricing, billing_producer, stripe, link_signer });
     tokio::spawn(stripe::sweep(state.clone(), shutdown.clone()));
     let app = router(state).merge(probes::router(health.clone()));
     health.up();

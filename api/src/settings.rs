@@ -19,6 +19,31 @@ pub struct Settings {
     /// `TALLY_STRIPE_WEBHOOK_SECRET` (`whsec_...`): verifies Stripe's webhooks; without it the
     /// webhook endpoint answers 503 `webhooks_not_configured`.
     pub stripe_webhook_secret: Option<Secret>,
+    /// `TALLY_PUBLIC_URL`: where browsers reach this api (portal links point there; `https://`
+    /// makes the session cookie `Secure`). Default `http://` + `TALLY_API_ADDR`.
+    pub public_url: String,
+    /// `TALLY_PIPELINE_STAGES`: `name=http://host:port,...`, the stages `GET /v1/pipeline` asks
+    /// (default: the addresses `make up` uses).
+    pub pipeline_stages: Vec<(String, String)>,
+}
+
+/// The stages `make up` runs, where it runs them.
+pub const DEFAULT_PIPELINE_STAGES: &str = "ingest=http://127.0.0.1:4318,aggregator=http://127.0.0.1:9101,\
+     projector=http://127.0.0.1:9102,billing-reporter=http://127.0.0.1:9103";
+
+/// Parses `name=http://host:port,...`.
+pub fn parse_stages(raw: &str) -> Result<Vec<(String, String)>, String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|pair| {
+            let (name, url) = pair.split_once('=').ok_or_else(|| format!("{pair:?}: expected name=http://host:port"))?;
+            if name.is_empty() || !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!("{pair:?}: expected name=http://host:port"));
+            }
+            Ok((name.to_string(), url.trim_end_matches('/').to_string()))
+        })
+        .collect()
 }
 
 impl Settings {
@@ -27,9 +52,18 @@ impl Settings {
         if admin_token.expose().len() < 16 {
             return Err(SettingError { name: "TALLY_ADMIN_TOKEN", message: "must be at least 16 characters".into() });
         }
+        let api_addr = addr("TALLY_API_ADDR", "127.0.0.1:8080")?;
+        let public_url = std::env::var("TALLY_PUBLIC_URL").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| format!("http://{api_addr}"));
+        if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+            return Err(SettingError { name: "TALLY_PUBLIC_URL", message: "must start with http:// or https://".into() });
+        }
+        let stages = std::env::var("TALLY_PIPELINE_STAGES").unwrap_or_else(|_| DEFAULT_PIPELINE_STAGES.to_string());
+        let pipeline_stages = parse_stages(&stages).map_err(|message| SettingError { name: "TALLY_PIPELINE_STAGES", message })?;
         Ok(Settings {
             common,
-            addr: addr("TALLY_API_ADDR", "127.0.0.1:8080")?,
+            addr: api_addr,
+            public_url: public_url.trim_end_matches('/').to_string(),
+            pipeline_stages,
             admin_token,
             grace: chrono::Duration::hours(var_or("TALLY_GRACE_HOURS", "48")?),
             stripe: tally_stripe::StripeSettings::from_env_optional()?,

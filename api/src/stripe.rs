@@ -37,12 +37,13 @@ use sha2::Sha256;
 use stripe_checkout::checkout_session::{
     CreateCheckoutSession, CreateCheckoutSessionLineItems, CreateCheckoutSessionSubscriptionData,
 };
+use stripe_billing::subscription::{RetrieveSubscription, UpdateSubscription, UpdateSubscriptionItems, UpdateSubscriptionProrationBehavior};
 use stripe_product::price::ListPrice;
 use tally_pricing::stripe::{plans, PriceKind};
 use tally_schemas::{SubscriptionChangedV1, SubscriptionSource, Tier};
 use tally_stripe::StripeCallError;
 
-use crate::auth::require_reader;
+use crate::auth::Caller;
 use crate::error::{parse_json, ApiError};
 use crate::AppState;
 
@@ -167,17 +168,15 @@ pub fn next_month_start(now: DateTime<Utc>) -> DateTime<Utc> {
 pub async fn checkout(
     State(state): State<Arc<AppState>>,
     Path(org_id): Path<String>,
-    headers: HeaderMap,
+    caller: Caller,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    require_reader(&state, &headers, &org_id).await?;
+    caller.require_reader(&state, &org_id).await?;
     let request: CheckoutRequest = parse_json(&body)?;
     let tier = crate::billing::parse_tier(&request.tier)?;
     check_url("success_url", &request.success_url)?;
     check_url("cancel_url", &request.cancel_url)?;
-    let client = state.stripe.as_ref().ok_or_else(|| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stripe_not_configured", "Stripe is not configured (TALLY_STRIPE_SECRET_KEY)")
-    })?;
+    let client = stripe_client(&state)?;
 
     let linked: Option<(String, Option<String>)> =
         sqlx::query_as("SELECT customer_id, subscription_status FROM stripe_customers WHERE org_id = $1")
@@ -193,26 +192,17 @@ pub async fn checkout(
             format!("org {org_id:?} has a live Stripe subscription; change its tier in Stripe (the customer portal) instead"),
         ));
     }
-    let plan = plans(&state.pricing).into_iter().find(|p| p.tier == tier).expect("every tier has a plan");
-    let keys: Vec<String> = plan.prices.iter().map(|p| p.lookup_key.clone()).collect();
-    let found = ListPrice::new().lookup_keys(keys.clone()).active(true).limit(10).send(client).await.map_err(stripe_error)?;
-    let mut line_items = Vec::new();
-    for price in &plan.prices {
-        let Some(stripe_price) = found.data.iter().find(|p| p.lookup_key.as_deref() == Some(price.lookup_key.as_str())) else {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "stripe_not_set_up",
-                format!("Stripe has no price {}: run `billing-reporter setup-stripe`", price.lookup_key),
-            ));
-        };
-        let mut item = CreateCheckoutSessionLineItems::new();
-        item.price = Some(stripe_price.id.to_string());
-        // Licensed (the base fee) takes a quantity; metered prices must not.
-        if matches!(price.kind, PriceKind::Licensed { .. }) {
-            item.quantity = Some(1);
-        }
-        line_items.push(item);
-    }
+    let line_items = tier_prices(&state, client, tier)
+        .await?
+        .into_iter()
+        .map(|(price, licensed)| {
+            let mut item = CreateCheckoutSessionLineItems::new();
+            item.price = Some(price);
+            // Licensed (the base fee) takes a quantity; metered prices must not.
+            item.quantity = licensed.then_some(1);
+            item
+        })
+        .collect::<Vec<_>>();
     let metadata = HashMap::from([("tally_org_id".to_string(), org_id.clone()), ("tally_tier".to_string(), tier.as_str().to_string())]);
     let mut subscription = CreateCheckoutSessionSubscriptionData::new();
     subscription.metadata = Some(metadata.clone());
@@ -232,6 +222,106 @@ pub async fn checkout(
     let url = session.url.clone().ok_or_else(|| ApiError::new(StatusCode::BAD_GATEWAY, "stripe_error", "Stripe returned a session without a url"))?;
     tracing::info!(org_id = %org_id, tier = %tier, session_id = %session.id, "checkout session created");
     Ok((StatusCode::CREATED, Json(json!({"url": url, "session_id": session.id.to_string()}))))
+}
+
+/// The Stripe price ids of a tier's three prices (found by lookup key), each with whether it is
+/// licensed (the base fee, quantity 1) rather than metered.
+async fn tier_prices(state: &AppState, client: &tally_stripe::StripeHttp, tier: Tier) -> Result<Vec<(String, bool)>, ApiError> {
+    let plan = plans(&state.pricing).into_iter().find(|p| p.tier == tier).expect("every tier has a plan");
+    let keys: Vec<String> = plan.prices.iter().map(|p| p.lookup_key.clone()).collect();
+    let found = ListPrice::new().lookup_keys(keys).active(true).limit(10).send(client).await.map_err(stripe_error)?;
+    plan.prices
+        .iter()
+        .map(|price| {
+            let stripe_price = found.data.iter().find(|p| p.lookup_key.as_deref() == Some(price.lookup_key.as_str())).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "stripe_not_set_up",
+                    format!("Stripe has no price {}: run `billing-reporter setup-stripe`", price.lookup_key),
+                )
+            })?;
+            Ok((stripe_price.id.to_string(), matches!(price.kind, PriceKind::Licensed { .. })))
+        })
+        .collect()
+}
+
+fn stripe_client(state: &AppState) -> Result<&tally_stripe::StripeHttp, ApiError> {
+    state.stripe.as_ref().ok_or_else(|| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stripe_not_configured", "Stripe is not configured (TALLY_STRIPE_SECRET_KEY)")
+    })
+}
+
+// ---- plan changes ----------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanChangeRequest {
+    tier: String,
+}
+
+/// `POST /v1/orgs/{org_id}/plan-changes` `{"tier"}` (the org's reader or admin): moves the org's
+/// live Stripe subscription onto the tier's prices, without proration; `202`. Stripe answers
+/// with `customer.subscription.updated`, and the webhook records the tier in the billing log as
+/// for any subscription change: Tally's tier follows Stripe's subscription, never the request.
+pub async fn change_plan(
+    State(state): State<Arc<AppState>>,
+    Path(org_id): Path<String>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require_reader(&state, &org_id).await?;
+    let request: PlanChangeRequest = parse_json(&body)?;
+    let tier = crate::billing::parse_tier(&request.tier)?;
+    let client = stripe_client(&state)?;
+    let linked: Option<(Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT subscription_id, subscription_status FROM stripe_customers WHERE org_id = $1")
+            .bind(&org_id)
+            .fetch_optional(&state.pool)
+            .await?;
+    let Some((Some(subscription_id), Some(_))) = linked.filter(|(_, status)| status.as_deref().is_some_and(is_live)) else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_subscription",
+            format!("org {org_id:?} has no live Stripe subscription; buy one through Checkout"),
+        ));
+    };
+    let subscription = RetrieveSubscription::new(subscription_id.as_str()).send(client).await.map_err(stripe_error)?;
+    let plans = plans(&state.pricing);
+    let current = subscription.items.data.iter().find_map(|item| {
+        let key = item.price.lookup_key.as_deref();
+        plans.iter().find(|p| p.prices.iter().any(|x| Some(x.lookup_key.as_str()) == key)).map(|p| p.tier)
+    });
+    if current == Some(tier) {
+        return Err(ApiError::new(StatusCode::CONFLICT, "same_tier", format!("the subscription is already on {tier}")));
+    }
+    // One update: the old items out, the tier's three prices in.
+    let mut items: Vec<UpdateSubscriptionItems> = subscription
+        .items
+        .data
+        .iter()
+        .map(|item| {
+            let mut gone = UpdateSubscriptionItems::new();
+            gone.id = Some(item.id.to_string());
+            gone.deleted = Some(true);
+            gone
+        })
+        .collect();
+    for (price, licensed) in tier_prices(&state, client, tier).await? {
+        let mut added = UpdateSubscriptionItems::new();
+        added.price = Some(price);
+        added.quantity = licensed.then_some(1);
+        items.push(added);
+    }
+    let metadata = HashMap::from([("tally_org_id".to_string(), org_id.clone()), ("tally_tier".to_string(), tier.as_str().to_string())]);
+    UpdateSubscription::new(subscription_id.as_str())
+        .items(items)
+        .metadata(metadata)
+        .proration_behavior(UpdateSubscriptionProrationBehavior::None)
+        .send(client)
+        .await
+        .map_err(stripe_error)?;
+    tracing::info!(org_id = %org_id, tier = %tier, subscription_id = %subscription_id, "plan change requested in Stripe");
+    Ok((StatusCode::ACCEPTED, Json(json!({"org_id": org_id, "tier": tier, "subscription_id": subscription_id}))))
 }
 
 // ---- webhooks --------------------------------------------------------------------------------

@@ -4,15 +4,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tally_metering::Period;
+use tally_schemas::BilledUsageV1;
 use tally_schemas::Operation;
 
-use crate::auth::require_reader;
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -47,9 +49,9 @@ pub async fn period_usage(
     State(state): State<Arc<AppState>>,
     Path(org_id): Path<String>,
     Query(query): Query<PeriodQuery>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    require_reader(&state, &headers, &org_id).await?;
+    caller.require_reader(&state, &org_id).await?;
     let period = parse_period(query.period.as_deref())?;
     let id = period.to_string();
     let row: Option<UsageRow> = sqlx::query_as(
@@ -109,20 +111,27 @@ pub async fn period_usage(
 pub struct DailyQuery {
     from: Option<String>,
     to: Option<String>,
+    /// `csv` for a CSV file (`day,operation,traces,payload_bytes`) instead of JSON.
+    format: Option<String>,
 }
 
 /// The widest range `usage/daily` answers in one request.
 const MAX_DAILY_RANGE_DAYS: i64 = 366;
 
-/// `GET /v1/orgs/{org_id}/usage/daily?from=YYYY-MM-DD&to=YYYY-MM-DD`: one row per day and
-/// operation, zeros included (default: the current period so far).
+/// `GET /v1/orgs/{org_id}/usage/daily?from=YYYY-MM-DD&to=YYYY-MM-DD[&format=csv]`: one row per
+/// day and operation, zeros included (default: the current period so far).
 pub async fn daily_usage(
     State(state): State<Arc<AppState>>,
     Path(org_id): Path<String>,
     Query(query): Query<DailyQuery>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    require_reader(&state, &headers, &org_id).await?;
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let csv = match query.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(_) => return Err(ApiError::bad_request("invalid_query", "format: must be json or csv")),
+    };
+    caller.require_reader(&state, &org_id).await?;
     let parse = |name: &str, raw: &str| {
         NaiveDate::parse_from_str(raw, "%Y-%m-%d")
             .map_err(|_| ApiError::bad_request("invalid_query", format!("{name}: must be YYYY-MM-DD")))
@@ -153,14 +162,28 @@ pub async fn daily_usage(
     .await?;
     let stored: HashMap<(NaiveDate, String), (i64, i64)> =
         rows.into_iter().map(|(d, o, t, b)| ((d, o), (t, b))).collect();
-    let mut days = Vec::new();
-    for day in from.iter_days().take_while(|d| *d <= to) {
-        for op in Operation::ALL {
-            let (t, b) = stored.get(&(day, op.as_str().to_string())).copied().unwrap_or((0, 0));
-            days.push(json!({"day": day, "operation": op.as_str(), "traces": t, "payload_bytes": b}));
+    let rows = from.iter_days().take_while(|d| *d <= to).flat_map(|day| {
+        Operation::ALL.iter().map(move |op| (day, op.as_str()))
+    });
+    let rows = rows.map(|(day, op)| {
+        let (t, b) = stored.get(&(day, op.to_string())).copied().unwrap_or((0, 0));
+        (day, op, t, b)
+    });
+    if csv {
+        let mut body = String::from("day,operation,traces,payload_bytes\n");
+        for (day, op, t, b) in rows {
+            body.push_str(&format!("{day},{op},{t},{b}\n"));
         }
+        let disposition = format!("attachment; filename=\"tally-{org_id}-{from}-{to}.csv\"");
+        return Ok((
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()), (header::CONTENT_DISPOSITION, disposition)],
+            body,
+        )
+            .into_response());
     }
-    Ok(Json(json!({"org_id": org_id, "from": from, "to": to, "days": days})))
+    let days: Vec<Value> =
+        rows.map(|(day, op, t, b)| json!({"day": day, "operation": op, "traces": t, "payload_bytes": b})).collect();
+    Ok(Json(json!({"org_id": org_id, "from": from, "to": to, "days": days})).into_response())
 }
 
 /// `GET /v1/orgs/{org_id}/late-events?period=YYYY-MM`: events that arrived after their period
@@ -169,9 +192,9 @@ pub async fn late_events(
     State(state): State<Arc<AppState>>,
     Path(org_id): Path<String>,
     Query(query): Query<PeriodQuery>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    require_reader(&state, &headers, &org_id).await?;
+    caller.require_reader(&state, &org_id).await?;
     let period = parse_period(query.period.as_deref())?;
     let rows: Vec<(String, String, DateTime<Utc>, DateTime<Utc>, bool, i64)> = sqlx::query_as(
         "SELECT event_id, operation, ended_at, arrived_at, billable, payload_bytes FROM late_events
@@ -189,4 +212,75 @@ pub async fn late_events(
         })
         .collect();
     Ok(Json(json!({"org_id": org_id, "period": period.to_string(), "late_events": events})))
+}
+
+/// The shortest stretch a projection extrapolates from: a period's first minutes say too little.
+const MIN_ELAPSED_SECS: i64 = 3600;
+
+/// Where `usage` ends up if the rest of the period goes as the part so far: `usage × period ÷
+/// elapsed`, in integers, rounded down. `elapsed` is at least [`MIN_ELAPSED_SECS`]; a period that
+/// has ended (`elapsed ≥ period`) projects its usage as it is.
+pub fn project(usage: BilledUsageV1, elapsed_secs: i64, period_secs: i64) -> BilledUsageV1 {
+    if elapsed_secs >= period_secs || period_secs <= 0 {
+        return usage;
+    }
+    let elapsed = elapsed_secs.max(MIN_ELAPSED_SECS).min(period_secs) as u128;
+    let scale = |v: u64| u64::try_from(v as u128 * period_secs as u128 / elapsed).unwrap_or(u64::MAX);
+    BilledUsageV1 { traces: scale(usage.traces), payload_bytes: scale(usage.payload_bytes) }
+}
+
+/// `GET /v1/orgs/{org_id}/usage/projection[?period=YYYY-MM]`: the period's usage, where it is
+/// heading, and what both cost on every tier (docs/page.md).
+pub async fn projection(
+    State(state): State<Arc<AppState>>,
+    Path(org_id): Path<String>,
+    Query(query): Query<PeriodQuery>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_reader(&state, &org_id).await?;
+    let period = parse_period(query.period.as_deref())?;
+    let billing = crate::billing::period_billing(&state, &org_id, period).await?;
+    let now = Utc::now();
+    let period_secs = (period.end() - period.start()).num_seconds();
+    let elapsed_secs = (now - period.start()).num_seconds().clamp(0, period_secs);
+    let projected = project(billing.usage, elapsed_secs, period_secs);
+    let (current, current_cheapest) = state.pricing.estimate(billing.usage);
+    let (projected_estimates, projected_cheapest) = state.pricing.estimate(projected);
+    let (lines, total_cents) = state.pricing.price(billing.tier, projected);
+    Ok(Json(json!({
+        "org_id": org_id,
+        "period": period.to_string(),
+        "as_of": now,
+        "elapsed_secs": elapsed_secs,
+        "period_secs": period_secs,
+        "usage": billing.usage,
+        "projected": projected,
+        "projected_cost": {"tier": billing.tier, "total_cents": total_cents, "lines": lines},
+        "estimates": {
+            "current": current,
+            "current_cheapest": current_cheapest,
+            "projected": projected_estimates,
+            "projected_cheapest": projected_cheapest,
+        },
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn projections_scale_the_period_so_far_in_integers() {
+        let usage = BilledUsageV1 { traces: 1_000, payload_bytes: 7 };
+        // A third of the way: three times as much, rounded down.
+        assert_eq!(project(usage, 100_000, 300_000), BilledUsageV1 { traces: 3_000, payload_bytes: 21 });
+        assert_eq!(project(BilledUsageV1 { traces: 1, payload_bytes: 2 }, 200_000, 300_000), BilledUsageV1 { traces: 1, payload_bytes: 3 });
+        // The first minutes count as an hour.
+        assert_eq!(project(usage, 60, 36_000), BilledUsageV1 { traces: 10_000, payload_bytes: 70 });
+        // An ended period projects what it has.
+        assert_eq!(project(usage, 300_000, 300_000), usage);
+        // No overflow for the largest figures.
+        let big = BilledUsageV1 { traces: u64::MAX / 2, payload_bytes: u64::MAX };
+        assert_eq!(project(big, 3_600, 2_678_400).payload_bytes, u64::MAX);
+    }
 }

@@ -15,6 +15,7 @@ use anyhow::{bail, Context};
 use tally_loadgen::api::Api;
 
 pub mod log;
+pub mod stripe;
 
 /// The pipeline's services, which `Stack::start` runs.
 pub const SERVICES: [&str; 4] = ["api", "aggregator", "projector", "ingest"];
@@ -40,7 +41,7 @@ pub fn binary(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release").join(name)
 }
 
-fn logs_dir() -> PathBuf {
+pub fn logs_dir() -> PathBuf {
     let dir = std::env::var("TALLY_TEST_LOGS")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tally/test/logs"));
@@ -92,6 +93,12 @@ impl Stack {
             ("TALLY_AGGREGATOR_ADDR".into(), addrs["aggregator"].clone()),
             ("TALLY_PROJECTOR_ADDR".into(), addrs["projector"].clone()),
             ("TALLY_BILLING_REPORTER_ADDR".into(), addrs["billing-reporter"].clone()),
+            (
+                "TALLY_PIPELINE_STAGES".into(),
+                ["ingest", "aggregator", "projector", "billing-reporter"]
+                    .map(|s| format!("{s}=http://{}", addrs[s]))
+                    .join(","),
+            ),
             ("NO_COLOR".into(), "1".into()),
         ];
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));

@@ -4,7 +4,6 @@
 //! back on a webhook and equals Tally's to the cent; bad webhooks change nothing.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -13,67 +12,11 @@ use rand::Rng;
 use serde_json::{json, Value};
 use sha2::Sha256;
 use tally_e2e::log::read_topic;
-use tally_e2e::{binary, database_url, kafka_brokers, unique, Stack};
+use tally_e2e::stripe::{reporter_command, stripe_env, Stripe};
+use tally_e2e::{database_url, kafka_brokers, unique, Stack};
 use tally_loadgen::send::Sender;
 use tally_metering::Period;
 use tally_schemas::{BillingEventRecordV1, Operation, Topic};
-
-struct Stripe {
-    base: String,
-    key: String,
-    http: reqwest::Client,
-}
-
-impl Stripe {
-    async fn start() -> anyhow::Result<Stripe> {
-        let key = format!("sk_test_e2e_{:016x}", rand::random::<u64>());
-        let base = tally_stripe_standin::spawn_local(&key).await?;
-        Ok(Stripe { base, key, http: reqwest::Client::new() })
-    }
-
-    async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let r = self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.key).send().await?;
-        anyhow::ensure!(r.status().is_success(), "GET {path}: {}", r.status());
-        Ok(r.json().await?)
-    }
-
-    /// A test-only call to the stand-in (`/_standin/...`).
-    async fn standin(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        let r = self.http.post(format!("{}/_standin/{path}", self.base)).json(&body).send().await?;
-        let status = r.status();
-        let body: Value = r.json().await.unwrap_or(Value::Null);
-        anyhow::ensure!(status.is_success(), "POST /_standin/{path}: {status} {body}");
-        Ok(body)
-    }
-
-    /// Stripe's summary of `customer` on `meter` over the period.
-    async fn summary(&self, meter: &str, customer: &str, period: Period) -> anyhow::Result<u64> {
-        let (start, end) = (period.start().timestamp(), period.end().timestamp());
-        let page = self.get(&format!("/v1/billing/meters/{meter}/event_summaries?customer={customer}&start_time={start}&end_time={end}")).await?;
-        Ok(page["data"].as_array().into_iter().flatten().map(|s| s["aggregated_value"].as_f64().unwrap_or(0.0) as u64).sum())
-    }
-}
-
-fn stripe_env(stripe: &Stripe, webhook_secret: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("TALLY_STRIPE_SECRET_KEY", stripe.key.clone()),
-        ("TALLY_STRIPE_API_BASE", stripe.base.clone()),
-        ("TALLY_STRIPE_WEBHOOK_SECRET", webhook_secret.to_string()),
-        ("TALLY_REPORT_INTERVAL_SECS", "1".to_string()),
-        ("TALLY_STRIPE_MAX_RPS", "200".to_string()),
-        ("TALLY_STRIPE_TIMEOUT_MS", "1000".to_string()),
-    ]
-}
-
-/// Runs a `billing-reporter` command with the stack's settings; (exit code, stdout).
-fn reporter_command(stack: &Stack, args: &[&str]) -> anyhow::Result<(i32, String)> {
-    let out = Command::new(binary("billing-reporter"))
-        .args(args)
-        .envs(stack.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("RUST_LOG", "error")
-        .output()?;
-    Ok((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned()))
-}
 
 async fn request(method: reqwest::Method, url: &str, token: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
     let mut r = reqwest::Client::new().request(method, url).bearer_auth(token);
