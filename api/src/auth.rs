@@ -42,22 +42,28 @@ impl FromRequestParts<Arc<AppState>> for Caller {
     }
 }
 
-/// The caller a bearer token (the admin token or an api key) stands for.
+/// The caller a bearer token (the admin token or an api key) stands for. What PostgreSQL says
+/// of a key is reused for a few seconds ([`crate::cache`]).
 pub async fn caller_of_token(state: &AppState, token: &str) -> Result<Caller, ApiError> {
     if keys::constant_time_eq(token.as_bytes(), state.settings.admin_token.expose().as_bytes()) {
         return Ok(Caller::Admin);
     }
-    let row: Option<(String, String)> = sqlx::query_as(
-        "SELECT org_id, scope FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
-    )
-    .bind(keys::hash(token))
-    .fetch_optional(&state.pool)
-    .await?;
-    match row {
-        Some((org_id, scope)) if scope == "read" => Ok(Caller::Reader { org_id }),
-        Some(_) => Ok(Caller::Ingester),
-        None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown or revoked key")),
-    }
+    let hash = keys::hash(token);
+    let now = std::time::Instant::now();
+    let known = match state.key_cache.get(&hash, now) {
+        Some(known) => known,
+        None => {
+            let row: Option<(String, String)> =
+                sqlx::query_as("SELECT org_id, scope FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
+                    .bind(&hash)
+                    .fetch_optional(&state.pool)
+                    .await?;
+            let known = row.map(|(org_id, scope)| if scope == "read" { Caller::Reader { org_id } } else { Caller::Ingester });
+            state.key_cache.put(hash, known.clone(), now);
+            known
+        }
+    };
+    known.ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown or revoked key"))
 }
 
 impl Caller {

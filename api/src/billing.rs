@@ -66,44 +66,109 @@ fn positive(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-/// The tier, usage and final invoice of (org, period). Without a row for the period, the tier is
-/// the one the org's latest earlier period ended on (tiers carry over), else starter.
-pub async fn period_billing(state: &AppState, org_id: &str, period: Period) -> Result<PeriodBilling, ApiError> {
+/// The row of `usage_periods` for (org, period), with its usage by operation.
+#[derive(sqlx::FromRow)]
+pub struct UsageRow {
+    pub state: String,
+    pub tier: String,
+    pub traces: i64,
+    pub payload_bytes: i64,
+    pub not_billed_child_span: i64,
+    pub not_billed_not_success: i64,
+    pub not_billed_duplicate: i64,
+    pub not_billed_late: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One (org, period) as the read models hold it.
+pub struct PeriodRead {
+    pub row: Option<UsageRow>,
+    /// (operation, traces, payload bytes), for the operations with usage.
+    pub by_operation: Vec<(String, i64, i64)>,
+    pub billing: PeriodBilling,
+}
+
+/// The columns of [`read_period`]'s statement: a [`UsageRow`] when `state` is there.
+#[derive(sqlx::FromRow)]
+struct PeriodSql {
+    state: Option<String>,
+    tier: Option<String>,
+    traces: Option<i64>,
+    payload_bytes: Option<i64>,
+    not_billed_child_span: Option<i64>,
+    not_billed_not_success: Option<i64>,
+    not_billed_duplicate: Option<i64>,
+    not_billed_late: Option<i64>,
+    updated_at: Option<DateTime<Utc>>,
+    earlier_tier: Option<String>,
+    by_operation: sqlx::types::Json<Vec<(String, i64, i64)>>,
+}
+
+impl PeriodSql {
+    fn row(&self) -> Option<UsageRow> {
+        Some(UsageRow {
+            state: self.state.clone()?,
+            tier: self.tier.clone()?,
+            traces: self.traces?,
+            payload_bytes: self.payload_bytes?,
+            not_billed_child_span: self.not_billed_child_span?,
+            not_billed_not_success: self.not_billed_not_success?,
+            not_billed_duplicate: self.not_billed_duplicate?,
+            not_billed_late: self.not_billed_late?,
+            updated_at: self.updated_at?,
+        })
+    }
+}
+
+/// Reads (org, period) in one statement: its usage row, its usage by operation and, when it has
+/// no row, the tier its latest earlier period ended on (tiers carry over; else starter). The final
+/// invoice is read only for a period that has closed (it has none before).
+pub async fn read_period(state: &AppState, org_id: &str, period: Period) -> Result<PeriodRead, ApiError> {
     let id = period.to_string();
-    let row: Option<(String, i64, i64)> = sqlx::query_as(
-        "SELECT tier, traces, payload_bytes FROM usage_periods WHERE org_id = $1 AND period = $2",
+    let read: PeriodSql = sqlx::query_as(
+        "SELECT u.state, u.tier, u.traces, u.payload_bytes, u.not_billed_child_span, u.not_billed_not_success,
+                u.not_billed_duplicate, u.not_billed_late, u.updated_at,
+                CASE WHEN u.org_id IS NULL THEN
+                    (SELECT e.tier FROM usage_periods e WHERE e.org_id = $1 AND e.period < $2 ORDER BY e.period DESC LIMIT 1)
+                END AS earlier_tier,
+                coalesce((SELECT json_agg(json_build_array(o.operation, o.traces, o.payload_bytes))
+                          FROM usage_by_operation o WHERE o.org_id = $1 AND o.period = $2), '[]'::json) AS by_operation
+         FROM (SELECT 1) AS one LEFT JOIN usage_periods u ON u.org_id = $1 AND u.period = $2",
     )
     .bind(org_id)
     .bind(&id)
-    .fetch_optional(&state.pool)
+    .fetch_one(&state.pool)
     .await?;
-    let billed = billed_invoices(&state.pool, Some(org_id), Some(&id)).await?.into_values().next();
+    let row = read.row();
+    let closed = match &row {
+        Some(row) => row.state == "closed",
+        None => Utc::now() >= period.closes_at(state.settings.grace),
+    };
+    let billed = if closed { billed_invoices(&state.pool, Some(org_id), Some(&id)).await?.into_values().next() } else { None };
     let correction = billed.as_ref().and_then(|b| b.correction.clone());
     let final_invoice = billed.map(|b| b.invoice());
-    let Some((tier, traces, payload_bytes)) = row else {
-        let earlier: Option<(String,)> = sqlx::query_as(
-            "SELECT tier FROM usage_periods WHERE org_id = $1 AND period < $2 ORDER BY period DESC LIMIT 1",
-        )
-        .bind(org_id)
-        .bind(&id)
-        .fetch_optional(&state.pool)
-        .await?;
-        let tier = earlier.and_then(|(t,)| t.parse().ok()).unwrap_or_default();
-        return Ok(PeriodBilling {
-            tier,
+    let billing = match &row {
+        Some(row) => PeriodBilling {
+            tier: row.tier.parse().unwrap_or_default(),
+            usage: BilledUsageV1 { traces: positive(row.traces), payload_bytes: positive(row.payload_bytes) },
+            known: true,
+            final_invoice,
+            correction,
+        },
+        None => PeriodBilling {
+            tier: read.earlier_tier.and_then(|t| t.parse().ok()).unwrap_or_default(),
             usage: BilledUsageV1::default(),
             known: false,
             final_invoice,
             correction,
-        });
+        },
     };
-    Ok(PeriodBilling {
-        tier: tier.parse().unwrap_or_default(),
-        usage: BilledUsageV1 { traces: positive(traces), payload_bytes: positive(payload_bytes) },
-        known: true,
-        final_invoice,
-        correction,
-    })
+    Ok(PeriodRead { row, by_operation: read.by_operation.0, billing })
+}
+
+/// The tier, usage and final invoice of (org, period) ([`read_period`]).
+pub async fn period_billing(state: &AppState, org_id: &str, period: Period) -> Result<PeriodBilling, ApiError> {
+    Ok(read_period(state, org_id, period).await?.billing)
 }
 
 /// The invoice of a period: the stored final one, or a draft priced now.

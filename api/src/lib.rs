@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod billing;
+pub mod cache;
 pub mod error;
 pub mod metrics;
 pub mod orgs;
@@ -40,6 +41,9 @@ pub struct AppState {
     pub stripe: Option<tally_stripe::StripeHttp>,
     /// Signs the page's portal links.
     pub link_signer: session::LinkSigner,
+    /// Who api keys (by hash) and page sessions (by hash) are, for a few seconds.
+    pub key_cache: cache::TtlCache<Option<auth::Caller>>,
+    pub session_cache: cache::TtlCache<Option<session::PageSession>>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -80,7 +84,8 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     let billing_producer = billing::billing_producer(&settings.common.kafka_brokers)?;
     let stripe = settings.stripe.as_ref().map(tally_stripe::StripeSettings::client);
     let link_signer = session::LinkSigner::new(settings.admin_token.expose());
-    let state = Arc::new(AppState { settings: settings.clone(), pool, pricing, billing_producer, stripe, link_signer });
+    let state = Arc::new(AppState { settings: settings.clone(), pool, pricing, billing_producer, stripe, link_signer,
+        key_cache: Default::default(), session_cache: Default::default() });
     tokio::spawn(stripe::sweep(state.clone(), shutdown.clone()));
     let app = router(state).merge(probes::router(health.clone()));
     health.up();

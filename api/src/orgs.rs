@@ -106,17 +106,20 @@ pub enum SortKey {
 }
 
 impl SortKey {
-    /// The SQL of the sort value, over the columns of the `listed` CTE; numbers are bigint,
-    /// words text (compared bytewise, `COLLATE "C"`, so that the cursor's comparison and the
-    /// ORDER BY agree).
+    /// The SQL of the sort value, over the columns of the inner query of [`list_orgs`]; numbers
+    /// are bigint, words text (compared bytewise, `COLLATE "C"`, so that the cursor's comparison
+    /// and the ORDER BY agree). `$2`, `$3`, `$4`: the tiers' names and included amounts.
     fn sql(self) -> &'static str {
         match self {
-            SortKey::OrgId => "org_id COLLATE \"C\"",
-            SortKey::Name => "name COLLATE \"C\"",
-            SortKey::Tier => "tier_rank",
-            SortKey::Traces => "traces",
-            SortKey::PayloadBytes => "payload_bytes",
-            SortKey::PercentUsed => "percent_bp",
+            SortKey::OrgId => "o.org_id COLLATE \"C\"",
+            SortKey::Name => "o.name COLLATE \"C\"",
+            SortKey::Tier => "array_position($2::text[], TIER)::bigint",
+            SortKey::Traces => "coalesce(u.traces, 0)",
+            SortKey::PayloadBytes => "coalesce(u.payload_bytes, 0)",
+            SortKey::PercentUsed => {
+                "greatest(div(coalesce(u.traces, 0)::numeric * 10000, greatest(($3::bigint[])[array_position($2::text[], TIER)], 1)),
+                          div(coalesce(u.payload_bytes, 0)::numeric * 10000, greatest(($4::bigint[])[array_position($2::text[], TIER)], 1)))::bigint"
+            }
         }
     }
 
@@ -214,40 +217,31 @@ pub async fn list_orgs(
     let included_traces: Vec<i64> = tiers.iter().map(|t| i64::try_from(t.traces.included).unwrap_or(i64::MAX)).collect();
     let included_bytes: Vec<i64> = tiers.iter().map(|t| i64::try_from(t.payload_bytes.included).unwrap_or(i64::MAX)).collect();
     let pattern = pattern_of(q);
-    let (key, direction, compare) = match order {
-        Order::Asc => (sort.sql(), "ASC", ">"),
-        Order::Desc => (sort.sql(), "DESC", "<"),
+    let (direction, compare) = match order {
+        Order::Asc => ("ASC", ">"),
+        Order::Desc => ("DESC", "<"),
     };
-    let (number_key, text_key) = if sort.numeric() { (key, "NULL::text") } else { ("NULL::bigint", key) };
-    let after = if cursor.is_some() {
-        if sort.numeric() {
-            format!("WHERE ({key}, org_id COLLATE \"C\") {compare} ($6::bigint, $8::text COLLATE \"C\")")
-        } else {
-            format!("WHERE ({key}, org_id COLLATE \"C\") {compare} ($7::text COLLATE \"C\", $8::text COLLATE \"C\")")
-        }
-    } else {
-        String::new()
+    // An org without usage this period has the tier of its latest earlier period (tiers carry
+    // over), else starter.
+    let tier = "coalesce(u.tier, (SELECT e.tier FROM usage_periods e WHERE e.org_id = o.org_id AND e.period < $1
+                                  ORDER BY e.period DESC LIMIT 1), 'starter')";
+    let key = sort.sql().replace("TIER", tier);
+    let (number_key, text_key) = if sort.numeric() { ("k", "NULL::text") } else { ("NULL::bigint", "k") };
+    let after = match (&cursor, sort.numeric()) {
+        (None, _) => String::new(),
+        (Some(_), true) => format!("WHERE (k, org_id COLLATE \"C\") {compare} ($6::bigint, $8::text COLLATE \"C\")"),
+        (Some(_), false) => format!("WHERE (k, org_id COLLATE \"C\") {compare} ($7::text COLLATE \"C\", $8::text COLLATE \"C\")"),
     };
-    // One statement: every org (with or without usage this period), its tier (this period's, else
-    // the latest earlier one's: tiers carry over), the sort value, the count before the cursor.
+    // One statement: every org the search finds, with or without usage this period, its sort
+    // value and their count (taken before the cursor cuts, so every page tells the same total).
     let sql = format!(
-        "WITH listed AS (
+        "SELECT org_id, name, tier, traces, payload_bytes, {number_key} AS sort_number, {text_key} AS sort_text, total FROM (
             SELECT o.org_id, o.name, coalesce(u.traces, 0) AS traces, coalesce(u.payload_bytes, 0) AS payload_bytes,
-                   coalesce(u.tier, (SELECT e.tier FROM usage_periods e WHERE e.org_id = o.org_id AND e.period < $1
-                                      ORDER BY e.period DESC LIMIT 1), 'starter') AS tier
+                   {tier} AS tier, {key} AS k, count(*) OVER () AS total
             FROM orgs o LEFT JOIN usage_periods u ON u.org_id = o.org_id AND u.period = $1
             WHERE $5::text IS NULL OR o.org_id ILIKE $5 OR o.name ILIKE $5
-        ), ranked AS (
-            SELECT l.*, array_position($2::text[], l.tier)::bigint AS tier_rank,
-                   greatest(div(l.traces::numeric * 10000, greatest(t.included_traces, 1)),
-                            div(l.payload_bytes::numeric * 10000, greatest(t.included_bytes, 1)))::bigint AS percent_bp,
-                   count(*) OVER () AS total
-            FROM listed l JOIN unnest($2::text[], $3::bigint[], $4::bigint[]) AS t(tier, included_traces, included_bytes)
-                 ON t.tier = l.tier
-        )
-        SELECT org_id, name, tier, traces, payload_bytes, {number_key} AS sort_number, {text_key} AS sort_text, total
-        FROM ranked {after}
-        ORDER BY {key} {direction}, org_id COLLATE \"C\" {direction}
+        ) listed {after}
+        ORDER BY k {direction}, org_id COLLATE \"C\" {direction}
         LIMIT $9"
     );
     let rows: Vec<ListedOrg> = sqlx::query_as(&sql)

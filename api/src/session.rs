@@ -90,18 +90,28 @@ pub async fn of_request(state: &AppState, headers: &HeaderMap) -> Result<Option<
     let Some(id) = cookie(headers, COOKIE).filter(|v| !v.is_empty() && v.len() <= 128) else {
         return Ok(None);
     };
-    let row: Option<(Option<String>, String, String, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT org_id, role, csrf_token, expires_at FROM page_sessions WHERE session_hash = $1 AND expires_at > now()",
-    )
-    .bind(keys::hash(id))
-    .fetch_optional(&state.pool)
-    .await?;
-    Ok(row.map(|(org_id, role, csrf_token, expires_at)| PageSession {
-        role: if role == "operator" { Role::Operator } else { Role::Customer },
-        org_id,
-        expires_at,
-        csrf_token,
-    }))
+    let hash = keys::hash(id);
+    let now = std::time::Instant::now();
+    let session = match state.session_cache.get(&hash, now) {
+        Some(session) => session,
+        None => {
+            let row: Option<(Option<String>, String, String, DateTime<Utc>)> = sqlx::query_as(
+                "SELECT org_id, role, csrf_token, expires_at FROM page_sessions WHERE session_hash = $1 AND expires_at > now()",
+            )
+            .bind(&hash)
+            .fetch_optional(&state.pool)
+            .await?;
+            let session = row.map(|(org_id, role, csrf_token, expires_at)| PageSession {
+                role: if role == "operator" { Role::Operator } else { Role::Customer },
+                org_id,
+                expires_at,
+                csrf_token,
+            });
+            state.session_cache.put(hash, session.clone(), now);
+            session
+        }
+    };
+    Ok(session.filter(|s| s.expires_at > Utc::now()))
 }
 
 /// A state-changing request by cookie: the session's CSRF token in [`CSRF_HEADER`], and no
@@ -214,7 +224,9 @@ pub async fn sign_out(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
     let session = of_request(&state, &headers).await?.ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "no_session", "not signed in"))?;
     check_csrf(&session, &headers)?;
     if let Some(id) = cookie(&headers, COOKIE) {
-        sqlx::query("DELETE FROM page_sessions WHERE session_hash = $1").bind(keys::hash(id)).execute(&state.pool).await?;
+        let hash = keys::hash(id);
+        sqlx::query("DELETE FROM page_sessions WHERE session_hash = $1").bind(&hash).execute(&state.pool).await?;
+        state.session_cache.forget(&hash);
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
     response.headers_mut().insert(header::SET_COOKIE, set_cookie(&state, "", 0));

@@ -32,18 +32,6 @@ fn parse_period(raw: Option<&str>) -> Result<Period, ApiError> {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct UsageRow {
-    state: String,
-    traces: i64,
-    payload_bytes: i64,
-    not_billed_child_span: i64,
-    not_billed_not_success: i64,
-    not_billed_duplicate: i64,
-    not_billed_late: i64,
-    updated_at: DateTime<Utc>,
-}
-
 /// `GET /v1/orgs/{org_id}/usage[?period=YYYY-MM]`: a period with no events answers zeros.
 pub async fn period_usage(
     State(state): State<Arc<AppState>>,
@@ -54,23 +42,8 @@ pub async fn period_usage(
     caller.require_reader(&state, &org_id).await?;
     let period = parse_period(query.period.as_deref())?;
     let id = period.to_string();
-    let row: Option<UsageRow> = sqlx::query_as(
-        "SELECT state, traces, payload_bytes, not_billed_child_span, not_billed_not_success,
-                not_billed_duplicate, not_billed_late, updated_at
-         FROM usage_periods WHERE org_id = $1 AND period = $2",
-    )
-    .bind(&org_id)
-    .bind(&id)
-    .fetch_optional(&state.pool)
-    .await?;
-    let ops: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT operation, traces, payload_bytes FROM usage_by_operation WHERE org_id = $1 AND period = $2",
-    )
-    .bind(&org_id)
-    .bind(&id)
-    .fetch_all(&state.pool)
-    .await?;
-    let ops: HashMap<String, (i64, i64)> = ops.into_iter().map(|(o, t, b)| (o, (t, b))).collect();
+    let read = crate::billing::read_period(&state, &org_id, period).await?;
+    let ops: HashMap<&str, (i64, i64)> = read.by_operation.iter().map(|(o, t, b)| (o.as_str(), (*t, *b))).collect();
     let by_operation: BTreeMap<&str, Value> = Operation::ALL
         .iter()
         .map(|op| {
@@ -79,14 +52,13 @@ pub async fn period_usage(
         })
         .collect();
     // The pipeline's own verdict when it has one; otherwise the period's close time says.
-    let period_state = match &row {
+    let period_state = match &read.row {
         Some(r) => r.state.clone(),
         None if Utc::now() >= period.closes_at(state.settings.grace) => "closed".into(),
         None => "open".into(),
     };
-    let r = row.as_ref();
-    let billing = crate::billing::period_billing(&state, &org_id, period).await?;
-    let billing = crate::billing::usage_billing_fields(&state.pricing, &org_id, period, &billing);
+    let r = read.row.as_ref();
+    let billing = crate::billing::usage_billing_fields(&state.pricing, &org_id, period, &read.billing);
     let mut body = json!({
         "org_id": org_id,
         "period": {"id": id, "start": period.start(), "end": period.end(), "state": period_state},

@@ -10,6 +10,7 @@ use tally_loadgen::WorkloadSpec;
 use tally_metering::Period;
 
 mod bench;
+mod bench_page;
 mod month_log;
 mod stripe_demo;
 
@@ -130,9 +131,10 @@ async fn main() -> std::process::ExitCode {
     let result = match command.as_str() {
         "demo" => demo().await,
         "bench" => bench::run(endpoints()).await,
+        "bench-page" => bench_page::run(endpoints()).await,
         "month-log" => tokio::task::spawn_blocking(month_log::run).await.unwrap_or_else(|e| Err(anyhow::anyhow!("{e}"))),
         _ => {
-            eprintln!("usage: tally-loadgen demo | bench | month-log");
+            eprintln!("usage: tally-loadgen demo | bench | bench-page | month-log");
             return std::process::ExitCode::from(2);
         }
     };
