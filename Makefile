@@ -7,7 +7,7 @@ TALLY_HOME ?= .tally
 TALLY_API_ADDR ?= 127.0.0.1:8080
 LOADGEN := target/release/tally-loadgen
 
-.PHONY: build web up down logs status test demo bench bench-replay clean-data reconcile replay screenshots
+.PHONY: build web up down logs status test demo bench bench-page bench-replay clean-data reconcile replay screenshots portal-link
 
 # The page (web/, TypeScript built by Vite) is compiled into the api binary: web/dist first.
 build: web
@@ -76,9 +76,30 @@ demo: up
 	@echo '  curl -s -X PUT -H "Authorization: Bearer $$(cat $(TALLY_HOME)/admin-token)" -d '"'"'{"tier": "growth"}'"'"' http://$(TALLY_API_ADDR)/v1/orgs/<org_id>/subscription'
 	@echo '  curl -s -d '"'"'{"traces": 3200000, "payload_bytes": 120000000000}'"'"' http://$(TALLY_API_ADDR)/v1/pricing/estimate'
 	@echo 'tally: stop the stack with: make down'
+	@echo
+	@echo 'tally: the usage page for operators (sign in with the admin token): http://$(TALLY_API_ADDR)/app/admin'
+	@echo 'tally: for acme'"'"'s people, a portal link (works once, for 15 minutes; make portal-link ORG=acme makes another):'
+	@$(LOADGEN) portal-link acme
 
 bench: up
 	$(LOADGEN) bench
+
+# The usage page's costs (BENCHMARKS.md, "The usage page"): 10,000 orgs, the operator's list, the
+# usage answer at 2,000 requests/s, the page's bytes; then from navigation to the figures, in chromium.
+bench-page: up
+	scripts/browser.sh install
+	$(LOADGEN) bench-page
+	node e2e/browser/timing.mjs
+
+# A link that signs an org's people into the usage page (works once, for 15 minutes).
+ORG ?= acme
+portal-link:
+	@$(LOADGEN) portal-link $(ORG)
+
+# docs/screenshots/: both pages at 390x844 and 1440x900, from the running stack (after make demo).
+screenshots:
+	scripts/browser.sh install
+	node e2e/browser/screenshots.mjs
 
 # Forget every event and every figure: the broker's log and the tally database go together
 # (the read models remember log offsets), and so does the Stripe stand-in's state (the database

@@ -226,23 +226,28 @@ pub async fn list_orgs(
     let tier = "coalesce(u.tier, (SELECT e.tier FROM usage_periods e WHERE e.org_id = o.org_id AND e.period < $1
                                   ORDER BY e.period DESC LIMIT 1), 'starter')";
     let key = sort.sql().replace("TIER", tier);
-    let (number_key, text_key) = if sort.numeric() { ("k", "NULL::text") } else { ("NULL::bigint", "k") };
+    let (number_key, text_key) = if sort.numeric() { ("p.k", "NULL::text") } else { ("NULL::bigint", "p.k::text") };
     let after = match (&cursor, sort.numeric()) {
         (None, _) => String::new(),
         (Some(_), true) => format!("WHERE (k, org_id COLLATE \"C\") {compare} ($6::bigint, $8::text COLLATE \"C\")"),
         (Some(_), false) => format!("WHERE (k, org_id COLLATE \"C\") {compare} ($7::text COLLATE \"C\", $8::text COLLATE \"C\")"),
     };
-    // One statement: every org the search finds, with or without usage this period, its sort
-    // value and their count (taken before the cursor cuts, so every page tells the same total).
+    // One statement. Inside: every org the search finds, with or without usage this period, as
+    // narrow rows (id, sort value, and their count, taken before the cursor cuts so that every
+    // page tells the same total), sorted and cut to the page. Outside: the page's rows in full.
     let sql = format!(
-        "SELECT org_id, name, tier, traces, payload_bytes, {number_key} AS sort_number, {text_key} AS sort_text, total FROM (
-            SELECT o.org_id, o.name, coalesce(u.traces, 0) AS traces, coalesce(u.payload_bytes, 0) AS payload_bytes,
-                   {tier} AS tier, {key} AS k, count(*) OVER () AS total
-            FROM orgs o LEFT JOIN usage_periods u ON u.org_id = o.org_id AND u.period = $1
-            WHERE $5::text IS NULL OR o.org_id ILIKE $5 OR o.name ILIKE $5
-        ) listed {after}
-        ORDER BY k {direction}, org_id COLLATE \"C\" {direction}
-        LIMIT $9"
+        "SELECT p.org_id, o.name, {tier} AS tier, coalesce(u.traces, 0) AS traces,
+                coalesce(u.payload_bytes, 0) AS payload_bytes, {number_key} AS sort_number, {text_key} AS sort_text, p.total
+         FROM (
+            SELECT org_id, k, total FROM (
+                SELECT o.org_id, {key} AS k, count(*) OVER () AS total
+                FROM orgs o LEFT JOIN usage_periods u ON u.org_id = o.org_id AND u.period = $1
+                WHERE $5::text IS NULL OR o.org_id ILIKE $5 OR o.name ILIKE $5
+            ) listed {after}
+            ORDER BY k {direction}, org_id COLLATE \"C\" {direction}
+            LIMIT $9
+         ) p JOIN orgs o ON o.org_id = p.org_id LEFT JOIN usage_periods u ON u.org_id = p.org_id AND u.period = $1
+         ORDER BY p.k {direction}, p.org_id COLLATE \"C\" {direction}"
     );
     let rows: Vec<ListedOrg> = sqlx::query_as(&sql)
         .bind(period.to_string())

@@ -52,6 +52,22 @@ impl Api {
         Ok(value["key"].as_str().context("key in answer")?.to_string())
     }
 
+    /// A portal link that signs `org_id`'s people into the usage page (docs/page.md).
+    pub async fn portal_link(&self, org_id: &str) -> anyhow::Result<String> {
+        let response = self
+            .client
+            .post(format!("{}/v1/orgs/{org_id}/portal-sessions", self.base))
+            .bearer_auth(&self.admin_token)
+            .json(&json!({}))
+            .send()
+            .await?;
+        if response.status().as_u16() != 201 {
+            bail!("creating a portal link: {}", response.status());
+        }
+        let value: Value = response.json().await?;
+        Ok(value["url"].as_str().context("url in answer")?.to_string())
+    }
+
     /// The usage answer. Like a careful dashboard, it asks again for up to 30 s while the api
     /// answers 5xx or not at all (PostgreSQL restarting, say); a 4xx is final.
     pub async fn usage(&self, org_id: &str, period: &str) -> anyhow::Result<Value> {

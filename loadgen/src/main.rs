@@ -125,6 +125,13 @@ async fn demo() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints a portal link for an org's people (the usage page, docs/page.md).
+async fn portal_link(org: Option<String>) -> anyhow::Result<()> {
+    let org = org.context("name the org: tally-loadgen portal-link ORG")?;
+    println!("{}", endpoints()?.api.portal_link(&org).await?);
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let command = std::env::args().nth(1).unwrap_or_default();
@@ -132,9 +139,10 @@ async fn main() -> std::process::ExitCode {
         "demo" => demo().await,
         "bench" => bench::run(endpoints()).await,
         "bench-page" => bench_page::run(endpoints()).await,
+        "portal-link" => portal_link(std::env::args().nth(2)).await,
         "month-log" => tokio::task::spawn_blocking(month_log::run).await.unwrap_or_else(|e| Err(anyhow::anyhow!("{e}"))),
         _ => {
-            eprintln!("usage: tally-loadgen demo | bench | bench-page | month-log");
+            eprintln!("usage: tally-loadgen demo | bench | bench-page | portal-link ORG | month-log");
             return std::process::ExitCode::from(2);
         }
     };
