@@ -46,6 +46,7 @@ test: build
 	scripts/postgres.sh createdb tally_test
 	scripts/python-env.sh
 	scripts/browser.sh install
+	cd web && npm test --silent
 	TALLY_TEST_PYTHON=$(CURDIR)/.tally/venv/bin/python \
 	TALLY_TEST_KAFKA_BROKERS=127.0.0.1:19092 \
 	TALLY_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/tally_test \

@@ -1,5 +1,5 @@
 import { useEffect, useRef, useState } from 'preact/hooks';
-import { createPortalLink, createReadKey, getPricing, messageOf, setTier } from '../api';
+import { createPortalLink, createReadKey, getPricing, getSubscription, messageOf, setTier } from '../api';
 import { formatLocal, formatUtc, tierName } from '../format';
 import { useResource } from '../hooks';
 import type { NewKey, PortalLink } from '../types';
@@ -124,13 +124,15 @@ function CustomerLink({ orgId }: { orgId: string }) {
 
 function TierOverride({ orgId, onChanged }: { orgId: string; onChanged: () => void }) {
   const pricing = useResource((s) => getPricing(s), []);
+  const subscription = useResource((s) => getSubscription(orgId, s), [orgId]);
   const [tier, setTierChoice] = useState('');
   const [busy, setBusy] = useState(false);
   const [message, setMessage] = useState<string | null>(null);
   const polling = useRef<AbortController | null>(null);
   useEffect(() => () => polling.current?.abort(), []);
   const tiers = pricing.data?.tiers ?? [];
-  const chosen = tier || tiers[0]?.tier || '';
+  // Starts on the org's current tier.
+  const chosen = tier || subscription.data?.tier || tiers[0]?.tier || '';
   const submit = async (e: Event) => {
     e.preventDefault();
     if (!chosen) return;

@@ -9,6 +9,7 @@ import {
 } from '../format';
 import { useResource } from '../hooks';
 import { OPERATIONS, type Daily } from '../types';
+import { PeriodSelect } from '../components/PeriodSelect';
 
 interface Props {
   orgId: string;
@@ -27,17 +28,7 @@ export function History({ orgId, periods, current }: Props) {
     <section id="history" class="section" aria-labelledby="history-h">
       <h2 id="history-h">History</h2>
       <div class="controls">
-        <div class="field">
-          <label for="history-period">Period</label>
-          <select id="history-period" value={period} onChange={(e) => setPeriod((e.target as HTMLSelectElement).value)}>
-            {choices.map((p) => (
-              <option key={p} value={p}>
-                {periodLabel(p)}
-                {p === current ? ' (this period)' : ''}
-              </option>
-            ))}
-          </select>
-        </div>
+        <PeriodSelect id="history-period" value={period} choices={choices} current={current} onChange={setPeriod} />
         <fieldset class="field radios">
           <legend>Show</legend>
           <label>

@@ -6,6 +6,7 @@ import { Loaded } from '../components/Status';
 import { formatInt, formatUtc, operationName, periodLabel } from '../format';
 import { useResource } from '../hooks';
 import type { PeriodUsage } from '../types';
+import { PeriodSelect } from '../components/PeriodSelect';
 
 interface Props {
   orgId: string;
@@ -32,17 +33,7 @@ export function LateEvents({ orgId, periods, usage }: Props) {
         was already settled.
       </p>
       <div class="controls">
-        <div class="field">
-          <label for="late-period">Period</label>
-          <select id="late-period" value={period} onChange={(e) => setPeriod((e.target as HTMLSelectElement).value)}>
-            {choices.map((p) => (
-              <option key={p} value={p}>
-                {periodLabel(p)}
-                {p === current ? ' (this period)' : ''}
-              </option>
-            ))}
-          </select>
-        </div>
+        <PeriodSelect id="late-period" value={period} choices={choices} current={current} onChange={setPeriod} />
       </div>
       <Loaded resource={other} what="the late-event count">
         {(u) => (
