@@ -233,14 +233,15 @@ pub async fn list_orgs(
         (Some(_), false) => format!("WHERE (k, org_id COLLATE \"C\") {compare} ($7::text COLLATE \"C\", $8::text COLLATE \"C\")"),
     };
     // One statement. Inside: every org the search finds, with or without usage this period, as
-    // narrow rows (id, sort value, and their count, taken before the cursor cuts so that every
-    // page tells the same total), sorted and cut to the page. Outside: the page's rows in full.
+    // narrow rows (id and sort value), sorted and cut to the page after the cursor. Outside: the
+    // page's rows in full, and how many orgs the search finds (the same on every page).
     let sql = format!(
         "SELECT p.org_id, o.name, {tier} AS tier, coalesce(u.traces, 0) AS traces,
-                coalesce(u.payload_bytes, 0) AS payload_bytes, {number_key} AS sort_number, {text_key} AS sort_text, p.total
+                coalesce(u.payload_bytes, 0) AS payload_bytes, {number_key} AS sort_number, {text_key} AS sort_text,
+                (SELECT count(*) FROM orgs o WHERE $5::text IS NULL OR o.org_id ILIKE $5 OR o.name ILIKE $5) AS total
          FROM (
-            SELECT org_id, k, total FROM (
-                SELECT o.org_id, {key} AS k, count(*) OVER () AS total
+            SELECT org_id, k FROM (
+                SELECT o.org_id, {key} AS k
                 FROM orgs o LEFT JOIN usage_periods u ON u.org_id = o.org_id AND u.period = $1
                 WHERE $5::text IS NULL OR o.org_id ILIKE $5 OR o.name ILIKE $5
             ) listed {after}
@@ -261,10 +262,8 @@ pub async fn list_orgs(
         .bind(limit + 1)
         .fetch_all(&state.pool)
         .await?;
-    // `total` counts the orgs the search finds, before the cursor: the same on every page.
     let total = match rows.first() {
         Some(r) => r.total,
-        None if cursor.is_none() => 0,
         None => count_orgs(&state, pattern_of(q).as_deref()).await?,
     };
     let more = rows.len() as i64 > limit;

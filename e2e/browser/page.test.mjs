@@ -64,6 +64,14 @@ async function apiOk(path, options) {
 
 const big = (_k, v) => (typeof v === 'bigint' ? v.toString() : v);
 
+/** Screenshots of every open page, for a failure's record. */
+async function screenshotAll(label) {
+  let n = 0;
+  for (const p of openPages) {
+    await p.screenshot({ path: `${config.results}/failed-${label}-${n++}.png`, fullPage: true }).catch(() => undefined);
+  }
+}
+
 async function eventually(what, check, timeoutMs = 60_000) {
   const deadline = Date.now() + timeoutMs;
   let last;
@@ -76,6 +84,7 @@ async function eventually(what, check, timeoutMs = 60_000) {
     }
     await new Promise((r) => setTimeout(r, 300));
   }
+  await screenshotAll(what.replace(/[^a-z0-9]+/gi, '-'));
   throw new Error(`${what}: not within ${timeoutMs} ms${last ? ` (last: ${last.message})` : ''}`);
 }
 
@@ -87,9 +96,12 @@ const cspViolations = [];
 
 const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS });
 
+const openPages = new Set();
 async function newPage(viewport = DESKTOP, extra = {}) {
   const context = await browser.newContext({ viewport, ...extra });
   const page = await context.newPage();
+  openPages.add(page);
+  page.on('close', () => openPages.delete(page));
   page.on('request', (r) => requested.push(r.url()));
   page.on('console', (m) => {
     if (m.type() === 'error' && /Content Security Policy/i.test(m.text())) cspViolations.push(m.text());
@@ -307,9 +319,11 @@ say('the operator signs in with the admin token and sees every org, sorted and p
         draft: r.querySelector('[data-tally="org_draft_total_cents"]')?.getAttribute('data-value'),
       })),
     );
+  const settled = () => eventually('the list settles', async () => !(await p.getByText('(updating…)').count()));
   const walk = async () => {
     const seen = [];
     for (;;) {
+      await settled();
       seen.push(...(await pageRows()));
       const next = p.getByRole('button', { name: 'Next page' });
       if (await next.isDisabled()) return seen;
@@ -329,8 +343,7 @@ say('the operator signs in with the admin token and sees every org, sorted and p
     for (const [i, r] of seen.entries()) {
       assert.deepEqual([r.traces, r.bytes, r.draft], [want[i].traces.toString(), want[i].payload_bytes.toString(), want[i].draft_total_cents.toString()], `figures of ${r.org}`);
     }
-    // Back to the first page for the next sort.
-    while (!(await p.getByRole('button', { name: 'Previous page' }).isDisabled())) await p.getByRole('button', { name: 'Previous page' }).click();
+    // A new sort starts again at its first page (the page keeps no cursor across sorts).
   }
   say('the pipeline shows each stage');
   const pipeline = await apiOk('/v1/pipeline');

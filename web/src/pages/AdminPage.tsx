@@ -133,10 +133,17 @@ function Orgs() {
               </table>
             </ScrollTable>
             <div class="actions pager">
-              <button type="button" class="secondary" disabled={previous.length === 0} onClick={back}>
+              {/* While a page loads, the rows shown (and their cursor) may belong to the sort or
+                  search before: paging waits for the answer. */}
+              <button type="button" class="secondary" disabled={list.state === 'loading' || previous.length === 0} onClick={back}>
                 Previous page
               </button>
-              <button type="button" class="secondary" disabled={l.next_cursor === null} onClick={() => l.next_cursor && next(l.next_cursor)}>
+              <button
+                type="button"
+                class="secondary"
+                disabled={list.state === 'loading' || l.next_cursor === null}
+                onClick={() => l.next_cursor && next(l.next_cursor)}
+              >
                 Next page
               </button>
             </div>
