@@ -225,8 +225,12 @@ pub async fn list_invoices(
 ) -> Result<Json<Value>, ApiError> {
     caller.require_reader(&state, &org_id).await?;
     let finals = billed_invoices(&state.pool, Some(&org_id), None).await?;
+    // Drafts: the periods without a final invoice that will get one, i.e. the open ones and the
+    // closed ones with billed usage (finalized within seconds of the close). A closed period with
+    // nothing billed (only late events, say) and no final invoice has none and never will.
     let periods: Vec<(String, String, i64, i64)> = sqlx::query_as(
         "SELECT period, tier, traces, payload_bytes FROM usage_periods u WHERE org_id = $1
+           AND (state = 'open' OR traces > 0 OR payload_bytes > 0)
            AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.org_id = u.org_id AND i.period = u.period)
          ORDER BY period DESC LIMIT $2",
     )

@@ -54,6 +54,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/orgs/{org_id}/usage", get(usage::period_usage))
         .route("/v1/orgs/{org_id}/usage/daily", get(usage::daily_usage))
         .route("/v1/orgs/{org_id}/usage/projection", get(usage::projection))
+        .route("/v1/orgs/{org_id}/periods", get(usage::periods))
         .route("/v1/orgs/{org_id}/plan-changes", post(stripe::change_plan))
         .route("/v1/orgs/{org_id}/late-events", get(usage::late_events))
         .route("/v1/orgs/{org_id}/subscription", put(billing::put_subscription).get(billing::get_subscription))

@@ -158,6 +158,35 @@ pub async fn daily_usage(
     Ok(Json(json!({"org_id": org_id, "from": from, "to": to, "days": days})).into_response())
 }
 
+/// The most periods `GET /v1/orgs/{org_id}/periods` lists (newest first): eight years.
+const MAX_PERIODS: i64 = 96;
+
+/// `GET /v1/orgs/{org_id}/periods`: every period the pipeline has seen the org in, newest first,
+/// with its state, tier and figures (late events included: a period with only late events is
+/// listed, though it has no invoice).
+pub async fn periods(
+    State(state): State<Arc<AppState>>,
+    Path(org_id): Path<String>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_reader(&state, &org_id).await?;
+    let rows: Vec<(String, String, String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT period, state, tier, traces, payload_bytes, not_billed_late FROM usage_periods
+         WHERE org_id = $1 ORDER BY period DESC LIMIT $2",
+    )
+    .bind(&org_id)
+    .bind(MAX_PERIODS)
+    .fetch_all(&state.pool)
+    .await?;
+    let periods: Vec<Value> = rows
+        .into_iter()
+        .map(|(period, state, tier, traces, payload_bytes, late)| {
+            json!({"period": period, "state": state, "tier": tier, "traces": traces, "payload_bytes": payload_bytes, "late_events": late})
+        })
+        .collect();
+    Ok(Json(json!({"org_id": org_id, "periods": periods})))
+}
+
 /// `GET /v1/orgs/{org_id}/late-events?period=YYYY-MM`: events that arrived after their period
 /// closed (not billed), newest first, at most 1,000.
 pub async fn late_events(

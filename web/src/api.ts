@@ -3,7 +3,7 @@
 // URL) on every state-changing request, and one error type.
 
 import type {
-  Daily, Invoice, LateEvents, NewKey, OrgList, Pipeline, PortalLink, Pricing, Projection,
+  Daily, Invoice, LateEvents, NewKey, OrgList, PeriodSummary, Pipeline, PortalLink, Pricing, Projection,
   PeriodUsage, Session, SortKey, Subscription,
 } from './types';
 
@@ -184,6 +184,9 @@ export const getPricing = (signal?: AbortSignal) => request<Pricing>('GET', '/v1
 
 export const getSubscription = (id: string, signal?: AbortSignal) =>
   request<Subscription>('GET', `${org(id)}/subscription`, { signal });
+
+export const getPeriods = (id: string, signal?: AbortSignal) =>
+  request<{ org_id: string; periods: PeriodSummary[] }>('GET', `${org(id)}/periods`, { signal });
 
 export const getInvoices = (id: string, signal?: AbortSignal) =>
   request<{ org_id: string; invoices: Invoice[] }>('GET', `${org(id)}/invoices`, { signal });

@@ -128,6 +128,16 @@ export interface Correction {
   replaces_total_cents: bigint;
 }
 
+/** One period the pipeline has seen an org in (`GET /v1/orgs/{org_id}/periods`). */
+export interface PeriodSummary {
+  period: string;
+  state: 'open' | 'closed';
+  tier: string;
+  traces: bigint;
+  payload_bytes: bigint;
+  late_events: bigint;
+}
+
 export interface Invoice {
   org_id: string;
   period: string;

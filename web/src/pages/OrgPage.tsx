@@ -1,6 +1,6 @@
 import type { ComponentChildren } from 'preact';
 import { useMemo, useState } from 'preact/hooks';
-import { getInvoices, getPricing, getProjection, getSubscription, getUsage } from '../api';
+import { getInvoices, getPeriods, getPricing, getProjection, getSubscription, getUsage } from '../api';
 import { tally } from '../components/Figures';
 import { ErrorMessage, Loading } from '../components/Status';
 import { periodOf, tierName } from '../format';
@@ -37,14 +37,16 @@ export function OrgPage({ orgId, admin, checkoutReturn, extra }: Props) {
   const pricing = useResource((s) => getPricing(s), []);
   const subscription = useResource((s) => getSubscription(orgId, s), [orgId, version]);
   const invoices = useResource((s) => getInvoices(orgId, s), [orgId, version]);
+  // Every period the pipeline has seen the org in (one with only late events has no invoice).
+  const known = useResource((s) => getPeriods(orgId, s), [orgId, version]);
   const reloadAll = () => setVersion((v) => v + 1);
 
   const current = usage.data?.period.id ?? periodOf(new Date());
   const periods = useMemo(() => {
     const set = new Set<string>([current]);
-    for (const i of invoices.data?.invoices ?? []) set.add(i.period);
+    for (const p of known.data?.periods ?? []) set.add(p.period);
     return [...set].sort().reverse();
-  }, [current, invoices.data]);
+  }, [current, known.data]);
 
   const returnPath = admin ? `/app/admin/orgs/${encodeURIComponent(orgId)}` : '/app/';
   return (
