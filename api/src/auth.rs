@@ -18,8 +18,11 @@ use crate::AppState;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
     Admin,
-    /// A read key, or a customer's page session; sees only its own org.
+    /// A read key; sees only its own org.
     Reader { org_id: String },
+    /// A person of an org, signed in to the page (a portal link or a read key typed into the
+    /// sign-in form): reads what a read key reads, and may change the org's plan.
+    Customer { org_id: String },
     /// An ingest key: it sends events, it reads nothing.
     Ingester,
 }
@@ -36,7 +39,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             return Err(ApiError::unauthorized());
         };
         if !parts.method.is_safe() {
-            crate::session::check_csrf(&session, &parts.headers)?;
+            crate::session::check_csrf(&session, &parts.headers, &state.public_origin)?;
         }
         Ok(session.caller())
     }
@@ -80,9 +83,20 @@ impl Caller {
     pub async fn require_reader(&self, state: &AppState, org_id: &str) -> Result<(), ApiError> {
         match self {
             Caller::Admin => require_org(state, org_id).await,
-            Caller::Reader { org_id: own } if own == org_id => Ok(()),
-            Caller::Reader { .. } => Err(ApiError::not_found(format!("no org {org_id:?}"))),
+            Caller::Reader { org_id: own } | Caller::Customer { org_id: own } if own == org_id => Ok(()),
+            Caller::Reader { .. } | Caller::Customer { .. } => Err(ApiError::not_found(format!("no org {org_id:?}"))),
             Caller::Ingester => Err(ApiError::forbidden("ingest keys cannot read usage; use a read key")),
+        }
+    }
+
+    /// Allows the admin and a person of `org_id` signed in to the page: changing what an org pays
+    /// takes a person, not a read key in a dashboard's configuration.
+    pub async fn require_customer(&self, state: &AppState, org_id: &str) -> Result<(), ApiError> {
+        match self {
+            Caller::Reader { org_id: own } if own == org_id => {
+                Err(ApiError::forbidden("a read key cannot change the plan; sign in to the page, or use the admin token"))
+            }
+            Caller::Admin | Caller::Customer { .. } | Caller::Reader { .. } | Caller::Ingester => self.require_reader(state, org_id).await,
         }
     }
 }

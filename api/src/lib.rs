@@ -41,6 +41,8 @@ pub struct AppState {
     pub stripe: Option<tally_stripe::StripeHttp>,
     /// Signs the page's portal links.
     pub link_signer: session::LinkSigner,
+    /// `scheme://host[:port]` of `TALLY_PUBLIC_URL`: the origin the page's requests come from.
+    pub public_origin: String,
     /// Who api keys (by hash) and page sessions (by hash) are, for a few seconds.
     pub key_cache: cache::TtlCache<Option<auth::Caller>>,
     pub session_cache: cache::TtlCache<Option<session::PageSession>>,
@@ -85,7 +87,8 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     let billing_producer = billing::billing_producer(&settings.common.kafka_brokers)?;
     let stripe = settings.stripe.as_ref().map(tally_stripe::StripeSettings::client);
     let link_signer = session::LinkSigner::new(settings.admin_token.expose());
-    let state = Arc::new(AppState { settings: settings.clone(), pool, pricing, billing_producer, stripe, link_signer,
+    let public_origin = session::origin_of(&settings.public_url).to_string();
+    let state = Arc::new(AppState { settings: settings.clone(), pool, pricing, billing_producer, stripe, link_signer, public_origin,
         key_cache: Default::default(), session_cache: Default::default() });
     tokio::spawn(stripe::sweep(state.clone(), shutdown.clone()));
     let app = router(state).merge(probes::router(health.clone()));

@@ -25,10 +25,7 @@ fn asset(path: &str) -> Option<&'static Asset> {
 }
 
 fn serve(asset: &'static Asset, headers: &HeaderMap, immutable: bool) -> Response {
-    let gzip = headers
-        .get(header::ACCEPT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|e| e.trim().split(';').next() == Some("gzip")));
+    let gzip = headers.get(header::ACCEPT_ENCODING).and_then(|v| v.to_str().ok()).is_some_and(accepts_gzip);
     let body = if gzip { asset.gzip } else { asset.bytes };
     let mut response = (StatusCode::OK, body).into_response();
     let h = response.headers_mut();
@@ -44,9 +41,23 @@ fn serve(asset: &'static Asset, headers: &HeaderMap, immutable: bool) -> Respons
     secure(response)
 }
 
-/// The page's security headers, on every answer under `/app/`.
+/// Whether an `Accept-Encoding` value takes gzip (named, with a weight above zero).
+fn accepts_gzip(value: &str) -> bool {
+    value.split(',').any(|coding| {
+        let mut parts = coding.split(';').map(str::trim);
+        let named = parts.next().is_some_and(|c| c.eq_ignore_ascii_case("gzip"));
+        let weight = parts.find_map(|p| p.strip_prefix("q=")).map_or(Some(1.0), |q| q.trim().parse::<f32>().ok());
+        named && weight.is_some_and(|w| w > 0.0)
+    })
+}
+
+/// The page's security headers, on every answer under `/app/` (and `no-store` unless the answer
+/// set its own caching).
 pub fn secure(mut response: Response) -> Response {
     let h = response.headers_mut();
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
@@ -85,4 +96,19 @@ pub async fn file(Path(path): Path<String>, headers: HeaderMap) -> Response {
 /// `GET /` and `GET /app`: to the page.
 pub async fn to_page() -> Redirect {
     Redirect::to("/app/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gzip_is_sent_only_to_who_takes_it() {
+        assert!(accepts_gzip("gzip, deflate, br"));
+        assert!(accepts_gzip("br;q=1.0, GZIP;q=0.5"));
+        assert!(!accepts_gzip("gzip;q=0"));
+        assert!(!accepts_gzip("gzip; q=0.000, br"));
+        assert!(!accepts_gzip("identity"));
+        assert!(!accepts_gzip("xgzip"));
+    }
 }

@@ -22,6 +22,8 @@ use crate::AppState;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most the lag figures may take in all; past it they are shown as unknown.
+const LAG_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Serialize)]
 struct StageStatus {
@@ -55,7 +57,13 @@ pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
 
 async fn probe(client: &reqwest::Client, name: &str, base: &str) -> StageStatus {
     let base = base.trim_end_matches('/');
-    let ready = client.get(format!("{base}/readyz")).send().await;
+    // Both at once: a stage answers within the 1 s timeout, or is shown down.
+    let (ready, metrics) = tokio::join!(client.get(format!("{base}/readyz")).send(), async {
+        match client.get(format!("{base}/metrics")).send().await {
+            Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
+            _ => String::new(),
+        }
+    });
     let (ready, reason) = match ready {
         Ok(r) if r.status().is_success() => (true, None),
         Ok(r) => {
@@ -66,10 +74,6 @@ async fn probe(client: &reqwest::Client, name: &str, base: &str) -> StageStatus 
         }
         Err(e) if e.is_timeout() => (false, Some("/readyz did not answer within 1 s".to_string())),
         Err(_) => (false, Some("not running (no answer on its address)".to_string())),
-    };
-    let metrics = match client.get(format!("{base}/metrics")).send().await {
-        Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
-        _ => String::new(),
     };
     let label = format!("stage=\"{name}\"");
     let last_commit_age_seconds = metric_sum(&metrics, "tally_stage_last_commit_age_seconds", &[&label]);
@@ -124,20 +128,30 @@ pub async fn pipeline(State(state): State<Arc<AppState>>, caller: Caller) -> Res
     let client = reqwest::Client::builder().timeout(PROBE_TIMEOUT).build().expect("an http client builds");
     let stages = futures_join(&client, &state.settings.pipeline_stages).await;
     let brokers = state.settings.common.kafka_brokers.clone();
-    let aggregator = tokio::task::spawn_blocking(move || aggregator_lag(&brokers));
-    let mut consumer_lag = projector_lag(&state).await?;
-    match aggregator.await.expect("the lag query does not panic") {
-        Ok(lags) => consumer_lag.splice(0..0, lags).for_each(drop),
-        Err(e) => {
+    let aggregator = tokio::time::timeout(LAG_TIMEOUT, tokio::task::spawn_blocking(move || aggregator_lag(&brokers)));
+    let projector = tokio::time::timeout(LAG_TIMEOUT, projector_lag(&state));
+    let (aggregator, projector) = tokio::join!(aggregator, projector);
+    let unknown = |group: &str| json!({"group": tally_schemas::namespaced(group), "topic": null, "lag": null, "error": "Kafka did not answer in time"});
+    let mut consumer_lag = match aggregator {
+        Ok(Ok(Ok(lags))) => lags,
+        Ok(Ok(Err(e))) => {
             tracing::warn!(error = %e, "cannot read the aggregator's lag");
-            consumer_lag.insert(0, json!({"group": tally_schemas::namespaced("tally-aggregator"), "topic": null, "lag": null, "error": "Kafka did not answer"}));
+            vec![unknown("tally-aggregator")]
         }
+        _ => vec![unknown("tally-aggregator")],
+    };
+    match projector {
+        Ok(lags) => consumer_lag.extend(lags?),
+        Err(_) => consumer_lag.push(unknown("tally-projector")),
     }
-    let period = tally_metering::Period::containing(Utc::now()).to_string();
-    let (last_record_at, late_events): (Option<DateTime<Utc>>, Option<i64>) = sqlx::query_as(
-        "SELECT max(updated_at), sum(not_billed_late)::bigint FROM usage_periods WHERE period = $1",
+    let period = tally_metering::Period::containing(Utc::now());
+    // Late events belong to periods that had closed; these are the ones that arrived this period.
+    let (last_record_at, late_events): (Option<DateTime<Utc>>, i64) = sqlx::query_as(
+        "SELECT (SELECT max(updated_at) FROM usage_periods WHERE period = $1),
+                (SELECT count(*) FROM late_events WHERE arrived_at >= $2)",
     )
-    .bind(&period)
+    .bind(period.to_string())
+    .bind(period.start())
     .fetch_one(&state.pool)
     .await?;
     let newest: (Option<DateTime<Utc>>,) = sqlx::query_as("SELECT max(updated_at) FROM usage_periods").fetch_one(&state.pool).await?;
@@ -156,11 +170,11 @@ pub async fn pipeline(State(state): State<Arc<AppState>>, caller: Caller) -> Res
         .filter(|s| *s > 0.0)
         .and_then(|s| DateTime::<Utc>::from_timestamp(s as i64, 0));
     Ok(Json(json!({
-        "period": period,
+        "period": period.to_string(),
         "stages": stages,
         "consumer_lag": consumer_lag,
         "last_record_at": last_record_at.or(newest.0),
-        "late_events": late_events.unwrap_or(0),
+        "late_events": late_events,
         "rejected_events": if ingest.is_empty() { None } else { Some(rejected.max(0.0) as i64) },
         "billing_reporter": {
             "failed_rows": failed_rows,

@@ -25,8 +25,11 @@ use crate::auth::{require_org, Caller};
 use crate::error::{parse_json, ApiError};
 use crate::AppState;
 
-/// The session cookie's name.
+/// The session cookie's name over http (local stacks).
 pub const COOKIE: &str = "tally_session";
+/// Its name over https: the `__Host-` prefix makes browsers refuse it unless it is `Secure`, for
+/// this host only and for every path, so a sibling subdomain cannot plant a session of its own.
+pub const SECURE_COOKIE: &str = "__Host-tally_session";
 /// The header a cookie-authenticated state-changing request carries its CSRF token in.
 pub const CSRF_HEADER: &str = "x-tally-csrf";
 /// How long a session lasts, however it was opened.
@@ -66,7 +69,7 @@ impl PageSession {
     pub fn caller(&self) -> Caller {
         match (&self.role, &self.org_id) {
             (Role::Operator, _) => Caller::Admin,
-            (Role::Customer, Some(org_id)) => Caller::Reader { org_id: org_id.clone() },
+            (Role::Customer, Some(org_id)) => Caller::Customer { org_id: org_id.clone() },
             // The table's CHECK makes a customer session without an org impossible.
             (Role::Customer, None) => Caller::Ingester,
         }
@@ -85,9 +88,20 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-/// The session a request's cookie opens, if any (an unknown or expired cookie opens none).
+fn cookie_name(state: &AppState) -> &'static str {
+    if state.settings.public_url.starts_with("https://") { SECURE_COOKIE } else { COOKIE }
+}
+
+/// The session id a request carries, if any.
+fn session_id<'h>(state: &AppState, headers: &'h HeaderMap) -> Option<&'h str> {
+    cookie(headers, cookie_name(state)).filter(|v| !v.is_empty() && v.len() <= 128)
+}
+
+/// The session a request's cookie opens, if any. An unknown or expired cookie opens none, and so
+/// does a session whose credential no longer holds: the read key it was opened with has been
+/// revoked, or (for operator and portal sessions) the admin token has been rotated.
 pub async fn of_request(state: &AppState, headers: &HeaderMap) -> Result<Option<PageSession>, ApiError> {
-    let Some(id) = cookie(headers, COOKIE).filter(|v| !v.is_empty() && v.len() <= 128) else {
+    let Some(id) = session_id(state, headers) else {
         return Ok(None);
     };
     let hash = keys::hash(id);
@@ -96,9 +110,14 @@ pub async fn of_request(state: &AppState, headers: &HeaderMap) -> Result<Option<
         Some(session) => session,
         None => {
             let row: Option<(Option<String>, String, String, DateTime<Utc>)> = sqlx::query_as(
-                "SELECT org_id, role, csrf_token, expires_at FROM page_sessions WHERE session_hash = $1 AND expires_at > now()",
+                "SELECT s.org_id, s.role, s.csrf_token, s.expires_at FROM page_sessions s
+                 WHERE s.session_hash = $1 AND s.expires_at > now()
+                   AND CASE WHEN s.opened_by = 'read_key'
+                            THEN EXISTS (SELECT 1 FROM api_keys k WHERE k.key_hash = s.credential AND k.revoked_at IS NULL)
+                            ELSE s.credential = $2 END",
             )
             .bind(&hash)
+            .bind(state.link_signer.admin_fingerprint())
             .fetch_optional(&state.pool)
             .await?;
             let session = row.map(|(org_id, role, csrf_token, expires_at)| PageSession {
@@ -114,18 +133,27 @@ pub async fn of_request(state: &AppState, headers: &HeaderMap) -> Result<Option<
     Ok(session.filter(|s| s.expires_at > Utc::now()))
 }
 
+/// The origin (`scheme://host[:port]`) of a URL.
+pub fn origin_of(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    match url[after_scheme..].find('/') {
+        Some(i) => &url[..after_scheme + i],
+        None => url,
+    }
+}
+
 /// A state-changing request by cookie: the session's CSRF token in [`CSRF_HEADER`], and no
-/// `Origin` but the api's own.
-pub fn check_csrf(session: &PageSession, headers: &HeaderMap) -> Result<(), ApiError> {
+/// `Origin` but the api's own: `TALLY_PUBLIC_URL`'s, or the one the request's `Host` names.
+pub fn check_csrf(session: &PageSession, headers: &HeaderMap, public_origin: &str) -> Result<(), ApiError> {
     let refused = |why: &str| ApiError::new(StatusCode::FORBIDDEN, "csrf_failed", why.to_string());
     let token = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).ok_or_else(|| refused("send the session's CSRF token in X-Tally-CSRF"))?;
     if !keys::constant_time_eq(token.as_bytes(), session.csrf_token.as_bytes()) {
         return Err(refused("the CSRF token does not match the session's"));
     }
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
-        let own = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) == Some(host);
-        if !own {
+        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).filter(|h| !h.is_empty());
+        let by_host = host.is_some() && origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) == host;
+        if origin != public_origin && !by_host {
             return Err(refused("cross-site requests are refused"));
         }
     }
@@ -153,12 +181,38 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
 /// The `Set-Cookie` value of a session id (or of its removal, with `max_age` 0).
 fn set_cookie(state: &AppState, id: &str, max_age: i64) -> HeaderValue {
     let secure = if state.settings.public_url.starts_with("https://") { "; Secure" } else { "" };
-    HeaderValue::from_str(&format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}{secure}"))
+    HeaderValue::from_str(&format!("{}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}{secure}", cookie_name(state)))
         .expect("session ids are hex")
 }
 
-/// Opens a session and answers 201 with it and its cookie.
-async fn open(state: &AppState, role: Role, org_id: Option<&str>, opened_by: &str) -> Result<Response, ApiError> {
+/// What a session was opened with: it lasts only while that holds ([`of_request`]).
+enum Credential<'a> {
+    /// A read key, by its hash: revoking the key ends the session.
+    ReadKey(&'a str),
+    /// The admin token (operator sessions), or a portal link signed with it: rotating the token
+    /// ends the session.
+    AdminToken,
+    PortalLink,
+}
+
+impl Credential<'_> {
+    fn opened_by(&self) -> &'static str {
+        match self {
+            Credential::ReadKey(_) => "read_key",
+            Credential::AdminToken => "admin_token",
+            Credential::PortalLink => "portal",
+        }
+    }
+}
+
+/// Opens a session (in `tx`, which the caller commits) and returns it with its cookie value.
+async fn open(
+    state: &AppState,
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    role: Role,
+    org_id: Option<&str>,
+    credential: Credential<'_>,
+) -> Result<(PageSession, String), ApiError> {
     let id = random_hex(32);
     let session = PageSession {
         role,
@@ -166,21 +220,38 @@ async fn open(state: &AppState, role: Role, org_id: Option<&str>, opened_by: &st
         expires_at: Utc::now() + Duration::hours(SESSION_HOURS),
         csrf_token: random_hex(32),
     };
-    // Expired sessions and links go as new ones come (both indexed by expiry).
-    sqlx::query("DELETE FROM page_sessions WHERE expires_at < now() - interval '1 day'").execute(&state.pool).await?;
-    sqlx::query("DELETE FROM portal_links WHERE expires_at < now() - interval '1 day'").execute(&state.pool).await?;
+    let stored_credential = match credential {
+        Credential::ReadKey(hash) => hash.to_string(),
+        Credential::AdminToken | Credential::PortalLink => state.link_signer.admin_fingerprint(),
+    };
     sqlx::query(
-        "INSERT INTO page_sessions (session_hash, org_id, role, opened_by, csrf_token, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO page_sessions (session_hash, org_id, role, opened_by, credential, csrf_token, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(keys::hash(&id))
     .bind(org_id)
     .bind(role.as_str())
-    .bind(opened_by)
+    .bind(credential.opened_by())
+    .bind(stored_credential)
     .bind(&session.csrf_token)
     .bind(session.expires_at)
-    .execute(&state.pool)
+    .execute(&mut **tx)
     .await?;
-    tracing::info!(role = role.as_str(), org_id = org_id.unwrap_or(""), opened_by, "page session opened");
+    tracing::info!(role = role.as_str(), org_id = org_id.unwrap_or(""), opened_by = credential.opened_by(), "page session opened");
+    Ok((session, id))
+}
+
+/// Answers 201 with a new session and its cookie. A session the browser held before is ended
+/// (a sign-in never leaves two sessions in one browser), and expired sessions and links are
+/// swept, both indexed by expiry.
+async fn opened(state: &AppState, headers: &HeaderMap, session: PageSession, id: String) -> Result<Response, ApiError> {
+    if let Some(old) = session_id(state, headers) {
+        let old = keys::hash(old);
+        sqlx::query("DELETE FROM page_sessions WHERE session_hash = $1").bind(&old).execute(&state.pool).await?;
+        state.session_cache.forget(&old);
+    }
+    sqlx::query("DELETE FROM page_sessions WHERE expires_at < now() - interval '1 day'").execute(&state.pool).await?;
+    sqlx::query("DELETE FROM portal_links WHERE expires_at < now() - interval '1 day'").execute(&state.pool).await?;
     let mut response = (StatusCode::CREATED, Json(&session)).into_response();
     response.headers_mut().insert(header::SET_COOKIE, set_cookie(state, &id, SESSION_HOURS * 3600));
     Ok(response)
@@ -202,13 +273,18 @@ pub async fn sign_in(State(state): State<Arc<AppState>>, headers: HeaderMap, bod
     if key.is_empty() || key.len() > 256 {
         return Err(refused());
     }
-    match crate::auth::caller_of_token(&state, key).await {
-        Ok(Caller::Admin) => open(&state, Role::Operator, None, "admin_token").await,
-        Ok(Caller::Reader { org_id }) => open(&state, Role::Customer, Some(&org_id), "read_key").await,
-        Ok(Caller::Ingester) => Err(ApiError::new(StatusCode::FORBIDDEN, "key_not_allowed", "an ingest key cannot sign in; use a read key")),
-        Err(e) if e.status == StatusCode::UNAUTHORIZED => Err(refused()),
-        Err(e) => Err(e),
-    }
+    let key_hash = keys::hash(key);
+    let (role, org_id, credential) = match crate::auth::caller_of_token(&state, key).await {
+        Ok(Caller::Admin) => (Role::Operator, None, Credential::AdminToken),
+        Ok(Caller::Reader { org_id }) => (Role::Customer, Some(org_id), Credential::ReadKey(&key_hash)),
+        Ok(_) => return Err(ApiError::new(StatusCode::FORBIDDEN, "key_not_allowed", "an ingest key cannot sign in; use a read key")),
+        Err(e) if e.status == StatusCode::UNAUTHORIZED => return Err(refused()),
+        Err(e) => return Err(e),
+    };
+    let mut tx = state.pool.begin().await?;
+    let (session, id) = open(&state, &mut tx, role, org_id.as_deref(), credential).await?;
+    tx.commit().await?;
+    opened(&state, &headers, session, id).await
 }
 
 /// `GET /v1/sessions/current`: the cookie's session.
@@ -222,8 +298,8 @@ pub async fn current(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
 /// `DELETE /v1/sessions/current`: signs out (CSRF-checked like any change).
 pub async fn sign_out(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
     let session = of_request(&state, &headers).await?.ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "no_session", "not signed in"))?;
-    check_csrf(&session, &headers)?;
-    if let Some(id) = cookie(&headers, COOKIE) {
+    check_csrf(&session, &headers, &state.public_origin)?;
+    if let Some(id) = session_id(&state, &headers) {
         let hash = keys::hash(id);
         sqlx::query("DELETE FROM page_sessions WHERE session_hash = $1").bind(&hash).execute(&state.pool).await?;
         state.session_cache.forget(&hash);
@@ -271,6 +347,14 @@ impl LinkSigner {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
         mac.update(format!("{id}.{expires}").as_bytes());
         mac
+    }
+
+    /// Stands for the admin token in `page_sessions.credential`, without being it: sessions opened
+    /// with the token, or with a link it signed, end when it is rotated.
+    pub fn admin_fingerprint(&self) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(b"sessions");
+        hex::encode(mac.finalize().into_bytes())
     }
 
     pub fn token(&self, id: &str, expires: i64) -> String {
@@ -340,11 +424,13 @@ pub async fn exchange_portal_link(State(state): State<Arc<AppState>>, headers: H
     let request: Exchange = parse_json(&body)?;
     let id = state.link_signer.check(request.token.trim(), Utc::now().timestamp()).map_err(LinkRefusal::error)?;
     let hash = keys::hash(id);
+    // The link is spent and the session opened in one transaction: a failure spends nothing.
+    let mut tx = state.pool.begin().await?;
     let spent: Option<(String,)> = sqlx::query_as(
         "UPDATE portal_links SET used_at = now() WHERE link_hash = $1 AND used_at IS NULL AND expires_at > now() RETURNING org_id",
     )
     .bind(&hash)
-    .fetch_optional(&state.pool)
+    .fetch_optional(&mut *tx)
     .await?;
     let Some((org_id,)) = spent else {
         let known: Option<(Option<DateTime<Utc>>,)> =
@@ -357,7 +443,9 @@ pub async fn exchange_portal_link(State(state): State<Arc<AppState>>, headers: H
         tracing::info!(refusal = ?refusal, "portal link refused");
         return Err(refusal.error());
     };
-    open(&state, Role::Customer, Some(&org_id), "portal").await
+    let (session, cookie_value) = open(&state, &mut tx, Role::Customer, Some(&org_id), Credential::PortalLink).await?;
+    tx.commit().await?;
+    opened(&state, &headers, session, cookie_value).await
 }
 
 #[cfg(test)]
@@ -398,15 +486,27 @@ mod tests {
     fn csrf_needs_the_token_and_the_own_origin() {
         let session = PageSession { role: Role::Customer, org_id: Some("acme".into()), expires_at: Utc::now(), csrf_token: "t0k".into() };
         let mut headers = HeaderMap::new();
+        let public = "https://billing.example.com";
+        let check = |h: &HeaderMap| check_csrf(&session, h, public);
         headers.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
-        assert!(check_csrf(&session, &headers).is_err());
+        assert!(check(&headers).is_err());
         headers.insert(CSRF_HEADER, HeaderValue::from_static("t0x"));
-        assert!(check_csrf(&session, &headers).is_err());
+        assert!(check(&headers).is_err());
         headers.insert(CSRF_HEADER, HeaderValue::from_static("t0k"));
-        assert!(check_csrf(&session, &headers).is_ok());
+        assert!(check(&headers).is_ok());
+        // The origin the request's Host names, or the public URL's (behind a proxy that rewrites Host).
         headers.insert(header::ORIGIN, HeaderValue::from_static("http://127.0.0.1:8080"));
-        assert!(check_csrf(&session, &headers).is_ok());
+        assert!(check(&headers).is_ok());
+        headers.insert(header::ORIGIN, HeaderValue::from_static("https://billing.example.com"));
+        assert!(check(&headers).is_ok());
         headers.insert(header::ORIGIN, HeaderValue::from_static("https://evil.example"));
-        assert_eq!(check_csrf(&session, &headers).unwrap_err().code, "csrf_failed");
+        assert_eq!(check(&headers).unwrap_err().code, "csrf_failed");
+        headers.insert(header::ORIGIN, HeaderValue::from_static("https://billing.example.com.evil.example"));
+        assert!(check(&headers).is_err());
+        headers.remove(header::HOST);
+        headers.insert(header::ORIGIN, HeaderValue::from_static("http://"));
+        assert!(check(&headers).is_err(), "no Host names no origin");
+        assert_eq!(origin_of("https://billing.example.com/app/portal#t"), "https://billing.example.com");
+        assert_eq!(origin_of("http://127.0.0.1:8080"), "http://127.0.0.1:8080");
     }
 }

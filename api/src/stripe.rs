@@ -245,6 +245,14 @@ async fn tier_prices(state: &AppState, client: &tally_stripe::StripeHttp, tier: 
         .collect()
 }
 
+/// What a price is for, whatever the tier: the base fee or one metric's meter.
+fn role(kind: &PriceKind) -> Option<tally_schemas::Metric> {
+    match kind {
+        PriceKind::Licensed { .. } => None,
+        PriceKind::Metered { metric, .. } => Some(*metric),
+    }
+}
+
 fn stripe_client(state: &AppState) -> Result<&tally_stripe::StripeHttp, ApiError> {
     state.stripe.as_ref().ok_or_else(|| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stripe_not_configured", "Stripe is not configured (TALLY_STRIPE_SECRET_KEY)")
@@ -259,7 +267,8 @@ struct PlanChangeRequest {
     tier: String,
 }
 
-/// `POST /v1/orgs/{org_id}/plan-changes` `{"tier"}` (the org's reader or admin): moves the org's
+/// `POST /v1/orgs/{org_id}/plan-changes` `{"tier"}` (a person of the org signed in to the page,
+/// or the admin; a bare read key may not): moves the org's
 /// live Stripe subscription onto the tier's prices, without proration; `202`. Stripe answers
 /// with `customer.subscription.updated`, and the webhook records the tier in the billing log as
 /// for any subscription change: Tally's tier follows Stripe's subscription, never the request.
@@ -269,7 +278,7 @@ pub async fn change_plan(
     caller: Caller,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require_reader(&state, &org_id).await?;
+    caller.require_customer(&state, &org_id).await?;
     let request: PlanChangeRequest = parse_json(&body)?;
     let tier = crate::billing::parse_tier(&request.tier)?;
     let client = stripe_client(&state)?;
@@ -294,23 +303,38 @@ pub async fn change_plan(
     if current == Some(tier) {
         return Err(ApiError::new(StatusCode::CONFLICT, "same_tier", format!("the subscription is already on {tier}")));
     }
-    // One update: the old items out, the tier's three prices in.
-    let mut items: Vec<UpdateSubscriptionItems> = subscription
-        .items
-        .data
-        .iter()
-        .map(|item| {
-            let mut gone = UpdateSubscriptionItems::new();
-            gone.id = Some(item.id.to_string());
-            gone.deleted = Some(true);
-            gone
-        })
-        .collect();
-    for (price, licensed) in tier_prices(&state, client, tier).await? {
-        let mut added = UpdateSubscriptionItems::new();
-        added.price = Some(price);
-        added.quantity = licensed.then_some(1);
-        items.push(added);
+    // One update, each item keeping its id and taking the new tier's price of the same role
+    // (the base fee, the traces meter, the payload meter), as Stripe's guide to changing prices
+    // does: the meters' usage stays on the subscription. An item Tally does not know is left as
+    // it is; a role with no item gets one.
+    let new_prices = tier_prices(&state, client, tier).await?;
+    let new_plan = plans.iter().find(|p| p.tier == tier).expect("every tier has a plan");
+    let role_of = |lookup_key: Option<&str>| {
+        plans.iter().flat_map(|p| p.prices.iter()).find(|x| Some(x.lookup_key.as_str()) == lookup_key).map(|x| role(&x.kind))
+    };
+    let mut items = Vec::new();
+    let mut placed = vec![false; new_plan.prices.len()];
+    for item in &subscription.items.data {
+        let Some(item_role) = role_of(item.price.lookup_key.as_deref()) else { continue };
+        let Some(at) = new_plan.prices.iter().position(|x| role(&x.kind) == item_role) else { continue };
+        if placed[at] {
+            continue;
+        }
+        placed[at] = true;
+        let (price, licensed) = &new_prices[at];
+        let mut swap = UpdateSubscriptionItems::new();
+        swap.id = Some(item.id.to_string());
+        swap.price = Some(price.clone());
+        swap.quantity = licensed.then_some(1);
+        items.push(swap);
+    }
+    for (at, (price, licensed)) in new_prices.iter().enumerate() {
+        if !placed[at] {
+            let mut added = UpdateSubscriptionItems::new();
+            added.price = Some(price.clone());
+            added.quantity = licensed.then_some(1);
+            items.push(added);
+        }
     }
     let metadata = HashMap::from([("tally_org_id".to_string(), org_id.clone()), ("tally_tier".to_string(), tier.as_str().to_string())]);
     UpdateSubscription::new(subscription_id.as_str())

@@ -243,7 +243,8 @@ pub async fn projection(
     let billing = crate::billing::period_billing(&state, &org_id, period).await?;
     let now = Utc::now();
     let period_secs = (period.end() - period.start()).num_seconds();
-    let elapsed_secs = (now - period.start()).num_seconds().clamp(0, period_secs);
+    // The stretch the projection extrapolates from, as `project` takes it (at least an hour).
+    let elapsed_secs = (now - period.start()).num_seconds().clamp(MIN_ELAPSED_SECS.min(period_secs), period_secs);
     let projected = project(billing.usage, elapsed_secs, period_secs);
     let (current, current_cheapest) = state.pricing.estimate(billing.usage);
     let (projected_estimates, projected_cheapest) = state.pricing.estimate(projected);

@@ -9,6 +9,10 @@ CREATE TABLE page_sessions (
     role          text NOT NULL CHECK (role IN ('customer', 'operator')),
     -- How it was opened: 'portal' (a portal link), 'read_key' or 'admin_token'.
     opened_by     text NOT NULL CHECK (opened_by IN ('portal', 'read_key', 'admin_token')),
+    -- What it was opened with, so that it ends with it: the read key's hash (revoking the key
+    -- ends the session), or a fingerprint of the admin token (rotating the token ends operator
+    -- and portal sessions).
+    credential    text NOT NULL,
     csrf_token    text NOT NULL,
     created_at    timestamptz NOT NULL DEFAULT now(),
     expires_at    timestamptz NOT NULL,

@@ -137,6 +137,7 @@ async function axe(page, label) {
 
 async function portalLink(orgId, ttl) {
   const body = await apiOk(`/v1/orgs/${orgId}/portal-sessions`, { method: 'POST', body: ttl ? { ttl_secs: ttl } : {} });
+  secrets.add(new URL(body.url).hash.slice(1));
   return body.url;
 }
 
@@ -222,11 +223,13 @@ const csvTraces = csv.slice(1).reduce((s, line) => s + BigInt(line.split(',')[2]
 assert.equal(csvTraces, nearUsage.traces, 'the CSV adds up to the usage');
 
 say('one org\'s session reads nothing of another\'s');
-const probe = async (path, method = 'GET', body) =>
+const probeCode = async (path, method = 'GET', body) =>
   page.evaluate(async ([path, method, body]) => {
     const r = await fetch(path, { method, headers: body ? { 'content-type': 'application/json' } : {}, body });
-    return r.status;
+    const answer = await r.json().catch(() => null);
+    return `${r.status} ${answer?.error?.code ?? ''}`.trim();
   }, [path, method, body ?? null]);
+const probe = async (...args) => Number((await probeCode(...args)).split(' ')[0]);
 const other = config.orgs.over;
 for (const path of [`/v1/orgs/${other}/usage`, `/v1/orgs/${other}/usage/daily`, `/v1/orgs/${other}/usage/projection`, `/v1/orgs/${other}/invoices`,
   `/v1/orgs/${other}/late-events`, `/v1/orgs/${other}/subscription`, `/v1/orgs/${other}/invoices/${config.period}`]) {
@@ -234,7 +237,8 @@ for (const path of [`/v1/orgs/${other}/usage`, `/v1/orgs/${other}/usage/daily`, 
 }
 for (const path of ['/v1/orgs', '/v1/pipeline']) assert.equal(await probe(path), 403, `GET ${path} needs the admin`);
 assert.equal(await probe(`/v1/orgs/${other}/portal-sessions`, 'POST', '{}'), 403, 'a customer cannot make links (no CSRF token, and not admin)');
-assert.equal(await probe(`/v1/orgs/${config.orgs.near}/plan-changes`, 'POST', '{"tier":"growth"}'), 403, 'a change without the CSRF token is refused');
+assert.equal(await probeCode(`/v1/orgs/${config.orgs.near}/plan-changes`, 'POST', '{"tier":"growth"}'), '403 csrf_failed', 'a change without the CSRF token is refused');
+assert.equal(await probeCode('/v1/sessions/current', 'DELETE'), '403 csrf_failed', 'signing out takes the CSRF token too');
 await customer.close();
 
 say('a reused link and a changed link are refused with a page that says so');
@@ -242,7 +246,31 @@ for (const [url, code] of [[nearLink, 'link_used'], [nearLink.slice(0, -1) + (ne
   const { context, page: p } = await newPage(PHONE);
   await p.goto(url);
   assert.equal(await figure(p, 'link-refused'), code);
+  assert.equal(new URL(p.url()).hash, '', 'the token leaves the address bar, even when refused');
   assert.equal((await context.cookies()).length, 0, 'a refused link opens no session');
+  await context.close();
+}
+
+say('sign-in refuses what it should, with its code; signing out ends the session');
+{
+  const signIn = async (body, contentType = 'application/json') => {
+    const r = await fetch(`${API}/v1/sessions`, { method: 'POST', headers: { 'content-type': contentType }, body });
+    return `${r.status} ${(await r.json().catch(() => null))?.error?.code ?? ''}`.trim();
+  };
+  assert.equal(await signIn(JSON.stringify({ key: 'tally_read_' + '0'.repeat(64) })), '401 invalid_key');
+  assert.equal(await signIn(JSON.stringify({ key: config.ingest_key })), '403 key_not_allowed');
+  assert.equal(await signIn(`key=${config.read_keys.near}`, 'application/x-www-form-urlencoded'), '415 unsupported_media_type');
+  const bearer = await api(`/v1/orgs/${config.orgs.over}/plan-changes`, { method: 'POST', token: config.read_keys.over, body: { tier: 'growth' } });
+  assert.equal(bearer.status, 403, 'a bare read key cannot change what an org pays');
+  const { context, page: p } = await newPage(PHONE);
+  await p.goto(`${API}/app/signin`);
+  await p.getByLabel('Read key or admin token').fill(config.read_keys.near);
+  await p.getByRole('button', { name: /sign in/i }).click();
+  await p.locator('[data-tally="traces"]').waitFor();
+  await p.getByRole('button', { name: /sign out/i }).click();
+  await p.waitForURL(/\/app\/signin/);
+  const after = await p.evaluate(async () => (await fetch('/v1/sessions/current')).status);
+  assert.equal(after, 401, 'the session is gone');
   await context.close();
 }
 
@@ -297,7 +325,12 @@ say('the operator signs in with the admin token and sees every org, sorted and p
   await p.getByLabel('Read key or admin token').fill(config.admin_token);
   await p.getByRole('button', { name: /sign in/i }).click();
   await p.waitForURL(/\/app\/admin/);
+  const settled = () => eventually('the list settles', async () => !(await p.getByText('(updating…)').count()));
   await p.getByLabel('Search orgs by id or name').fill(config.prefix);
+  // The search applies after a pause in typing, and a new search starts again at page 1: page
+  // only once the list is the search's.
+  await p.getByText(`matching “${config.prefix}”`).waitFor();
+  await settled();
   const expectedOrgs = [config.orgs.near, config.orgs.over, config.orgs.buyer, ...config.orgs.quiet];
   const apiAll = async (sort, order) => {
     const rows = [];
@@ -319,7 +352,6 @@ say('the operator signs in with the admin token and sees every org, sorted and p
         draft: r.querySelector('[data-tally="org_draft_total_cents"]')?.getAttribute('data-value'),
       })),
     );
-  const settled = () => eventually('the list settles', async () => !(await p.getByText('(updating…)').count()));
   const walk = async () => {
     const seen = [];
     for (;;) {
@@ -388,6 +420,7 @@ say('an expired link is refused');
   const { context, page: p } = await newPage(PHONE);
   await p.goto(expiring);
   assert.equal(await figure(p, 'link-refused'), 'link_expired');
+  assert.equal(new URL(p.url()).hash, '', 'the token leaves the address bar');
   await context.close();
 }
 

@@ -151,5 +151,32 @@ async fn the_page_shows_what_the_api_says() -> anyhow::Result<()> {
         .spawn()?;
     let status = tokio::time::timeout(Duration::from_secs(600), child.wait()).await??;
     assert!(status.success(), "the browser test failed ({status}); its output is above, screenshots in {}", config["results"]);
+
+    // A session lasts only while the read key it was opened with holds: revoked in PostgreSQL,
+    // the key and its session stop working within the api's 5 s memory of them.
+    let signed_in = http
+        .post(format!("{base}/v1/sessions"))
+        .json(&json!({"key": near_read_key}))
+        .send()
+        .await?;
+    assert_eq!(signed_in.status(), 201);
+    let cookie = signed_in
+        .headers()
+        .get(reqwest::header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .ok_or_else(|| anyhow::anyhow!("no session cookie"))?
+        .to_string();
+    let current = |cookie: String| {
+        let (http, base) = (http.clone(), base.clone());
+        async move { anyhow::Ok(http.get(format!("{base}/v1/sessions/current")).header("cookie", cookie).send().await?.status().as_u16()) }
+    };
+    assert_eq!(current(cookie.clone()).await?, 200);
+    let pool = sqlx::PgPool::connect(&tally_e2e::database_url()).await?;
+    sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE org_id = $1 AND scope = 'read'").bind(&near).execute(&pool).await?;
+    tokio::time::sleep(Duration::from_millis(5_500)).await;
+    assert_eq!(current(cookie).await?, 401, "the revoked key's session is over");
+    let bearer = http.get(format!("{base}/v1/orgs/{near}/usage")).bearer_auth(&near_read_key).send().await?;
+    assert_eq!(bearer.status(), 401, "the revoked key is refused");
     Ok(())
 }

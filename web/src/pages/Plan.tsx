@@ -90,7 +90,7 @@ export function Plan({ orgId, usage, projection, pricing, subscription, checkout
     url.searchParams.delete('tier');
     history.replaceState(history.state, '', url.pathname + url.search + url.hash);
     if (checkoutReturn === 'success') {
-      setStatus({ kind: 'waiting', message: 'Payment received; your plan appears once Stripe confirms (usually a few seconds).' });
+      setStatus({ kind: 'waiting', message: 'Back from Stripe Checkout: waiting for Stripe to confirm the subscription (usually a few seconds).' });
       poll(
         (s) => s.stripe !== null && isLive(s.stripe.status) && (bought === null || s.tier === bought),
         'Stripe confirmed your subscription. Your plan is shown below.',
