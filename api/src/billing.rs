@@ -86,6 +86,8 @@ pub struct PeriodRead {
     /// (operation, traces, payload bytes), for the operations with usage.
     pub by_operation: Vec<(String, i64, i64)>,
     pub billing: PeriodBilling,
+    /// The pipeline's verdict when it has a row; otherwise the period's close time says.
+    pub closed: bool,
 }
 
 /// The columns of [`read_period`]'s statement: a [`UsageRow`] when `state` is there.
@@ -163,7 +165,7 @@ pub async fn read_period(state: &AppState, org_id: &str, period: Period) -> Resu
             correction,
         },
     };
-    Ok(PeriodRead { row, by_operation: read.by_operation.0, billing })
+    Ok(PeriodRead { row, by_operation: read.by_operation.0, billing, closed })
 }
 
 /// The tier, usage and final invoice of (org, period) ([`read_period`]).

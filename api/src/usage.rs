@@ -51,17 +51,11 @@ pub async fn period_usage(
             (op.as_str(), json!({"traces": t, "payload_bytes": b}))
         })
         .collect();
-    // The pipeline's own verdict when it has one; otherwise the period's close time says.
-    let period_state = match &read.row {
-        Some(r) => r.state.clone(),
-        None if Utc::now() >= period.closes_at(state.settings.grace) => "closed".into(),
-        None => "open".into(),
-    };
     let r = read.row.as_ref();
     let billing = crate::billing::usage_billing_fields(&state.pricing, &org_id, period, &read.billing);
     let mut body = json!({
         "org_id": org_id,
-        "period": {"id": id, "start": period.start(), "end": period.end(), "state": period_state},
+        "period": {"id": id, "start": period.start(), "end": period.end(), "state": if read.closed { "closed" } else { "open" }},
         "traces": r.map_or(0, |r| r.traces),
         "payload_bytes": r.map_or(0, |r| r.payload_bytes),
         "by_operation": by_operation,
