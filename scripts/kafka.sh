@@ -194,7 +194,10 @@ cmd_start() {
     return
   fi
   rm -f "$PIDFILE"
+  # A broker that was just killed can hold its ports a moment longer than its pid shows (the
+  # JVM's threads exit one by one): wait up to 10 s for them before calling them taken.
   for port in "$KAFKA_PORT" "$CONTROLLER_PORT"; do
+    for _ in $(seq 20); do port_open "$port" || break; sleep 0.5; done
     ! port_open "$port" || die "127.0.0.1:$port is already in use by another process"
   done
   cmd_install quiet

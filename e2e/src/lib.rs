@@ -398,6 +398,11 @@ impl Broker {
             anyhow::ensure!(Instant::now() < deadline, "the killed broker is still running");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // A zombie JVM's last threads can still hold the listener: wait for the port too.
+        while tokio::net::TcpStream::connect(format!("127.0.0.1:{}", self.port)).await.is_ok() {
+            anyhow::ensure!(Instant::now() < deadline, "the killed broker's port 127.0.0.1:{} is still open", self.port);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         Ok(())
     }
 

@@ -157,7 +157,16 @@ async fn usage_reaches_stripe_exactly_once_through_faults_and_kills() -> anyhow:
     let period = Period::containing(ended);
     let mut rng = rand::rng();
     let mut sent: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for round in 0..4 {
+    // The faults stay on until they have hit some meter events: at least four rounds of usage and
+    // reporter kills, then more rounds while every meter event so far happened to pass (each round
+    // gives the reporter new usage to send, so each is another chance for a fault).
+    let faults_hit_meter_events = || async {
+        let log = stripe.http.get(format!("{}/_standin/requests", stripe.base)).send().await?.json::<Value>().await?;
+        let hit = log["requests"].as_array().unwrap().iter().any(|r| r["path"] == "/v1/billing/meter_events" && (r["status"] != 200 || r["replayed"] == true));
+        anyhow::Ok(hit)
+    };
+    let mut round = 0;
+    loop {
         for (org, (_, _, ingest_key, _)) in &orgs {
             let n = rng.random_range(20..60);
             let events: Vec<Value> = (0..n)
@@ -174,14 +183,19 @@ async fn usage_reaches_stripe_exactly_once_through_faults_and_kills() -> anyhow:
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..2_500))).await;
         stack.restart("billing-reporter").await?;
+        round += 1;
+        if round >= 4 {
+            let hit = eventually("the reporter sends this round's usage", Duration::from_secs(20), || async {
+                Ok(faults_hit_meter_events().await?.then_some(Value::Null))
+            })
+            .await
+            .is_ok();
+            if hit {
+                break;
+            }
+            assert!(round < 30, "in {round} rounds no fault ever hit a meter event; the stand-in's faults are not reaching the reporter");
+        }
     }
-    // The faults stay on until they have hit some meter events.
-    eventually("faults hit meter events", Duration::from_secs(60), || async {
-        let log = stripe.http.get(format!("{}/_standin/requests", stripe.base)).send().await?.json::<Value>().await?;
-        let hit = log["requests"].as_array().unwrap().iter().any(|r| r["path"] == "/v1/billing/meter_events" && (r["status"] != 200 || r["replayed"] == true));
-        Ok(hit.then_some(Value::Null))
-    })
-    .await?;
 
     // Once the faults stop, Stripe's totals equal Tally's usage exactly, for every customer.
     stripe.standin("faults", json!({})).await?;
