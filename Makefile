@@ -90,7 +90,7 @@ bench: up
 bench-page: up
 	scripts/browser.sh install
 	$(LOADGEN) bench-page
-	node e2e/browser/timing.mjs
+	node tools/e2e/browser/timing.mjs
 
 # A link that signs an org's people into the usage page (works once, for 15 minutes).
 ORG ?= acme
@@ -100,7 +100,7 @@ portal-link:
 # docs/screenshots/: both pages at 390x844 and 1440x900, from the running stack (after make demo).
 screenshots:
 	scripts/browser.sh install
-	node e2e/browser/screenshots.mjs
+	node tools/e2e/browser/screenshots.mjs
 
 # Forget every event and every figure: the broker's log and the tally database go together
 # (the read models remember log offsets), and so does the Stripe stand-in's state (the database

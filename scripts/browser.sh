@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The browser and the tools for Tally's page tests and screenshots: Debian's chromium (Playwright's
 # own browser download is not used: playwright-core drives the system's chromium), and the npm
-# packages of e2e/browser (playwright-core, axe-core) from its lockfile.
+# packages of tools/e2e/browser (playwright-core, axe-core) from its lockfile.
 #
-#   scripts/browser.sh install   install chromium (apt, when missing) and e2e/browser's packages
+#   scripts/browser.sh install   install chromium (apt, when missing) and tools/e2e/browser's packages
 #   scripts/browser.sh path      print the chromium executable
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,10 +28,10 @@ case ${1:-} in
       DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq chromium >/dev/null
     fi
     chromium_path >/dev/null || die "chromium did not install"
-    if [[ ! -d e2e/browser/node_modules ]] || [[ e2e/browser/package-lock.json -nt e2e/browser/node_modules ]]; then
-      say "installing e2e/browser's packages (npm ci)"
-      (cd e2e/browser && npm ci --no-audit --no-fund --loglevel=error)
-      touch e2e/browser/node_modules
+    if [[ ! -d tools/e2e/browser/node_modules ]] || [[ tools/e2e/browser/package-lock.json -nt tools/e2e/browser/node_modules ]]; then
+      say "installing tools/e2e/browser's packages (npm ci)"
+      (cd tools/e2e/browser && npm ci --no-audit --no-fund --loglevel=error)
+      touch tools/e2e/browser/node_modules
     fi
     say "ready: $(chromium_path) ($("$(chromium_path)" --version 2>/dev/null | head -n1))"
     ;;

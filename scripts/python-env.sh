@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The Python environment of Tally's tests: a virtualenv in $TALLY_HOME/venv (default .tally/venv)
-# with the packages pinned in stripe-standin/tests/python/requirements.txt (Stripe's official
+# with the packages pinned in tools/stripe-standin/tests/python/requirements.txt (Stripe's official
 # Python library, for the stand-in's contract test). Installs python3-venv from Debian's packages
 # when it is missing. Idempotent.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 TALLY_HOME="${TALLY_HOME:-$ROOT/.tally}"
 VENV="$TALLY_HOME/venv"
-REQUIREMENTS="$ROOT/stripe-standin/tests/python/requirements.txt"
+REQUIREMENTS="$ROOT/tools/stripe-standin/tests/python/requirements.txt"
 say() { echo "tally: python: $*"; }
 
 if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then

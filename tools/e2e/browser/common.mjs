@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs';
 import { chromium } from 'playwright-core';
 
 export const API = `http://${process.env.TALLY_API_ADDR ?? '127.0.0.1:8080'}`;
-export const ADMIN_TOKEN = (process.env.TALLY_ADMIN_TOKEN || readFileSync(new URL('../../.tally/admin-token', import.meta.url), 'utf8')).trim();
+export const ADMIN_TOKEN = (process.env.TALLY_ADMIN_TOKEN || readFileSync(new URL('../../../.tally/admin-token', import.meta.url), 'utf8')).trim();
 export const PHONE = { width: 390, height: 844 };
 export const DESKTOP = { width: 1440, height: 900 };
 

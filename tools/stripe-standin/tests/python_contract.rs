@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 fn python() -> PathBuf {
     std::env::var_os("TALLY_TEST_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tally/venv/bin/python")
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tally/venv/bin/python")
     })
 }
 

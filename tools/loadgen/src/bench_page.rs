@@ -1,4 +1,4 @@
-//! `make bench-page` (the api side; the browser side is `e2e/browser/timing.mjs`): what the
+//! `make bench-page` (the api side; the browser side is `tools/e2e/browser/timing.mjs`): what the
 //! usage page costs the api (BENCHMARKS.md, "The usage page").
 //!
 //! 1. 10,000 orgs (`TALLY_BENCH_ORGS`), each with its own usage this period, sent through ingest

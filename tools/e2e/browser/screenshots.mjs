@@ -4,7 +4,7 @@
 import { mkdirSync } from 'node:fs';
 import { DESKTOP, PHONE, launch, portalLink, signInOperator } from './common.mjs';
 
-const out = new URL('../../docs/screenshots/', import.meta.url).pathname;
+const out = new URL('../../../docs/screenshots/', import.meta.url).pathname;
 mkdirSync(out, { recursive: true });
 const org = process.env.TALLY_SCREENSHOT_ORG ?? 'acme';
 const browser = await launch();

@@ -4,7 +4,7 @@
 //! webhooks; portal links are single-use, short-lived and tamper-proof; one org's session reads
 //! nothing of another's; no secret appears in a URL; axe-core finds no serious violation.
 //!
-//! This test prepares the stack and the data, then runs `e2e/browser/page.test.mjs`, which drives
+//! This test prepares the stack and the data, then runs `tools/e2e/browser/page.test.mjs`, which drives
 //! the browser and compares every figure with the api's own answer.
 
 use std::process::Stdio;

@@ -278,7 +278,7 @@ async fn usage_reaches_stripe_exactly_once_through_faults_and_kills() -> anyhow:
 
     // Neither the Stripe key nor the webhook secret appears in any service's log.
     drop(stack);
-    let logs = std::env::var("TALLY_TEST_LOGS").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.tally/test/logs").into());
+    let logs = std::env::var("TALLY_TEST_LOGS").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../.tally/test/logs").into());
     for entry in std::fs::read_dir(logs)? {
         let path = entry?.path();
         // The services' logs; other tests keep folders of their own here (the page test's screenshots).

@@ -66,7 +66,7 @@ struct Paused(i32);
 impl Paused {
     fn broker() -> Paused {
         let home = std::env::var("TALLY_TEST_HOME")
-            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.tally/test").to_string());
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../.tally/test").to_string());
         let pid: i32 = std::fs::read_to_string(format!("{home}/run/kafka.pid")).expect("test broker pid").trim().parse().unwrap();
         assert!(Command::new("kill").args(["-STOP", &pid.to_string()]).status().unwrap().success());
         Paused(pid)

@@ -38,13 +38,13 @@ fn free_port() -> u16 {
 
 /// A service binary built by `make build`.
 pub fn binary(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/release").join(name)
 }
 
 pub fn logs_dir() -> PathBuf {
     let dir = std::env::var("TALLY_TEST_LOGS")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tally/test/logs"));
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tally/test/logs"));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -357,14 +357,14 @@ pub struct Broker {
 impl Broker {
     pub fn test() -> Broker {
         let home = std::env::var("TALLY_TEST_HOME")
-            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.tally/test").to_string());
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../.tally/test").to_string());
         let port = kafka_brokers().rsplit(':').next().unwrap_or("19092").to_string();
         let controller_port = std::env::var("TALLY_TEST_KAFKA_CONTROLLER_PORT").unwrap_or_else(|_| "19093".into());
         Broker { home, port, controller_port }
     }
 
     async fn script(&self, command: &str) -> anyhow::Result<()> {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka.sh");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/kafka.sh");
         let output = tokio::process::Command::new(script)
             .arg(command)
             .env("TALLY_HOME", &self.home)
@@ -416,7 +416,7 @@ impl Broker {
 /// the tests after it have their broker.
 impl Drop for Broker {
     fn drop(&mut self) {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka.sh");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/kafka.sh");
         let _ = Command::new(script)
             .arg("start")
             .env("TALLY_HOME", &self.home)
