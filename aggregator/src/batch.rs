@@ -36,7 +36,7 @@ use tally_common::health::Health;
 use tally_common::kafka::{base_config, GroupContext};
 use tally_common::retry::Failures;
 use tally_common::shutdown::Shutdown;
-use tally_metering::{apply_record, Applied, Fold, Log, Outcome, PeriodKey};
+use tally_metering::{apply_record, Applied, Decision, Fold, Log, PeriodKey};
 use tally_schemas::{NotificationV1, Topic};
 
 use crate::changelog::{self, ChunkRange};
@@ -96,13 +96,13 @@ pub struct Aggregator {
     fencings: VecDeque<Instant>,
 }
 
-/// Outcome counts of a batch, published to metrics only once the batch commits.
+/// Decision counts of a batch, published to metrics only once the batch commits.
 #[derive(Default)]
 struct BatchCounts {
     records: usize,
     ticks: u64,
     invalid: u64,
-    outcomes: HashMap<Outcome, u64>,
+    decisions: HashMap<Decision, u64>,
     subscription_changes: u64,
     billing_ticks: u64,
 }
@@ -363,7 +363,7 @@ impl Aggregator {
                 _ => Log::Trace,
             };
             match apply_record(&mut state.fold, log, message.timestamp().to_millis(), message.payload().unwrap_or_default()) {
-                Applied::Event(outcome) => *counts.outcomes.entry(outcome).or_default() += 1,
+                Applied::Event(decision) => *counts.decisions.entry(decision).or_default() += 1,
                 Applied::Tick => counts.ticks += 1,
                 Applied::SubscriptionChanged => counts.subscription_changes += 1,
                 Applied::BillingTick => counts.billing_ticks += 1,
@@ -457,8 +457,8 @@ impl Aggregator {
         metrics::BATCH_RECORDS.observe(counts.records as f64);
         metrics::TICKS.inc_by(counts.ticks);
         metrics::INVALID_RECORDS.inc_by(counts.invalid);
-        for (outcome, n) in counts.outcomes {
-            metrics::EVENTS.with_label_values(&[outcome.as_str()]).inc_by(n);
+        for (decision, n) in counts.decisions {
+            metrics::EVENTS.with_label_values(&[decision.as_str()]).inc_by(n);
         }
         metrics::FINGERPRINTS.set(fingerprints as i64);
         metrics::BILLING_RECORDS.with_label_values(&["subscription_changed"]).inc_by(counts.subscription_changes);

@@ -323,7 +323,7 @@ mod tests {
         assert_eq!(restored.fingerprint_count(), CHUNK_FINGERPRINTS + 11);
         assert_eq!(
             restored.apply_event(&event(7, "2026-10-30T00:00:00Z"), at("2026-10-30T00:00:02Z")),
-            tally_metering::Outcome::Duplicate
+            tally_metering::Decision::Duplicate
         );
 
         // A subscription in the billing log survives the round trip.

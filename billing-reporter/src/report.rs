@@ -80,7 +80,8 @@ pub enum CycleError {
     Stripe(#[from] StripeCallError),
 }
 
-enum Outcome {
+/// What reporting one (org, period, metric) came to in a cycle.
+enum ReportOutcome {
     Accepted,
     Duplicate,
     Rejected,
@@ -115,7 +116,7 @@ impl Reporter {
         // Stripe's meter ids are needed only to settle an event pending for too long.
         let meters = if due.iter().any(|d| settle_from_summary(d, now)) { meter_ids(&self.client).await? } else { HashMap::new() };
         let meters = &meters;
-        let outcomes: Vec<Result<Outcome, CycleError>> = futures::stream::iter(due)
+        let outcomes: Vec<Result<ReportOutcome, CycleError>> = futures::stream::iter(due)
             .map(|d| async move { self.report(d, now, meters).await })
             .buffer_unordered(self.concurrency)
             .collect()
@@ -124,12 +125,12 @@ impl Reporter {
         let mut first_error = None;
         for outcome in outcomes {
             match outcome {
-                Ok(Outcome::Accepted) => report.accepted += 1,
-                Ok(Outcome::Duplicate) => report.duplicates += 1,
-                Ok(Outcome::Rejected | Outcome::TooOld) => report.rejected += 1,
-                Ok(Outcome::Unanswered) => report.unanswered += 1,
-                Ok(Outcome::Ahead) => report.ahead += 1,
-                Ok(Outcome::Nothing) => {}
+                Ok(ReportOutcome::Accepted) => report.accepted += 1,
+                Ok(ReportOutcome::Duplicate) => report.duplicates += 1,
+                Ok(ReportOutcome::Rejected | ReportOutcome::TooOld) => report.rejected += 1,
+                Ok(ReportOutcome::Unanswered) => report.unanswered += 1,
+                Ok(ReportOutcome::Ahead) => report.ahead += 1,
+                Ok(ReportOutcome::Nothing) => {}
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }
@@ -142,14 +143,14 @@ impl Reporter {
         }
     }
 
-    async fn report(&self, due: Due, now: i64, meters: &HashMap<String, String>) -> Result<Outcome, CycleError> {
+    async fn report(&self, due: Due, now: i64, meters: &HashMap<String, String>) -> Result<ReportOutcome, CycleError> {
         let step = plan::next_step(&due.org_id, due.period, due.metric, due.usage, &due.row, now);
         let outcome = match step {
-            Step::Nothing => Outcome::Nothing,
+            Step::Nothing => ReportOutcome::Nothing,
             Step::Ahead { usage, reported } => {
                 tracing::warn!(org_id = %due.org_id, period = %due.period, metric = due.metric.as_str(), usage, reported,
                     "Stripe has more usage than Tally; nothing can be sent (see `billing-reporter reconcile`)");
-                Outcome::Ahead
+                ReportOutcome::Ahead
             }
             Step::TooOld { total, value, identifier } => {
                 let refusal = Refusal {
@@ -162,11 +163,11 @@ impl Reporter {
                 };
                 ledger::record_failure(&self.pool, &due, &refusal, None).await?;
                 tracing::error!(org_id = %due.org_id, period = %due.period, metric = due.metric.as_str(), "usage too old for Stripe; recorded as a failure");
-                Outcome::TooOld
+                ReportOutcome::TooOld
             }
             Step::Send { pending, value } => {
                 if !ledger::record_pending(&self.pool, &due, &pending).await? {
-                    return Ok(Outcome::Nothing);
+                    return Ok(ReportOutcome::Nothing);
                 }
                 self.send(&due, &pending, value).await?
             }
@@ -179,19 +180,19 @@ impl Reporter {
             }
         };
         let label = match outcome {
-            Outcome::Accepted => "accepted",
-            Outcome::Duplicate => "duplicate",
-            Outcome::Rejected => "rejected",
-            Outcome::Unanswered => "unanswered",
-            Outcome::TooOld => "too_old",
-            Outcome::Ahead | Outcome::Nothing => return Ok(outcome),
+            ReportOutcome::Accepted => "accepted",
+            ReportOutcome::Duplicate => "duplicate",
+            ReportOutcome::Rejected => "rejected",
+            ReportOutcome::Unanswered => "unanswered",
+            ReportOutcome::TooOld => "too_old",
+            ReportOutcome::Ahead | ReportOutcome::Nothing => return Ok(outcome),
         };
         metrics::METER_EVENTS.with_label_values(&[label]).inc();
         Ok(outcome)
     }
 
     /// Sends one meter event and records Stripe's answer.
-    async fn send(&self, due: &Due, pending: &Pending, value: u64) -> Result<Outcome, CycleError> {
+    async fn send(&self, due: &Due, pending: &Pending, value: u64) -> Result<ReportOutcome, CycleError> {
         let payload = HashMap::from([
             ("stripe_customer_id".to_string(), due.customer_id.clone()),
             ("value".to_string(), value.to_string()),
@@ -208,28 +209,28 @@ impl Reporter {
             // A 2xx that did not parse was still accepted: Stripe created the event.
             Ok(_) | Err(StripeCallError::Parse(_)) => {
                 self.accepted(due, pending, value).await?;
-                Ok(Outcome::Accepted)
+                Ok(ReportOutcome::Accepted)
             }
             Err(StripeCallError::Rejected { code: Some(code), .. }) if code == "resource_already_exists" => {
                 self.accepted(due, pending, value).await?;
-                Ok(Outcome::Duplicate)
+                Ok(ReportOutcome::Duplicate)
             }
             // A 5xx that Stripe says not to retry: whether it counted is unknown, so the event
             // stays pending, to be resent (and deduplicated) or settled from the summary.
             Err(e @ StripeCallError::Rejected { status: 500.., .. }) => {
                 tracing::warn!(org_id = %due.org_id, period = %due.period, metric = due.metric.as_str(), error = %e, "meter event outcome unknown; resent next cycle");
-                Ok(Outcome::Unanswered)
+                Ok(ReportOutcome::Unanswered)
             }
             Err(StripeCallError::Rejected { status, code, message, .. }) => {
                 let refusal = Refusal { identifier: pending.identifier.clone(), total: pending.total, value, status: Some(status), code, message };
                 tracing::error!(org_id = %due.org_id, period = %due.period, metric = due.metric.as_str(), status,
                     code = refusal.code.as_deref().unwrap_or(""), "Stripe refused a meter event; recorded, not retried");
                 ledger::record_failure(&self.pool, due, &refusal, Some(pending)).await?;
-                Ok(Outcome::Rejected)
+                Ok(ReportOutcome::Rejected)
             }
             Err(e @ StripeCallError::GaveUp { .. }) => {
                 tracing::warn!(org_id = %due.org_id, period = %due.period, metric = due.metric.as_str(), error = %e, "meter event unanswered; resent next cycle");
-                Ok(Outcome::Unanswered)
+                Ok(ReportOutcome::Unanswered)
             }
         }
     }
@@ -245,7 +246,7 @@ impl Reporter {
     /// tells whether it counted (summary = reported + value), did not (summary = reported: Stripe
     /// has forgotten the identifier and key, so sending it now counts it once), or something else
     /// happened (a failure for an operator).
-    async fn settle(&self, due: &Due, pending: &Pending, value: u64, meters: &HashMap<String, String>) -> Result<Outcome, CycleError> {
+    async fn settle(&self, due: &Due, pending: &Pending, value: u64, meters: &HashMap<String, String>) -> Result<ReportOutcome, CycleError> {
         let Some(meter) = meters.get(meter_event_name(due.metric)) else {
             return Err(StripeCallError::Parse(format!("no active Stripe meter {}", meter_event_name(due.metric))).into());
         };
@@ -254,7 +255,7 @@ impl Reporter {
         let counted = summary.data.iter().map(|s| s.aggregated_value).sum::<f64>();
         if counted == (pending.total) as f64 {
             self.accepted(due, pending, value).await?;
-            return Ok(Outcome::Duplicate);
+            return Ok(ReportOutcome::Duplicate);
         }
         if counted == due.row.reported as f64 {
             return self.send(due, pending, value).await;
@@ -271,7 +272,7 @@ impl Reporter {
             ),
         };
         ledger::record_failure(&self.pool, due, &refusal, Some(pending)).await?;
-        Ok(Outcome::Rejected)
+        Ok(ReportOutcome::Rejected)
     }
 
     async fn update_gauges(&self) -> Result<(), CycleError> {

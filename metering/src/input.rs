@@ -9,7 +9,8 @@
 use chrono::{DateTime, TimeZone, Utc};
 use tally_schemas::{BillingEventRecordV1, TraceEventRecordRef, TraceEventRecordV1};
 
-use crate::fold::{Fold, Outcome};
+use crate::decision::Decision;
+use crate::fold::Fold;
 
 /// Which of the two input logs a record comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -24,7 +25,7 @@ pub enum Log {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
     /// A trace event, with its outcome (counted, duplicate, late, not billable, ...).
-    Event(Outcome),
+    Event(Decision),
     /// A trace-log tick: time passed.
     Tick,
     /// A subscription change.

@@ -26,7 +26,7 @@ exit status: 0 identical (or done), 1 different, 2 error
 settings: TALLY_KAFKA_BROKERS, TALLY_DATABASE_URL, TALLY_NAMESPACE, TALLY_GRACE_HOURS, TALLY_PRICING_FILE";
 
 /// What a command concluded.
-enum Outcome {
+enum Conclusion {
     Identical,
     Different,
 }
@@ -133,8 +133,8 @@ async fn main() -> ExitCode {
         other => Err(failure("invalid_arguments", format!("unknown command {other:?}\n{USAGE}"))),
     };
     match result {
-        Ok(Outcome::Identical) => ExitCode::SUCCESS,
-        Ok(Outcome::Different) => ExitCode::from(1),
+        Ok(Conclusion::Identical) => ExitCode::SUCCESS,
+        Ok(Conclusion::Different) => ExitCode::from(1),
         Err(f) => {
             if args.json {
                 println!("{}", json!({"error": {"code": f.code, "message": f.message}}));
@@ -208,7 +208,7 @@ async fn run_recompute(
 }
 
 /// `replay invoice` and `replay correct`.
-async fn invoice(args: &Args, correct: bool) -> Result<Outcome, Failure> {
+async fn invoice(args: &Args, correct: bool) -> Result<Conclusion, Failure> {
     if correct {
         args.check_known(&["--org", "--period", "--reason", "--pricing"], &["--no-wait"])?;
     } else {
@@ -238,7 +238,7 @@ async fn invoice(args: &Args, correct: bool) -> Result<Outcome, Failure> {
         } else {
             print!("{}", diff::render(&d));
         }
-        return Ok(if d.verdict == Verdict::Identical { Outcome::Identical } else { Outcome::Different });
+        return Ok(if d.verdict == Verdict::Identical { Conclusion::Identical } else { Conclusion::Different });
     }
     apply_correction(args, &ctx, &pool, d, stored.map(|b| b.invoice()), fresh.cloned()).await
 }
@@ -250,7 +250,7 @@ async fn apply_correction(
     d: InvoiceDiff,
     stored: Option<tally_schemas::InvoiceV1>,
     fresh: Option<tally_schemas::InvoiceV1>,
-) -> Result<Outcome, Failure> {
+) -> Result<Conclusion, Failure> {
     let (replaces, invoice) = match (d.verdict, stored, fresh) {
         (Verdict::Identical, _, _) => {
             if args.json {
@@ -258,7 +258,7 @@ async fn apply_correction(
             } else {
                 println!("invoice {} {}: identical to the log; nothing to correct", d.org_id, d.period);
             }
-            return Ok(Outcome::Identical);
+            return Ok(Conclusion::Identical);
         }
         (Verdict::MissingStored, _, _) => {
             return Err(failure(
@@ -315,12 +315,12 @@ async fn apply_correction(
     }
     match projected {
         Some(false) => Err(failure("correction_not_projected", format!("correction {} was appended but not projected within 60 s: is the projector running?", record.correction_id))),
-        _ => Ok(Outcome::Identical),
+        _ => Ok(Conclusion::Identical),
     }
 }
 
 /// `replay verify`.
-async fn verify(args: &Args) -> Result<Outcome, Failure> {
+async fn verify(args: &Args) -> Result<Conclusion, Failure> {
     args.check_known(&["--period", "--pricing", "--threads"], &[])?;
     let period = args.period()?;
     let threads: usize = match args.flag("--threads")? {
@@ -360,7 +360,7 @@ async fn verify(args: &Args) -> Result<Outcome, Failure> {
     } else {
         print!("{}", verify_table(&period, &diffs));
     }
-    Ok(if different == 0 { Outcome::Identical } else { Outcome::Different })
+    Ok(if different == 0 { Conclusion::Identical } else { Conclusion::Different })
 }
 
 fn verify_table(period: &Period, diffs: &[InvoiceDiff]) -> String {
@@ -393,7 +393,7 @@ fn verify_table(period: &Period, diffs: &[InvoiceDiff]) -> String {
 }
 
 /// `replay rebuild`.
-async fn rebuild_cmd(args: &Args) -> Result<Outcome, Failure> {
+async fn rebuild_cmd(args: &Args) -> Result<Conclusion, Failure> {
     args.check_known(&["--into"], &[])?;
     let into = args.flag("--into")?;
     let ctx = setup(args)?;
@@ -416,5 +416,5 @@ async fn rebuild_cmd(args: &Args) -> Result<Outcome, Failure> {
             println!("the replaced tables are in schema {old}; drop it when satisfied: DROP SCHEMA {old} CASCADE");
         }
     }
-    Ok(Outcome::Identical)
+    Ok(Conclusion::Identical)
 }

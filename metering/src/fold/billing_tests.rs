@@ -2,6 +2,20 @@
 //! and only from what the logs say, each threshold is notified once.
 
 use super::*;
+#[allow(unused_imports)]
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+#[allow(unused_imports)]
+use tally_schemas::{
+    BilledUsageV1, InvoiceV1, LateEventV1, Metric, NotificationV1, Operation, OperationUsageV1,
+    SubscriptionChangedV1, ThresholdLevel, Tier, TraceCompletedRecordV1, UsageTotalsV1,
+};
+
+#[allow(unused_imports)]
+use crate::decision::Decision;
+#[allow(unused_imports)]
+use super::thresholds::threshold_usage;
+#[allow(unused_imports)]
+use tally_pricing::levels_reached;
 use proptest::prelude::*;
 use tally_schemas::{InvoiceStatusV1, Status, SubscriptionSource};
 
@@ -351,7 +365,7 @@ fn late_events_alone_issue_no_invoice_unless_a_subscription_claims_the_period() 
         fold.apply_tick(at("2026-11-04T00:00:00Z"));
         // October closed on Nov 3: an October event for an org never seen is late.
         let outcome = fold.apply_event(&event("l1", "acme", at("2026-10-31T10:00:00Z"), 10, Operation::LlmCall), at("2026-11-04T00:00:01Z"));
-        assert_eq!(outcome, Outcome::Late);
+        assert_eq!(outcome, Decision::Late);
         if subscribed {
             // Recorded (late) in the billing log before October ended: October is invoiced.
             let mut lagging = Fold::new(FoldConfig::default());

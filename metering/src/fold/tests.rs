@@ -1,6 +1,20 @@
 //! The fold's laws: order, batching, duplicates and restarts never change the totals.
 
 use super::*;
+#[allow(unused_imports)]
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+#[allow(unused_imports)]
+use tally_schemas::{
+    BilledUsageV1, InvoiceV1, LateEventV1, Metric, NotificationV1, Operation, OperationUsageV1,
+    SubscriptionChangedV1, ThresholdLevel, Tier, TraceCompletedRecordV1, UsageTotalsV1,
+};
+
+#[allow(unused_imports)]
+use crate::decision::Decision;
+#[allow(unused_imports)]
+use super::thresholds::threshold_usage;
+#[allow(unused_imports)]
+use tally_pricing::levels_reached;
 use std::collections::HashSet;
 use proptest::prelude::*;
 use tally_schemas::Status;
@@ -42,11 +56,11 @@ fn counts_each_reason_once() {
     tool.operation = Operation::ToolCall;
     tool.payload_bytes = 7;
 
-    assert_eq!(fold.apply_event(&root, arrival), Outcome::Billed);
-    assert_eq!(fold.apply_event(&child, arrival), Outcome::ChildSpan);
-    assert_eq!(fold.apply_event(&failed, arrival), Outcome::NotSuccess);
-    assert_eq!(fold.apply_event(&root, arrival), Outcome::Duplicate);
-    assert_eq!(fold.apply_event(&tool, arrival), Outcome::Billed);
+    assert_eq!(fold.apply_event(&root, arrival), Decision::Billed);
+    assert_eq!(fold.apply_event(&child, arrival), Decision::ChildSpan);
+    assert_eq!(fold.apply_event(&failed, arrival), Decision::NotSuccess);
+    assert_eq!(fold.apply_event(&root, arrival), Decision::Duplicate);
+    assert_eq!(fold.apply_event(&tool, arrival), Decision::Billed);
 
     let snap = fold.get("acme", nov()).unwrap();
     assert_eq!(snap.totals.traces, 2);
@@ -70,7 +84,7 @@ fn counts_each_reason_once() {
 fn periods_close_from_log_time_and_late_events_are_kept_visible() {
     let mut fold = Fold::new(FoldConfig::with_grace(Duration::hours(48)));
     let oct_event = event("o1", "acme", "2026-10-31T23:59:59Z");
-    assert_eq!(fold.apply_event(&oct_event, at("2026-11-01T00:00:01Z")), Outcome::Billed);
+    assert_eq!(fold.apply_event(&oct_event, at("2026-11-01T00:00:01Z")), Decision::Billed);
     fold.drain_changes();
 
     // Just before the close instant, still open.
@@ -89,9 +103,9 @@ fn periods_close_from_log_time_and_late_events_are_kept_visible() {
 
     // A late event (even a re-delivery of a counted one) is counted as late, never billed.
     let late = event("o2", "acme", "2026-10-31T12:00:00Z");
-    assert_eq!(fold.apply_event(&late, at("2026-11-04T00:00:00Z")), Outcome::Late);
-    assert_eq!(fold.apply_event(&late, at("2026-11-04T00:00:01Z")), Outcome::Duplicate);
-    assert_eq!(fold.apply_event(&oct_event, at("2026-11-04T00:00:02Z")), Outcome::Late);
+    assert_eq!(fold.apply_event(&late, at("2026-11-04T00:00:00Z")), Decision::Late);
+    assert_eq!(fold.apply_event(&late, at("2026-11-04T00:00:01Z")), Decision::Duplicate);
+    assert_eq!(fold.apply_event(&oct_event, at("2026-11-04T00:00:02Z")), Decision::Late);
     let changes = fold.drain_changes();
     let update = changes[0].update.as_ref().unwrap();
     assert_eq!(update.totals.traces, 1);
@@ -101,7 +115,7 @@ fn periods_close_from_log_time_and_late_events_are_kept_visible() {
 
     // A late event for a period Tally never saw is recorded too.
     let sept = event("s1", "globex", "2026-10-01T00:00:00Z");
-    assert_eq!(fold.apply_event(&sept, at("2026-11-04T00:00:03Z")), Outcome::Late);
+    assert_eq!(fold.apply_event(&sept, at("2026-11-04T00:00:03Z")), Decision::Late);
 
     // 35 days after its end nothing can belong to October any more: its state is purged.
     fold.drain_changes();
@@ -141,7 +155,7 @@ fn purge_then_event_does_not_depend_on_batch_boundaries() {
             changes.extend(fold.drain_changes());
         }
         // A record stamped a little earlier by another ingest clock, after the purge.
-        assert_eq!(fold.apply_event(&event("b", "acme", "2026-10-31T00:00:00Z"), at("2026-12-05T23:59:00Z")), Outcome::Late);
+        assert_eq!(fold.apply_event(&event("b", "acme", "2026-10-31T00:00:00Z"), at("2026-12-05T23:59:00Z")), Decision::Late);
         changes.extend(fold.drain_changes());
         let last = changes.last().unwrap().clone();
         (fold.periods().into_iter().map(|(k, s)| (k, s.clone())).collect::<Vec<_>>(), last.snapshot, changes.iter().filter(|c| c.purged).count())
@@ -281,7 +295,7 @@ proptest! {
                 store.persist(&mut fold);
                 fold = store.restore();
             }
-            if fold.apply_event(e, arrival) == Outcome::Duplicate {
+            if fold.apply_event(e, arrival) == Decision::Duplicate {
                 duplicates += 1;
             }
         }
