@@ -13,16 +13,21 @@ use axum::http::{header, StatusCode};
 use tally_common::keys;
 
 use crate::error::ApiError;
+use crate::session::{PageSession, Role};
 use crate::AppState;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
     Admin,
     /// A read key; sees only its own org.
-    Reader { org_id: String },
+    Reader {
+        org_id: String,
+    },
     /// A person of an org, signed in to the page (a portal link or a read key typed into the
     /// sign-in form): reads what a read key reads, and may change the org's plan.
-    Customer { org_id: String },
+    Customer {
+        org_id: String,
+    },
     /// An ingest key: it sends events, it reads nothing.
     Ingester,
 }
@@ -30,25 +35,31 @@ pub enum Caller {
 impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
         if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
             let token = keys::bearer(value.to_str().ok()).ok_or_else(ApiError::unauthorized)?;
             return caller_of_token(state, token).await;
         }
-        let Some(session) = crate::session::of_request(state, &parts.headers).await? else {
+        let Some(session) = crate::session::session_of_request(state, &parts.headers).await? else {
             return Err(ApiError::unauthorized());
         };
         if !parts.method.is_safe() {
             crate::session::check_csrf(&session, &parts.headers, &state.public_origin)?;
         }
-        Ok(session.caller())
+        Ok(Caller::of_session(&session))
     }
 }
 
 /// The caller a bearer token (the admin token or an api key) stands for. What PostgreSQL says
 /// of a key is reused for a few seconds ([`crate::cache`]).
 pub async fn caller_of_token(state: &AppState, token: &str) -> Result<Caller, ApiError> {
-    if keys::constant_time_eq(token.as_bytes(), state.settings.admin_token.expose().as_bytes()) {
+    if keys::constant_time_eq(
+        token.as_bytes(),
+        state.settings.admin_token.expose().as_bytes(),
+    ) {
         return Ok(Caller::Admin);
     }
     let hash = keys::hash(token);
@@ -56,20 +67,40 @@ pub async fn caller_of_token(state: &AppState, token: &str) -> Result<Caller, Ap
     let known = match state.key_cache.get(&hash, now) {
         Some(known) => known,
         None => {
-            let row: Option<(String, String)> =
-                sqlx::query_as("SELECT org_id, scope FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
-                    .bind(&hash)
-                    .fetch_optional(&state.pool)
-                    .await?;
-            let known = row.map(|(org_id, scope)| if scope == "read" { Caller::Reader { org_id } } else { Caller::Ingester });
+            let key = crate::db::keys::find_live(&state.pool, &hash).await?;
+            let known = key.map(|key| {
+                if key.scope == "read" {
+                    Caller::Reader { org_id: key.org_id }
+                } else {
+                    Caller::Ingester
+                }
+            });
             state.key_cache.put(hash, known.clone(), now);
             known
         }
     };
-    known.ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown or revoked key"))
+    known.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "unknown or revoked key",
+        )
+    })
 }
 
 impl Caller {
+    /// What a page session may do: what a read key of its org, or the admin token, may.
+    pub fn of_session(session: &PageSession) -> Caller {
+        match (&session.role, &session.org_id) {
+            (Role::Operator, _) => Caller::Admin,
+            (Role::Customer, Some(org_id)) => Caller::Customer {
+                org_id: org_id.clone(),
+            },
+            // The table's CHECK makes a customer session without an org impossible.
+            (Role::Customer, None) => Caller::Ingester,
+        }
+    }
+
     pub fn require_admin(&self) -> Result<(), ApiError> {
         match self {
             Caller::Admin => Ok(()),
@@ -83,9 +114,15 @@ impl Caller {
     pub async fn require_reader(&self, state: &AppState, org_id: &str) -> Result<(), ApiError> {
         match self {
             Caller::Admin => require_org(state, org_id).await,
-            Caller::Reader { org_id: own } | Caller::Customer { org_id: own } if own == org_id => Ok(()),
-            Caller::Reader { .. } | Caller::Customer { .. } => Err(ApiError::not_found(format!("no org {org_id:?}"))),
-            Caller::Ingester => Err(ApiError::forbidden("ingest keys cannot read usage; use a read key")),
+            Caller::Reader { org_id: own } | Caller::Customer { org_id: own } if own == org_id => {
+                Ok(())
+            }
+            Caller::Reader { .. } | Caller::Customer { .. } => {
+                Err(ApiError::not_found(format!("no org {org_id:?}")))
+            }
+            Caller::Ingester => Err(ApiError::forbidden(
+                "ingest keys cannot read usage; use a read key",
+            )),
         }
     }
 
@@ -93,19 +130,21 @@ impl Caller {
     /// takes a person, not a read key in a dashboard's configuration.
     pub async fn require_customer(&self, state: &AppState, org_id: &str) -> Result<(), ApiError> {
         match self {
-            Caller::Reader { org_id: own } if own == org_id => {
-                Err(ApiError::forbidden("a read key cannot change the plan; sign in to the page, or use the admin token"))
+            Caller::Reader { org_id: own } if own == org_id => Err(ApiError::forbidden(
+                "a read key cannot change the plan; sign in to the page, or use the admin token",
+            )),
+            Caller::Admin | Caller::Customer { .. } | Caller::Reader { .. } | Caller::Ingester => {
+                self.require_reader(state, org_id).await
             }
-            Caller::Admin | Caller::Customer { .. } | Caller::Reader { .. } | Caller::Ingester => self.require_reader(state, org_id).await,
         }
     }
 }
 
 /// 404 unless `org_id` is a registered org.
 pub async fn require_org(state: &AppState, org_id: &str) -> Result<(), ApiError> {
-    let found: Option<(String,)> = sqlx::query_as("SELECT org_id FROM orgs WHERE org_id = $1")
-        .bind(org_id)
-        .fetch_optional(&state.pool)
-        .await?;
-    found.map(|_| ()).ok_or_else(|| ApiError::not_found(format!("no org {org_id:?}")))
+    if crate::db::orgs::exists(&state.pool, org_id).await? {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!("no org {org_id:?}")))
+    }
 }

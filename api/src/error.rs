@@ -1,9 +1,12 @@
-//! The api's one error type: a status and `{"error": {"code", "message"}}` with a stable code.
+//! The api's one error type: a status and `{"error": {"code", "message"}}` with a stable code;
+//! and the parsing of a request's parts (a JSON body, a tier, a period) into that error.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::Serialize;
+use tally_metering::Period;
+use tally_schemas::Tier;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -14,11 +17,19 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn unauthorized() -> Self {
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "send `Authorization: Bearer <token or key>`")
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send `Authorization: Bearer <token or key>`",
+        )
     }
 
     pub fn forbidden(message: impl Into<String>) -> Self {
@@ -41,13 +52,35 @@ impl ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         tracing::error!(error = %e, "database error");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the database is unavailable; retry")
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the database is unavailable; retry",
+        )
     }
+}
+
+/// The body of every error answer: `{"error": {"code", "message"}}`.
+#[derive(Serialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail {
+    code: &'static str,
+    message: String,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
     }
 }
 
@@ -62,4 +95,24 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
             ApiError::invalid_field(message)
         }
     })
+}
+
+/// A tier named in a request, or 422 `invalid_tier`.
+pub fn parse_tier(name: &str) -> Result<Tier, ApiError> {
+    name.parse()
+        .map_err(|e: tally_schemas::billing::UnknownTier| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_tier",
+                e.to_string(),
+            )
+        })
+}
+
+/// A period named in a request (`YYYY-MM`), or 400 `invalid_period`.
+pub fn parse_period(raw: &str) -> Result<Period, ApiError> {
+    raw.parse()
+        .map_err(|e: tally_metering::period::ParsePeriodError| {
+            ApiError::bad_request("invalid_period", e.to_string())
+        })
 }

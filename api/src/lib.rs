@@ -3,16 +3,28 @@
 //! The api reads the projector's read models and never the log: every figure it shows is one the
 //! pipeline committed. It writes only the registry (orgs, hashed keys), which ingest reads.
 //!
-//! Layout: [`settings`], [`error`] (one error type, one JSON shape, stable codes), [`auth`]
-//! (admin token, read keys), [`orgs`] (admin: orgs and keys), [`usage`] (usage, daily history,
-//! late events), [`billing`] (prices, estimates, invoices, subscriptions), [`metrics`].
+//! Layout: [`settings`]; [`error`] (one error type, one JSON shape, stable codes; parsing a
+//! request's parts); [`db`] (every SQL statement, one file per table family, typed rows);
+//! [`auth`] (admin token, read keys, sessions) with [`cache`]; the handlers: [`orgs`] (admin:
+//! orgs and keys), [`usage`] (usage, daily history, late events, projections), [`billing`]
+//! (prices, estimates, invoices, subscriptions), [`checkout`] (Stripe Checkout and plan
+//! changes), [`webhooks`] (Stripe's webhooks, over the types of [`stripe_objects`]),
+//! [`sign_in`] (signing in and out, portal links) over [`session`] (who a session cookie
+//! is, CSRF, link signatures), [`page`] (the page's files), [`pipeline`]
+//! (the operator's view); [`metrics`] (every metric, and the span of each request).
 //!
-//! The one write to Kafka: a subscription change (from an admin, or from Stripe's webhooks) is
-//! recorded in `tally.billing-events.v1`. [`stripe`]: Checkout and Stripe's webhooks.
+//! The one write to Kafka ([`billing_log`]): a subscription change (from an admin, or from
+//! Stripe's webhooks) is recorded in `tally.billing-events.v1`.
+//!
+//! Dependencies run one way: handlers → [`billing_log`], [`db`], [`error`], [`stripe_objects`];
+//! [`db`] and [`stripe_objects`] depend on no other module of the api.
 
 pub mod auth;
 pub mod billing;
+pub mod billing_log;
 pub mod cache;
+pub mod checkout;
+pub mod db;
 pub mod error;
 pub mod metrics;
 pub mod orgs;
@@ -20,8 +32,10 @@ pub mod page;
 pub mod pipeline;
 pub mod session;
 pub mod settings;
-pub mod stripe;
+pub mod sign_in;
+pub mod stripe_objects;
 pub mod usage;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -52,24 +66,24 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/orgs", post(orgs::create_org).get(orgs::list_orgs))
         .route("/v1/orgs/{org_id}/keys", post(orgs::create_key))
-        .route("/v1/orgs/{org_id}/portal-sessions", post(session::create_portal_link))
+        .route("/v1/orgs/{org_id}/portal-sessions", post(sign_in::create_portal_link))
         .route("/v1/orgs/{org_id}/usage", get(usage::period_usage))
         .route("/v1/orgs/{org_id}/usage/daily", get(usage::daily_usage))
         .route("/v1/orgs/{org_id}/usage/projection", get(usage::projection))
         .route("/v1/orgs/{org_id}/periods", get(usage::periods))
-        .route("/v1/orgs/{org_id}/plan-changes", post(stripe::change_plan))
+        .route("/v1/orgs/{org_id}/plan-changes", post(checkout::change_plan))
         .route("/v1/orgs/{org_id}/late-events", get(usage::late_events))
         .route("/v1/orgs/{org_id}/subscription", put(billing::put_subscription).get(billing::get_subscription))
         .route("/v1/orgs/{org_id}/invoices", get(billing::list_invoices))
         .route("/v1/orgs/{org_id}/invoices/{period}", get(billing::get_invoice))
-        .route("/v1/orgs/{org_id}/checkout", post(stripe::checkout))
-        .route("/v1/stripe/webhooks", post(stripe::webhook))
+        .route("/v1/orgs/{org_id}/checkout", post(checkout::checkout))
+        .route("/v1/stripe/webhooks", post(webhooks::webhook))
         .route("/v1/pricing", get(billing::get_pricing))
         .route("/v1/pricing/estimate", post(billing::estimate))
         .route("/v1/pipeline", get(pipeline::pipeline))
-        .route("/v1/sessions", post(session::sign_in))
-        .route("/v1/sessions/portal", post(session::exchange_portal_link))
-        .route("/v1/sessions/current", get(session::current).delete(session::sign_out))
+        .route("/v1/sessions", post(sign_in::sign_in))
+        .route("/v1/sessions/portal", post(sign_in::exchange_portal_link))
+        .route("/v1/sessions/current", get(sign_in::current).delete(sign_in::sign_out))
         .route("/", get(page::to_page))
         .route("/app", get(page::to_page))
         .route("/app/", get(page::root))
@@ -84,13 +98,13 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     // The api keeps no loop of its own: it is ready once it serves (PostgreSQL was reached at start).
     let health = settings.common.health("api");
     let pricing = settings.common.pricing()?;
-    let billing_producer = billing::billing_producer(&settings.common.kafka_brokers)?;
+    let billing_producer = billing_log::billing_producer(&settings.common.kafka_brokers)?;
     let stripe = settings.stripe.as_ref().map(tally_stripe::StripeSettings::client);
     let link_signer = session::LinkSigner::new(settings.admin_token.expose());
     let public_origin = session::origin_of(&settings.public_url).to_string();
     let state = Arc::new(AppState { settings: settings.clone(), pool, pricing, billing_producer, stripe, link_signer, public_origin,
         key_cache: Default::default(), session_cache: Default::default() });
-    tokio::spawn(stripe::sweep(state.clone(), shutdown.clone()));
+    tokio::spawn(webhooks::sweep_interrupted_events(state.clone(), shutdown.clone()));
     let app = router(state).merge(probes::router(health.clone()));
     health.up();
     probes::serve(settings.addr, app, shutdown).await

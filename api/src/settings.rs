@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use tally_common::settings::{addr, secret, var_or, Common, Secret, SettingError};
+use tally_common::settings::{addr, secret, Common, Secret, SettingError};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -11,8 +11,6 @@ pub struct Settings {
     pub addr: SocketAddr,
     /// `TALLY_ADMIN_TOKEN`: required; `make up` generates one into `.tally/admin-token`.
     pub admin_token: Secret,
-    /// `TALLY_GRACE_HOURS`: tells whether a period without any usage yet is open or closed.
-    pub grace: chrono::Duration,
     /// Stripe, for Checkout (`TALLY_STRIPE_SECRET_KEY`, `TALLY_STRIPE_API_BASE`); `None` when no
     /// key is set, and Checkout answers 503 `stripe_not_configured`.
     pub stripe: Option<tally_stripe::StripeSettings>,
@@ -65,7 +63,6 @@ impl Settings {
             public_url: public_url.trim_end_matches('/').to_string(),
             pipeline_stages,
             admin_token,
-            grace: chrono::Duration::hours(var_or("TALLY_GRACE_HOURS", "48")?),
             stripe: tally_stripe::StripeSettings::from_env_optional()?,
             stripe_webhook_secret: std::env::var("TALLY_STRIPE_WEBHOOK_SECRET").ok().filter(|s| !s.is_empty()).map(Secret::new),
         })

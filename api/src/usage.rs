@@ -1,4 +1,4 @@
-//! Usage endpoints: one period, daily history, late events.
+//! Usage endpoints: one period, daily history, periods, late events, projections.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -8,14 +8,14 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, NaiveDate, Utc};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use tally_metering::Period;
-use tally_schemas::BilledUsageV1;
-use tally_schemas::Operation;
+use tally_pricing::Estimate;
+use tally_schemas::{BilledUsageV1, LineItemV1, Operation, Tier};
 
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::billing::UsageBilling;
+use crate::error::{parse_period, ApiError};
 use crate::AppState;
 
 #[derive(Deserialize)]
@@ -23,13 +23,54 @@ pub struct PeriodQuery {
     period: Option<String>,
 }
 
-fn parse_period(raw: Option<&str>) -> Result<Period, ApiError> {
+/// The period a query names, else the current one.
+fn period_or_current(raw: Option<&str>) -> Result<Period, ApiError> {
     match raw {
         None => Ok(Period::containing(Utc::now())),
-        Some(raw) => raw.parse().map_err(|e: tally_metering::period::ParsePeriodError| {
-            ApiError::bad_request("invalid_period", e.to_string())
-        }),
+        Some(raw) => parse_period(raw),
     }
+}
+
+/// A period's bounds and state.
+#[derive(Serialize)]
+pub struct PeriodShown {
+    id: String,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    /// `open` or `closed`.
+    state: &'static str,
+}
+
+/// Traces and payload bytes.
+#[derive(Serialize)]
+pub struct Amounts {
+    traces: i64,
+    payload_bytes: i64,
+}
+
+/// Events not billed, by reason.
+#[derive(Serialize)]
+pub struct NotBilled {
+    child_span: i64,
+    not_success: i64,
+    duplicate: i64,
+    late: i64,
+}
+
+/// `GET /v1/orgs/{org_id}/usage`: the usage figures and, flattened in, the billing fields.
+#[derive(Serialize)]
+pub struct PeriodUsage {
+    org_id: String,
+    period: PeriodShown,
+    traces: i64,
+    payload_bytes: i64,
+    /// Every operation, zeros included.
+    by_operation: BTreeMap<&'static str, Amounts>,
+    not_billed: NotBilled,
+    /// `null` while the pipeline has no row for the period.
+    updated_at: Option<DateTime<Utc>>,
+    #[serde(flatten)]
+    billing: UsageBilling,
 }
 
 /// `GET /v1/orgs/{org_id}/usage[?period=YYYY-MM]`: a period with no events answers zeros.
@@ -38,39 +79,50 @@ pub async fn period_usage(
     Path(org_id): Path<String>,
     Query(query): Query<PeriodQuery>,
     caller: Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PeriodUsage>, ApiError> {
     caller.require_reader(&state, &org_id).await?;
-    let period = parse_period(query.period.as_deref())?;
-    let id = period.to_string();
+    let period = period_or_current(query.period.as_deref())?;
     let read = crate::billing::read_period(&state, &org_id, period).await?;
-    let ops: HashMap<&str, (i64, i64)> = read.by_operation.iter().map(|(o, t, b)| (o.as_str(), (*t, *b))).collect();
-    let by_operation: BTreeMap<&str, Value> = Operation::ALL
+    let ops: HashMap<&str, (i64, i64)> = read
+        .by_operation
+        .iter()
+        .map(|(o, t, b)| (o.as_str(), (*t, *b)))
+        .collect();
+    let by_operation = Operation::ALL
         .iter()
         .map(|op| {
-            let (t, b) = ops.get(op.as_str()).copied().unwrap_or((0, 0));
-            (op.as_str(), json!({"traces": t, "payload_bytes": b}))
+            let (traces, payload_bytes) = ops.get(op.as_str()).copied().unwrap_or((0, 0));
+            (
+                op.as_str(),
+                Amounts {
+                    traces,
+                    payload_bytes,
+                },
+            )
         })
         .collect();
+    let billing = crate::billing::usage_billing(&state.pricing, &org_id, period, &read.billing);
     let r = read.row.as_ref();
-    let billing = crate::billing::usage_billing_fields(&state.pricing, &org_id, period, &read.billing);
-    let mut body = json!({
-        "org_id": org_id,
-        "period": {"id": id, "start": period.start(), "end": period.end(), "state": if read.closed { "closed" } else { "open" }},
-        "traces": r.map_or(0, |r| r.traces),
-        "payload_bytes": r.map_or(0, |r| r.payload_bytes),
-        "by_operation": by_operation,
-        "not_billed": {
-            "child_span": r.map_or(0, |r| r.not_billed_child_span),
-            "not_success": r.map_or(0, |r| r.not_billed_not_success),
-            "duplicate": r.map_or(0, |r| r.not_billed_duplicate),
-            "late": r.map_or(0, |r| r.not_billed_late),
+    Ok(Json(PeriodUsage {
+        period: PeriodShown {
+            id: period.to_string(),
+            start: period.start(),
+            end: period.end(),
+            state: if read.closed { "closed" } else { "open" },
         },
-        "updated_at": r.map(|r| r.updated_at),
-    });
-    if let (Some(body), Value::Object(billing)) = (body.as_object_mut(), billing) {
-        body.extend(billing);
-    }
-    Ok(Json(body))
+        traces: r.map_or(0, |r| r.traces),
+        payload_bytes: r.map_or(0, |r| r.payload_bytes),
+        by_operation,
+        not_billed: NotBilled {
+            child_span: r.map_or(0, |r| r.not_billed_child_span),
+            not_success: r.map_or(0, |r| r.not_billed_not_success),
+            duplicate: r.map_or(0, |r| r.not_billed_duplicate),
+            late: r.map_or(0, |r| r.not_billed_late),
+        },
+        updated_at: r.map(|r| r.updated_at),
+        billing,
+        org_id,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -84,6 +136,23 @@ pub struct DailyQuery {
 /// The widest range `usage/daily` answers in one request.
 const MAX_DAILY_RANGE_DAYS: i64 = 366;
 
+/// One day and operation.
+#[derive(Serialize)]
+pub struct DayUsage {
+    day: NaiveDate,
+    operation: &'static str,
+    traces: i64,
+    payload_bytes: i64,
+}
+
+#[derive(Serialize)]
+pub struct DailyUsage {
+    org_id: String,
+    from: NaiveDate,
+    to: NaiveDate,
+    days: Vec<DayUsage>,
+}
+
 /// `GET /v1/orgs/{org_id}/usage/daily?from=YYYY-MM-DD&to=YYYY-MM-DD[&format=csv]`: one row per
 /// day and operation, zeros included (default: the current period so far).
 pub async fn daily_usage(
@@ -95,12 +164,18 @@ pub async fn daily_usage(
     let csv = match query.format.as_deref() {
         None | Some("json") => false,
         Some("csv") => true,
-        Some(_) => return Err(ApiError::bad_request("invalid_query", "format: must be json or csv")),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "format: must be json or csv",
+            ))
+        }
     };
     caller.require_reader(&state, &org_id).await?;
     let parse = |name: &str, raw: &str| {
-        NaiveDate::parse_from_str(raw, "%Y-%m-%d")
-            .map_err(|_| ApiError::bad_request("invalid_query", format!("{name}: must be YYYY-MM-DD")))
+        NaiveDate::parse_from_str(raw, "%Y-%m-%d").map_err(|_| {
+            ApiError::bad_request("invalid_query", format!("{name}: must be YYYY-MM-DD"))
+        })
     };
     let today = Utc::now().date_naive();
     let from = match &query.from {
@@ -112,48 +187,85 @@ pub async fn daily_usage(
         None => today,
     };
     if to < from {
-        return Err(ApiError::bad_request("invalid_query", "to: must not be before from"));
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "to: must not be before from",
+        ));
     }
     if (to - from).num_days() >= MAX_DAILY_RANGE_DAYS {
-        return Err(ApiError::bad_request("invalid_query", "at most 366 days per request"));
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "at most 366 days per request",
+        ));
     }
-    let rows: Vec<(NaiveDate, String, i64, i64)> = sqlx::query_as(
-        "SELECT day, operation, traces, payload_bytes FROM usage_daily
-         WHERE org_id = $1 AND day BETWEEN $2 AND $3",
-    )
-    .bind(&org_id)
-    .bind(from)
-    .bind(to)
-    .fetch_all(&state.pool)
-    .await?;
     let stored: HashMap<(NaiveDate, String), (i64, i64)> =
-        rows.into_iter().map(|(d, o, t, b)| ((d, o), (t, b))).collect();
-    let rows = from.iter_days().take_while(|d| *d <= to).flat_map(|day| {
-        Operation::ALL.iter().map(move |op| (day, op.as_str()))
-    });
-    let rows = rows.map(|(day, op)| {
-        let (t, b) = stored.get(&(day, op.to_string())).copied().unwrap_or((0, 0));
-        (day, op, t, b)
+        crate::db::usage::daily(&state.pool, &org_id, from, to)
+            .await?
+            .into_iter()
+            .map(|r| ((r.day, r.operation), (r.traces, r.payload_bytes)))
+            .collect();
+    let days = from
+        .iter_days()
+        .take_while(|d| *d <= to)
+        .flat_map(|day| Operation::ALL.iter().map(move |op| (day, op.as_str())));
+    let days = days.map(|(day, operation)| {
+        let (traces, payload_bytes) = stored
+            .get(&(day, operation.to_string()))
+            .copied()
+            .unwrap_or((0, 0));
+        DayUsage {
+            day,
+            operation,
+            traces,
+            payload_bytes,
+        }
     });
     if csv {
         let mut body = String::from("day,operation,traces,payload_bytes\n");
-        for (day, op, t, b) in rows {
-            body.push_str(&format!("{day},{op},{t},{b}\n"));
+        for d in days {
+            body.push_str(&format!(
+                "{},{},{},{}\n",
+                d.day, d.operation, d.traces, d.payload_bytes
+            ));
         }
         let disposition = format!("attachment; filename=\"tally-{org_id}-{from}-{to}.csv\"");
         return Ok((
-            [(header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()), (header::CONTENT_DISPOSITION, disposition)],
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+                (header::CONTENT_DISPOSITION, disposition),
+            ],
             body,
         )
             .into_response());
     }
-    let days: Vec<Value> =
-        rows.map(|(day, op, t, b)| json!({"day": day, "operation": op, "traces": t, "payload_bytes": b})).collect();
-    Ok(Json(json!({"org_id": org_id, "from": from, "to": to, "days": days})).into_response())
+    Ok(Json(DailyUsage {
+        org_id,
+        from,
+        to,
+        days: days.collect(),
+    })
+    .into_response())
 }
 
 /// The most periods `GET /v1/orgs/{org_id}/periods` lists (newest first): eight years.
 const MAX_PERIODS: i64 = 96;
+
+/// One period of `GET /v1/orgs/{org_id}/periods`.
+#[derive(Serialize)]
+pub struct PeriodSummary {
+    period: String,
+    state: String,
+    tier: String,
+    traces: i64,
+    payload_bytes: i64,
+    late_events: i64,
+}
+
+#[derive(Serialize)]
+pub struct PeriodList {
+    org_id: String,
+    periods: Vec<PeriodSummary>,
+}
 
 /// `GET /v1/orgs/{org_id}/periods`: every period the pipeline has seen the org in, newest first,
 /// with its state, tier and figures (late events included: a period with only late events is
@@ -162,23 +274,31 @@ pub async fn periods(
     State(state): State<Arc<AppState>>,
     Path(org_id): Path<String>,
     caller: Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PeriodList>, ApiError> {
     caller.require_reader(&state, &org_id).await?;
-    let rows: Vec<(String, String, String, i64, i64, i64)> = sqlx::query_as(
-        "SELECT period, state, tier, traces, payload_bytes, not_billed_late FROM usage_periods
-         WHERE org_id = $1 ORDER BY period DESC LIMIT $2",
-    )
-    .bind(&org_id)
-    .bind(MAX_PERIODS)
-    .fetch_all(&state.pool)
-    .await?;
-    let periods: Vec<Value> = rows
+    let rows = crate::db::usage::periods(&state.pool, &org_id, MAX_PERIODS).await?;
+    let periods = rows
         .into_iter()
-        .map(|(period, state, tier, traces, payload_bytes, late)| {
-            json!({"period": period, "state": state, "tier": tier, "traces": traces, "payload_bytes": payload_bytes, "late_events": late})
+        .map(|r| PeriodSummary {
+            period: r.period,
+            state: r.state,
+            tier: r.tier,
+            traces: r.traces,
+            payload_bytes: r.payload_bytes,
+            late_events: r.not_billed_late,
         })
         .collect();
-    Ok(Json(json!({"org_id": org_id, "periods": periods})))
+    Ok(Json(PeriodList { org_id, periods }))
+}
+
+/// The most late events `GET .../late-events` lists.
+const MAX_LATE_EVENTS: i64 = 1000;
+
+#[derive(Serialize)]
+pub struct LateEvents {
+    org_id: String,
+    period: String,
+    late_events: Vec<crate::db::usage::LateEventRow>,
 }
 
 /// `GET /v1/orgs/{org_id}/late-events?period=YYYY-MM`: events that arrived after their period
@@ -188,25 +308,16 @@ pub async fn late_events(
     Path(org_id): Path<String>,
     Query(query): Query<PeriodQuery>,
     caller: Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<LateEvents>, ApiError> {
     caller.require_reader(&state, &org_id).await?;
-    let period = parse_period(query.period.as_deref())?;
-    let rows: Vec<(String, String, DateTime<Utc>, DateTime<Utc>, bool, i64)> = sqlx::query_as(
-        "SELECT event_id, operation, ended_at, arrived_at, billable, payload_bytes FROM late_events
-         WHERE org_id = $1 AND period = $2 ORDER BY arrived_at DESC, event_id LIMIT 1000",
-    )
-    .bind(&org_id)
-    .bind(period.to_string())
-    .fetch_all(&state.pool)
-    .await?;
-    let events: Vec<Value> = rows
-        .into_iter()
-        .map(|(event_id, operation, ended_at, arrived_at, billable, payload_bytes)| {
-            json!({"event_id": event_id, "operation": operation, "ended_at": ended_at,
-                   "arrived_at": arrived_at, "billable": billable, "payload_bytes": payload_bytes})
-        })
-        .collect();
-    Ok(Json(json!({"org_id": org_id, "period": period.to_string(), "late_events": events})))
+    let period = period_or_current(query.period.as_deref())?.to_string();
+    let late_events =
+        crate::db::usage::late_events(&state.pool, &org_id, &period, MAX_LATE_EVENTS).await?;
+    Ok(Json(LateEvents {
+        org_id,
+        period,
+        late_events,
+    }))
 }
 
 /// The shortest stretch a projection extrapolates from: a period's first minutes say too little.
@@ -220,8 +331,42 @@ pub fn project(usage: BilledUsageV1, elapsed_secs: i64, period_secs: i64) -> Bil
         return usage;
     }
     let elapsed = elapsed_secs.max(MIN_ELAPSED_SECS).min(period_secs) as u128;
-    let scale = |v: u64| u64::try_from(v as u128 * period_secs as u128 / elapsed).unwrap_or(u64::MAX);
-    BilledUsageV1 { traces: scale(usage.traces), payload_bytes: scale(usage.payload_bytes) }
+    let scale =
+        |v: u64| u64::try_from(v as u128 * period_secs as u128 / elapsed).unwrap_or(u64::MAX);
+    BilledUsageV1 {
+        traces: scale(usage.traces),
+        payload_bytes: scale(usage.payload_bytes),
+    }
+}
+
+/// The cost of the projected usage on the org's tier.
+#[derive(Serialize)]
+pub struct ProjectedCost {
+    tier: Tier,
+    total_cents: i64,
+    lines: Vec<LineItemV1>,
+}
+
+/// What the usage so far and the projected usage cost on every tier, and the cheapest.
+#[derive(Serialize)]
+pub struct ProjectionEstimates {
+    current: Vec<Estimate>,
+    current_cheapest: Tier,
+    projected: Vec<Estimate>,
+    projected_cheapest: Tier,
+}
+
+#[derive(Serialize)]
+pub struct Projection {
+    org_id: String,
+    period: String,
+    as_of: DateTime<Utc>,
+    elapsed_secs: i64,
+    period_secs: i64,
+    usage: BilledUsageV1,
+    projected: BilledUsageV1,
+    projected_cost: ProjectedCost,
+    estimates: ProjectionEstimates,
 }
 
 /// `GET /v1/orgs/{org_id}/usage/projection[?period=YYYY-MM]`: the period's usage, where it is
@@ -231,34 +376,40 @@ pub async fn projection(
     Path(org_id): Path<String>,
     Query(query): Query<PeriodQuery>,
     caller: Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Projection>, ApiError> {
     caller.require_reader(&state, &org_id).await?;
-    let period = parse_period(query.period.as_deref())?;
+    let period = period_or_current(query.period.as_deref())?;
     let billing = crate::billing::period_billing(&state, &org_id, period).await?;
     let now = Utc::now();
     let period_secs = (period.end() - period.start()).num_seconds();
     // The stretch the projection extrapolates from, as `project` takes it (at least an hour).
-    let elapsed_secs = (now - period.start()).num_seconds().clamp(MIN_ELAPSED_SECS.min(period_secs), period_secs);
+    let elapsed_secs = (now - period.start())
+        .num_seconds()
+        .clamp(MIN_ELAPSED_SECS.min(period_secs), period_secs);
     let projected = project(billing.usage, elapsed_secs, period_secs);
     let (current, current_cheapest) = state.pricing.estimate(billing.usage);
     let (projected_estimates, projected_cheapest) = state.pricing.estimate(projected);
     let (lines, total_cents) = state.pricing.price(billing.tier, projected);
-    Ok(Json(json!({
-        "org_id": org_id,
-        "period": period.to_string(),
-        "as_of": now,
-        "elapsed_secs": elapsed_secs,
-        "period_secs": period_secs,
-        "usage": billing.usage,
-        "projected": projected,
-        "projected_cost": {"tier": billing.tier, "total_cents": total_cents, "lines": lines},
-        "estimates": {
-            "current": current,
-            "current_cheapest": current_cheapest,
-            "projected": projected_estimates,
-            "projected_cheapest": projected_cheapest,
+    Ok(Json(Projection {
+        org_id,
+        period: period.to_string(),
+        as_of: now,
+        elapsed_secs,
+        period_secs,
+        usage: billing.usage,
+        projected,
+        projected_cost: ProjectedCost {
+            tier: billing.tier,
+            total_cents,
+            lines,
         },
-    })))
+        estimates: ProjectionEstimates {
+            current,
+            current_cheapest,
+            projected: projected_estimates,
+            projected_cheapest,
+        },
+    }))
 }
 
 #[cfg(test)]
@@ -267,16 +418,47 @@ mod tests {
 
     #[test]
     fn projections_scale_the_period_so_far_in_integers() {
-        let usage = BilledUsageV1 { traces: 1_000, payload_bytes: 7 };
+        let usage = BilledUsageV1 {
+            traces: 1_000,
+            payload_bytes: 7,
+        };
         // A third of the way: three times as much, rounded down.
-        assert_eq!(project(usage, 100_000, 300_000), BilledUsageV1 { traces: 3_000, payload_bytes: 21 });
-        assert_eq!(project(BilledUsageV1 { traces: 1, payload_bytes: 2 }, 200_000, 300_000), BilledUsageV1 { traces: 1, payload_bytes: 3 });
+        assert_eq!(
+            project(usage, 100_000, 300_000),
+            BilledUsageV1 {
+                traces: 3_000,
+                payload_bytes: 21
+            }
+        );
+        assert_eq!(
+            project(
+                BilledUsageV1 {
+                    traces: 1,
+                    payload_bytes: 2
+                },
+                200_000,
+                300_000
+            ),
+            BilledUsageV1 {
+                traces: 1,
+                payload_bytes: 3
+            }
+        );
         // The first minutes count as an hour.
-        assert_eq!(project(usage, 60, 36_000), BilledUsageV1 { traces: 10_000, payload_bytes: 70 });
+        assert_eq!(
+            project(usage, 60, 36_000),
+            BilledUsageV1 {
+                traces: 10_000,
+                payload_bytes: 70
+            }
+        );
         // An ended period projects what it has.
         assert_eq!(project(usage, 300_000, 300_000), usage);
         // No overflow for the largest figures.
-        let big = BilledUsageV1 { traces: u64::MAX / 2, payload_bytes: u64::MAX };
+        let big = BilledUsageV1 {
+            traces: u64::MAX / 2,
+            payload_bytes: u64::MAX,
+        };
         assert_eq!(project(big, 3_600, 2_678_400).payload_bytes, u64::MAX);
     }
 }
