@@ -26,7 +26,7 @@ pub const FORMAT: u32 = 1;
 
 /// One `Idempotency-Key`'s first answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Stored {
+pub struct IdempotentAnswer {
     pub fingerprint: String,
     pub status: u16,
     pub body: Value,
@@ -42,19 +42,19 @@ pub struct SavedEndpoint {
 /// The state file's contents.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Saved {
+pub struct SavedState {
     pub format: u32,
     /// When it was written (unix seconds), for people reading the file.
     pub saved_at: i64,
     pub store: Store,
-    pub idempotency: HashMap<String, Stored>,
+    pub idempotency: HashMap<String, IdempotentAnswer>,
     pub deliveries: Vec<Delivery>,
     /// Only an endpoint set with `POST /_standin/webhook`.
     pub webhook: Option<SavedEndpoint>,
 }
 
 impl SavedEndpoint {
-    pub fn of(endpoint: &Endpoint) -> SavedEndpoint {
+    pub fn from_endpoint(endpoint: &Endpoint) -> SavedEndpoint {
         SavedEndpoint { url: endpoint.url.clone(), secret: endpoint.secret.clone() }
     }
 
@@ -72,14 +72,14 @@ pub fn tmp_path(path: &Path) -> PathBuf {
 
 /// Reads the state file: `Ok(None)` when there is none yet; an error naming the file when it
 /// cannot be read or parsed.
-pub fn load(path: &Path) -> anyhow::Result<Option<Saved>> {
+pub fn load(path: &Path) -> anyhow::Result<Option<SavedState>> {
     let fail = |e: &dyn std::fmt::Display| anyhow::anyhow!("state file {}: {e}", path.display());
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(fail(&e)),
     };
-    let saved: Saved = serde_json::from_slice(&bytes).map_err(|e| fail(&e))?;
+    let saved: SavedState = serde_json::from_slice(&bytes).map_err(|e| fail(&e))?;
     if saved.format != FORMAT {
         return Err(fail(&format!("format {} is not the one this stand-in reads ({FORMAT})", saved.format)));
     }
@@ -108,7 +108,7 @@ fn parent(path: &Path) -> &Path {
 
 /// Writes `saved` to `path` atomically: `<path>.tmp` with mode 0600, fsync, rename, fsync of the
 /// directory.
-pub fn save(path: &Path, saved: &Saved) -> anyhow::Result<()> {
+pub fn save(path: &Path, saved: &SavedState) -> anyhow::Result<()> {
     let bytes = serde_json::to_vec(saved)?;
     write_atomically(path, &bytes).map_err(|e| anyhow::anyhow!("state file {}: {e}", path.display()))
 }
@@ -135,8 +135,8 @@ mod tests {
         dir
     }
 
-    fn empty() -> Saved {
-        Saved { format: FORMAT, saved_at: 0, store: Store::default(), idempotency: HashMap::new(), deliveries: Vec::new(), webhook: None }
+    fn empty() -> SavedState {
+        SavedState { format: FORMAT, saved_at: 0, store: Store::default(), idempotency: HashMap::new(), deliveries: Vec::new(), webhook: None }
     }
 
     #[test]
@@ -163,7 +163,7 @@ mod tests {
     fn unreadable_or_foreign_files_are_errors_naming_the_file() {
         let dir = temp_dir("bad");
         let path = dir.join("state.json");
-        for content in ["{not json", "{}", &serde_json::to_string(&Saved { format: 99, ..empty() }).unwrap()] {
+        for content in ["{not json", "{}", &serde_json::to_string(&SavedState { format: 99, ..empty() }).unwrap()] {
             std::fs::write(&path, content).unwrap();
             let e = load(&path).err().unwrap().to_string();
             assert!(e.starts_with(&format!("state file {}: ", path.display())), "{e}");

@@ -128,19 +128,19 @@ pub async fn sender(mut jobs: mpsc::UnboundedReceiver<Job>, record: impl Record)
 }
 
 /// The queue of deliveries; the sender starts with the first job (inside the runtime).
-pub struct Queue {
+pub struct DeliveryQueue {
     tx: mpsc::UnboundedSender<Job>,
     rx: Mutex<Option<mpsc::UnboundedReceiver<Job>>>,
 }
 
-impl Default for Queue {
+impl Default for DeliveryQueue {
     fn default() -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        Queue { tx, rx: Mutex::new(Some(rx)) }
+        DeliveryQueue { tx, rx: Mutex::new(Some(rx)) }
     }
 }
 
-impl Queue {
+impl DeliveryQueue {
     pub fn push(self: &Arc<Self>, job: Job, record: impl Record) {
         if let Some(rx) = self.rx.lock().expect("webhook queue lock").take() {
             tokio::spawn(sender(rx, record));

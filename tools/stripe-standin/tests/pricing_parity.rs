@@ -9,7 +9,7 @@ use tally_pricing::stripe::{plans, PriceKind};
 use tally_pricing::Pricing;
 use tally_schemas::{BilledUsageV1, LineKind, Metric, Tier};
 use tally_stripe_standin::form;
-use tally_stripe_standin::store::{graduated, Store};
+use tally_stripe_standin::store::{graduated, PriceTier, Store};
 
 const NOW: i64 = 1_795_000_000;
 
@@ -24,6 +24,11 @@ struct SetUp {
     traces_tiers: Value,
     payload_tiers: Value,
     price_ids: Vec<String>,
+}
+
+/// A price's `tiers`, as the stand-in answers them with `expand[]=tiers`.
+fn price_tiers(tiers: &Value) -> Vec<PriceTier> {
+    serde_json::from_value(tiers.clone()).unwrap()
 }
 
 /// The stand-in with every plan's prices.
@@ -79,8 +84,8 @@ fn the_stand_in_prices_usage_exactly_as_tally_does() {
         let (tier, base, traces_tiers, payload_tiers) = (&plan.tier, &plan.base, &plan.traces_tiers, &plan.payload_tiers);
         for &(traces, payload_bytes) in &usages(2_000) {
             let (lines, total) = pricing.price(*tier, BilledUsageV1 { traces, payload_bytes });
-            let t = graduated(traces_tiers.as_array().unwrap(), traces).unwrap();
-            let p = graduated(payload_tiers.as_array().unwrap(), payload_bytes).unwrap();
+            let t = graduated(&price_tiers(traces_tiers), traces).unwrap();
+            let p = graduated(&price_tiers(payload_tiers), payload_bytes).unwrap();
             let standin_total = base + t.iter().chain(&p).map(|l| l.amount).sum::<i64>();
             assert_eq!(standin_total, total, "{tier} {traces} traces {payload_bytes} bytes");
             // Line for line: the stand-in's paid tiers are Tally's overage lines.
