@@ -311,6 +311,7 @@ impl Aggregator {
         metrics::UNCOPARTITIONED.set(mismatched.len() as i64);
     }
 
+    #[tracing::instrument(name = "batch", skip_all)]
     fn batch(&mut self) -> Result<(), BatchError> {
         let mut offsets: HashMap<(Topic, i32), i64> = HashMap::new();
         let mut counts = BatchCounts::default();
@@ -383,6 +384,7 @@ impl Aggregator {
         self.commit(offsets, counts)
     }
 
+    #[tracing::instrument(name = "commit", skip_all, fields(partitions = offsets.len()))]
     fn commit(&mut self, offsets: HashMap<(Topic, i32), i64>, counts: BatchCounts) -> Result<(), BatchError> {
         let produce_started = Instant::now();
         let usage_topic = Topic::Usage.name();

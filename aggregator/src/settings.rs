@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tally_common::settings::{addr, grace, var_or, Common, SettingError};
+use tally_common::settings::{addr, var_or, Common, SettingError};
 use tally_metering::FoldConfig;
 
 #[derive(Debug, Clone)]
@@ -25,7 +25,7 @@ pub struct Settings {
 
 impl Settings {
     pub fn from_env(common: Common) -> Result<Settings, SettingError> {
-        let fold = FoldConfig { grace: grace()?, pricing: common.pricing()? };
+        let fold = FoldConfig { grace: common.grace, pricing: common.pricing()? };
         Ok(Settings {
             common,
             addr: addr("TALLY_AGGREGATOR_ADDR", "127.0.0.1:9101")?,

@@ -3,6 +3,7 @@
 //! nothing.
 
 use sqlx::PgPool;
+use tally_common::invoices::CORRECTIONS_IN_EFFECT;
 use tally_metering::period::Period;
 use tally_schemas::Metric;
 
@@ -36,23 +37,37 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// One row of [`due`]'s query, as PostgreSQL gives it.
+#[derive(sqlx::FromRow)]
+struct DueRow {
+    org_id: String,
+    period: String,
+    metric: String,
+    customer_id: String,
+    usage: i64,
+    reported: i64,
+    pending_total: Option<i64>,
+    pending_identifier: Option<String>,
+    pending_timestamp: Option<i64>,
+    /// Seconds since the epoch.
+    pending_since: Option<i64>,
+}
+
 /// Every (org, period, metric) of a linked org that needs a meter event: usage differs from what
 /// Stripe accepted, or an event is pending. The usage of a period whose invoice was corrected
 /// (`replay correct`) is the corrected invoice's. Periods that ended before the org was linked are not
 /// reported, nor rows waiting for an operator.
 pub async fn due(pool: &PgPool) -> sqlx::Result<Vec<Due>> {
-    type Row = (String, String, String, String, i64, i64, Option<i64>, Option<String>, Option<i64>, Option<i64>);
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT u.org_id, u.period, m.metric, COALESCE(l.customer_id, c.customer_id),
-                CASE m.metric WHEN 'traces' THEN u.traces ELSE u.payload_bytes END,
-                COALESCE(l.reported, 0), l.pending_total, l.pending_identifier, l.pending_timestamp,
-                extract(epoch FROM l.pending_since)::bigint
+    let rows: Vec<DueRow> = sqlx::query_as(&format!(
+        "SELECT u.org_id, u.period, m.metric, COALESCE(l.customer_id, c.customer_id) AS customer_id,
+                CASE m.metric WHEN 'traces' THEN u.traces ELSE u.payload_bytes END AS usage,
+                COALESCE(l.reported, 0) AS reported, l.pending_total, l.pending_identifier,
+                l.pending_timestamp, extract(epoch FROM l.pending_since)::bigint AS pending_since
          FROM (SELECT p.org_id, p.period, COALESCE(k.traces, p.traces) AS traces,
                       COALESCE(k.payload_bytes, p.payload_bytes) AS payload_bytes
                FROM usage_periods p
-               LEFT JOIN LATERAL (SELECT traces, payload_bytes FROM invoice_corrections k
-                                  WHERE k.org_id = p.org_id AND k.period = p.period
-                                  ORDER BY log_offset DESC LIMIT 1) k ON true) u
+               LEFT JOIN {CORRECTIONS_IN_EFFECT} k
+                      ON k.org_id = p.org_id AND k.period = p.period) u
          JOIN stripe_customers c ON c.org_id = u.org_id
          CROSS JOIN (VALUES ('traces'), ('payload_bytes')) AS m (metric)
          LEFT JOIN stripe_meter_ledger l ON l.org_id = u.org_id AND l.period = u.period AND l.metric = m.metric
@@ -60,25 +75,27 @@ pub async fn due(pool: &PgPool) -> sqlx::Result<Vec<Due>> {
            AND l.failed_at IS NULL
            AND (l.pending_total IS NOT NULL
                 OR CASE m.metric WHEN 'traces' THEN u.traces ELSE u.payload_bytes END <> COALESCE(l.reported, 0))
-         ORDER BY u.period, u.org_id, m.metric",
-    )
+         ORDER BY u.period, u.org_id, m.metric"
+    ))
     .fetch_all(pool)
     .await?;
     Ok(rows
         .into_iter()
-        .filter_map(|(org_id, period, metric, customer_id, usage, reported, total, identifier, timestamp, since)| {
-            let pending = match (total, identifier, timestamp) {
-                (Some(total), Some(identifier), Some(timestamp)) => Some(Pending { total: to_u64(total), identifier, timestamp }),
+        .filter_map(|row| {
+            let pending = match (row.pending_total, row.pending_identifier, row.pending_timestamp) {
+                (Some(total), Some(identifier), Some(timestamp)) => {
+                    Some(Pending { total: to_u64(total), identifier, timestamp })
+                }
                 _ => None,
             };
             Some(Due {
-                period: period.parse().ok()?,
-                metric: metric_from_str(&metric)?,
-                org_id,
-                customer_id,
-                usage: to_u64(usage),
-                row: LedgerRow { reported: to_u64(reported), pending, failed: false },
-                pending_since: since,
+                period: row.period.parse().ok()?,
+                metric: metric_from_str(&row.metric)?,
+                org_id: row.org_id,
+                customer_id: row.customer_id,
+                usage: to_u64(row.usage),
+                row: LedgerRow { reported: to_u64(row.reported), pending, failed: false },
+                pending_since: row.pending_since,
             })
         })
         .collect())
@@ -220,15 +237,14 @@ pub struct LedgerEntry {
 /// Linked orgs' usage (corrected, where `replay correct` corrected it) and ledger for `period`:
 /// (org, customer, traces, payload_bytes) and the ledger rows.
 pub async fn period_view(pool: &PgPool, period: Period) -> sqlx::Result<(Vec<(String, String, u64, u64)>, Vec<LedgerEntry>)> {
-    let usage: Vec<(String, String, i64, i64)> = sqlx::query_as(
+    let usage: Vec<(String, String, i64, i64)> = sqlx::query_as(&format!(
         "SELECT c.org_id, c.customer_id, COALESCE(k.traces, u.traces, 0), COALESCE(k.payload_bytes, u.payload_bytes, 0)
          FROM stripe_customers c
          LEFT JOIN usage_periods u ON u.org_id = c.org_id AND u.period = $1
-         LEFT JOIN LATERAL (SELECT traces, payload_bytes FROM invoice_corrections k
-                            WHERE k.org_id = c.org_id AND k.period = $1
-                            ORDER BY log_offset DESC LIMIT 1) k ON true
+         LEFT JOIN {CORRECTIONS_IN_EFFECT} k ON k.org_id = c.org_id AND k.period = $1
          WHERE (to_date($1, 'YYYY-MM') + interval '1 month')::timestamp AT TIME ZONE 'UTC' > c.linked_at
-         ORDER BY c.org_id",
+         ORDER BY c.org_id"),
+
     )
     .bind(period.to_string())
     .fetch_all(pool)

@@ -97,6 +97,7 @@ impl Reporter {
     }
 
     /// One reporting cycle.
+    #[tracing::instrument(name = "reporting_cycle", skip_all)]
     pub async fn cycle(&self) -> Result<CycleReport, CycleError> {
         let mut lock = self.pool.acquire().await?;
         let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(CYCLE_LOCK).fetch_one(&mut *lock).await?;

@@ -94,6 +94,13 @@ struct CorrectionRow {
     replaces_total_cents: i64,
 }
 
+/// The rule "the invoice in effect for (org, period) is its newest correction" in one place: a
+/// subquery with one row per corrected (org, period), the correction with the highest
+/// `log_offset` (all of an org's corrections are in one partition). Every reader of corrections
+/// (the api, the billing reporter, replay) selects from it, never from `invoice_corrections`.
+pub const CORRECTIONS_IN_EFFECT: &str = "(SELECT DISTINCT ON (org_id, period) * FROM invoice_corrections \
+     ORDER BY org_id, period, log_offset DESC)";
+
 /// The invoices in effect, for one org or all (`org = None`) and one period or all
 /// (`period = None`), keyed by (org, period). A correction of an invoice that is not (yet) in
 /// `invoices` counts too: the rows come from two topics that are projected independently.
@@ -111,10 +118,9 @@ pub async fn billed_invoices(
     .fetch_all(pool)
     .await?;
     let corrected: Vec<CorrectionRow> = sqlx::query_as(&format!(
-        "SELECT DISTINCT ON (org_id, period) {INVOICE_COLUMNS}, correction_id, corrected_at, reason, replaces_total_cents
-         FROM invoice_corrections
-         WHERE ($1::text IS NULL OR org_id = $1) AND ($2::text IS NULL OR period = $2)
-         ORDER BY org_id, period, log_offset DESC"
+        "SELECT {INVOICE_COLUMNS}, correction_id, corrected_at, reason, replaces_total_cents
+         FROM {CORRECTIONS_IN_EFFECT} k
+         WHERE ($1::text IS NULL OR org_id = $1) AND ($2::text IS NULL OR period = $2)"
     ))
     .bind(org)
     .bind(period)

@@ -23,7 +23,8 @@ where
 }
 
 /// `TALLY_GRACE_HOURS` (default 48, at most a year): how long after its end a period accepts
-/// events. Part of what the log means: the aggregator and the replay tool read it here.
+/// events. Part of what the log means. The one reader of it: [`Common::grace`] holds it for every
+/// service and the replay tool, and the load generator calls it.
 pub fn grace() -> Result<chrono::Duration, SettingError> {
     let hours: i64 = var_or("TALLY_GRACE_HOURS", "48")?;
     if !(0..=24 * 366).contains(&hours) {
@@ -61,6 +62,8 @@ pub struct Common {
     /// How long a stage may go without progress while work waits before `/readyz` fails
     /// (`TALLY_STALL_SECS`, default 30; see `health`).
     pub stall_after: std::time::Duration,
+    /// How long after its end a period accepts events ([`grace`]).
+    pub grace: chrono::Duration,
 }
 
 impl Common {
@@ -92,6 +95,7 @@ impl Common {
             namespace: var_or("TALLY_NAMESPACE", "")?,
             pricing_file: std::env::var_os("TALLY_PRICING_FILE").filter(|v| !v.is_empty()).map(Into::into),
             stall_after: std::time::Duration::from_secs(var_or("TALLY_STALL_SECS", "30")?),
+            grace: grace()?,
         })
     }
 }

@@ -104,6 +104,7 @@ async fn ingest_events(
     result
 }
 
+#[tracing::instrument(name = "request", skip_all, fields(path = "/v1/events"))]
 async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
     let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let Some(key) = keys::bearer(auth) else {

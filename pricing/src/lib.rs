@@ -402,6 +402,15 @@ pub fn percent_used_basis_points(used: u64, included: u64) -> Option<u64> {
     })
 }
 
+/// Cents as dollars for people: `123456` → `"$1234.56"`, `-150` → `"-$1.50"`. The one place
+/// Tally's Rust code writes an amount for reading (the page formats its own, from the same
+/// integer cents).
+pub fn dollars(cents: i64) -> String {
+    let sign = if cents < 0 { "-" } else { "" };
+    let abs = cents.unsigned_abs();
+    format!("{sign}${}.{:02}", abs / 100, abs % 100)
+}
+
 /// Basis points as a decimal string with two places: `9550` → `"95.50"`.
 pub fn basis_points_decimal(bp: u64) -> String {
     format!("{}.{:02}", bp / 100, bp % 100)
@@ -409,6 +418,15 @@ pub fn basis_points_decimal(bp: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn dollars_are_exact_and_signed() {
+        assert_eq!(super::dollars(0), "$0.00");
+        assert_eq!(super::dollars(5), "$0.05");
+        assert_eq!(super::dollars(123_456), "$1234.56");
+        assert_eq!(super::dollars(-150), "-$1.50");
+        assert_eq!(super::dollars(i64::MIN), "-$92233720368547758.08");
+    }
+
     use super::*;
 
     #[test]

@@ -203,6 +203,7 @@ impl Projector {
         Some(Failure::ConsumerFatal(anyhow::anyhow!("{code:?}: {reason} (after: {e})")))
     }
 
+    #[tracing::instrument(name = "batch", skip_all)]
     async fn batch(&mut self) -> Result<(), Failure> {
         let mut updates = Vec::new();
         let mut corrections = Vec::new();

@@ -44,6 +44,7 @@ pub struct LoggedCorrection {
 }
 
 /// Writes a batch of updates and corrections and the offsets after them in one transaction.
+#[tracing::instrument(name = "commit", skip_all)]
 pub async fn write_batch(
     pool: &PgPool,
     updates: &[UsageUpdateV1],

@@ -119,7 +119,7 @@ fn cell(v: Option<&Value>) -> String {
 
 fn money(cents: Option<&Value>) -> String {
     match cents.and_then(Value::as_i64) {
-        Some(c) => format!("${}.{:02}", c / 100, (c % 100).abs()),
+        Some(c) => tally_pricing::dollars(c),
         None => "-".into(),
     }
 }

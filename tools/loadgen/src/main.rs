@@ -72,7 +72,7 @@ async fn demo() -> anyhow::Result<()> {
         late_events: 5,
         seed: now.timestamp_millis() as u64,
         now,
-        grace: chrono::Duration::hours(std::env::var("TALLY_GRACE_HOURS").ok().and_then(|h| h.parse().ok()).unwrap_or(48)),
+        grace: tally_common::settings::grace()?,
         id_prefix: format!("demo-{}", now.timestamp_millis()),
     };
     let workload = spec.generate();
@@ -116,7 +116,7 @@ async fn demo() -> anyhow::Result<()> {
             n(&nb["duplicate"]),
             n(&nb["late"]),
             usage["tier"].as_str().unwrap_or("?"),
-            format!("{}.{:02}", cents / 100, cents % 100)
+            tally_pricing::dollars(cents)
         );
     }
     if let (Some(stripe), Some(customer)) = (&stripe, &acme_customer) {
