@@ -136,7 +136,7 @@ impl WorkloadSpec {
             } else {
                 self.now - Duration::seconds(rng.random_range(0..since_start.min(20 * 86400)))
             };
-            let op = Operation::ALL[rng.random_range(0..6)];
+            let op = Operation::ALL[rng.random_range(0..Operation::ALL.len())];
             let id = format!("{}-{i}", self.id_prefix);
             let child = rng.random_bool(0.3) && last_root.contains_key(org);
             let (trace, span, parent) = if child {
