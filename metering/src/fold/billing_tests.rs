@@ -2,19 +2,14 @@
 //! and only from what the logs say, each threshold is notified once.
 
 use super::*;
-#[allow(unused_imports)]
-use chrono::{DateTime, Duration, NaiveDate, Utc};
-#[allow(unused_imports)]
+use chrono::{DateTime, Duration, Utc};
 use tally_schemas::{
-    BilledUsageV1, InvoiceV1, LateEventV1, Metric, NotificationV1, Operation, OperationUsageV1,
-    SubscriptionChangedV1, ThresholdLevel, Tier, TraceCompletedRecordV1, UsageTotalsV1,
+    InvoiceV1, Metric, NotificationV1, Operation, SubscriptionChangedV1, ThresholdLevel, Tier,
+    TraceCompletedRecordV1,
 };
 
-#[allow(unused_imports)]
 use crate::decision::Decision;
-#[allow(unused_imports)]
 use super::thresholds::threshold_usage;
-#[allow(unused_imports)]
 use tally_pricing::levels_reached;
 use proptest::prelude::*;
 use tally_schemas::{InvoiceStatusV1, Status, SubscriptionSource};

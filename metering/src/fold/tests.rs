@@ -1,20 +1,10 @@
 //! The fold's laws: order, batching, duplicates and restarts never change the totals.
 
 use super::*;
-#[allow(unused_imports)]
-use chrono::{DateTime, Duration, NaiveDate, Utc};
-#[allow(unused_imports)]
-use tally_schemas::{
-    BilledUsageV1, InvoiceV1, LateEventV1, Metric, NotificationV1, Operation, OperationUsageV1,
-    SubscriptionChangedV1, ThresholdLevel, Tier, TraceCompletedRecordV1, UsageTotalsV1,
-};
+use chrono::{DateTime, Duration, Utc};
+use tally_schemas::{Operation, OperationUsageV1, TraceCompletedRecordV1};
 
-#[allow(unused_imports)]
 use crate::decision::Decision;
-#[allow(unused_imports)]
-use super::thresholds::threshold_usage;
-#[allow(unused_imports)]
-use tally_pricing::levels_reached;
 use std::collections::HashSet;
 use proptest::prelude::*;
 use tally_schemas::Status;
