@@ -67,7 +67,7 @@ pub async fn caller_of_token(state: &AppState, token: &str) -> Result<Caller, Ap
     let known = match state.key_cache.get(&hash, now) {
         Some(known) => known,
         None => {
-            let key = crate::db::keys::find_live(&state.pool, &hash).await?;
+            let key = tally_store::keys::find_live(&state.pool, &hash).await?;
             let known = key.map(|key| {
                 if key.scope == "read" {
                     Caller::Reader { org_id: key.org_id }
@@ -142,7 +142,7 @@ impl Caller {
 
 /// 404 unless `org_id` is a registered org.
 pub async fn require_org(state: &AppState, org_id: &str) -> Result<(), ApiError> {
-    if crate::db::orgs::exists(&state.pool, org_id).await? {
+    if tally_store::orgs::exists(&state.pool, org_id).await? {
         Ok(())
     } else {
         Err(ApiError::not_found(format!("no org {org_id:?}")))

@@ -24,11 +24,11 @@ use tally_schemas::{
     SubscriptionSource, ThresholdLevel, Tier,
 };
 
-use tally_common::invoices::{billed_invoices, CorrectionRef};
+use tally_store::invoices::{billed_invoices, CorrectionRef};
 
 use crate::auth::{require_org, Caller};
 use crate::billing_log::record_subscription_change;
-use crate::db::usage::UsageRow;
+use tally_store::usage::UsageRow;
 use crate::error::{parse_json, parse_period, parse_tier, ApiError};
 use crate::AppState;
 
@@ -74,7 +74,7 @@ pub async fn read_period(
     period: Period,
 ) -> Result<PeriodRead, ApiError> {
     let id = period.to_string();
-    let stored = crate::db::usage::read_period(&state.pool, org_id, &id).await?;
+    let stored = tally_store::usage::read_period(&state.pool, org_id, &id).await?;
     let row = stored.row;
     let closed = match &row {
         Some(row) => row.state == "closed",
@@ -257,7 +257,7 @@ async fn stripe_invoices(
     period: Option<Period>,
 ) -> Result<HashMap<String, StripeInvoice>, ApiError> {
     let period = period.map(|p| p.to_string());
-    let rows = crate::db::stripe::invoices(&state.pool, org_id, period.as_deref()).await?;
+    let rows = tally_store::stripe::invoices(&state.pool, org_id, period.as_deref()).await?;
     Ok(rows
         .into_iter()
         .map(|r| {
@@ -287,7 +287,7 @@ pub async fn list_invoices(
 ) -> Result<Json<InvoiceList>, ApiError> {
     caller.require_reader(&state, &org_id).await?;
     let finals = billed_invoices(&state.pool, Some(&org_id), None).await?;
-    let drafts = crate::db::invoices::draft_periods(&state.pool, &org_id, MAX_INVOICES).await?;
+    let drafts = tally_store::invoices::draft_periods(&state.pool, &org_id, MAX_INVOICES).await?;
     let mut invoices: Vec<(InvoiceV1, Option<CorrectionRef>)> = finals
         .into_values()
         .map(|b| (b.invoice(), b.correction))
@@ -537,7 +537,7 @@ pub async fn get_subscription(
     let period = Period::containing(Utc::now());
     let billing = period_billing(&state, &org_id, period).await?;
     let features = state.pricing.tier(billing.tier).features.clone();
-    let link = crate::db::stripe::customer_link(&state.pool, &org_id).await?;
+    let link = tally_store::stripe::customer_link(&state.pool, &org_id).await?;
     let stripe = link.map(|l| StripeLinkShown {
         customer_id: l.customer_id,
         subscription_id: l.subscription_id,

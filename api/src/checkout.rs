@@ -137,7 +137,7 @@ pub async fn checkout(
     require_http_url("cancel_url", &request.cancel_url)?;
     let client = stripe_client(&state)?;
 
-    let link = crate::db::stripe::customer_link(&state.pool, &org_id).await?;
+    let link = tally_store::stripe::customer_link(&state.pool, &org_id).await?;
     if link
         .as_ref()
         .is_some_and(|l| l.subscription_status.as_deref().is_some_and(is_live))
@@ -275,7 +275,7 @@ pub async fn change_plan(
     let request: PlanChangeRequest = parse_json(&body)?;
     let tier = parse_tier(&request.tier)?;
     let client = stripe_client(&state)?;
-    let link = crate::db::stripe::customer_link(&state.pool, &org_id).await?;
+    let link = tally_store::stripe::customer_link(&state.pool, &org_id).await?;
     let live_subscription = link
         .filter(|l| l.subscription_status.as_deref().is_some_and(is_live))
         .and_then(|l| l.subscription_id);

@@ -24,7 +24,6 @@ pub mod billing;
 pub mod billing_log;
 pub mod cache;
 pub mod checkout;
-pub mod db;
 pub mod error;
 pub mod metrics;
 pub mod orgs;
@@ -94,10 +93,10 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
-    let pool = tally_common::db::connect(&settings.common.database_url, 16).await?;
+    let pool = tally_store::connect(&settings.common.database_url, 16).await?;
     // The api keeps no loop of its own: it is ready once it serves (PostgreSQL was reached at start).
     let health = settings.common.health("api");
-    let pricing = settings.common.pricing()?;
+    let pricing = settings.common.pricing_file.load(tally_pricing::Pricing::configured)?;
     let billing_producer = billing_log::billing_producer(&settings.common.kafka_brokers)?;
     let stripe = settings.stripe.as_ref().map(tally_stripe::StripeSettings::client);
     let link_signer = session::LinkSigner::new(settings.admin_token.expose());

@@ -14,8 +14,8 @@ use tally_common::keys;
 
 use crate::auth::{require_org, Caller};
 use crate::billing::{billed_usage, usage_billing, PercentUsed, PeriodBilling, UsageWarning};
-use crate::db;
-use crate::db::orgs::{ListPosition, ListRequest, Order, SortKey};
+
+use tally_store::orgs::{ListPosition, ListRequest, Order, SortKey};
 use crate::error::{parse_json, parse_period, ApiError};
 use crate::AppState;
 
@@ -47,7 +47,7 @@ pub async fn create_org(
         return Err(ApiError::invalid_field("name: must be 1-200 characters"));
     }
     let name = org.name.trim().to_string();
-    let Some(created_at) = db::orgs::create(&state.pool, &org.org_id, &name).await? else {
+    let Some(created_at) = tally_store::orgs::create(&state.pool, &org.org_id, &name).await? else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "org_exists",
@@ -103,7 +103,7 @@ pub async fn create_key(
     let mut secret = [0u8; 32];
     rand::rng().fill_bytes(&mut secret);
     let key = format!("{prefix}{}", hex::encode(secret));
-    db::keys::insert(&state.pool, &keys::hash(&key), &org_id, scope).await?;
+    tally_store::keys::insert(&state.pool, &keys::hash(&key), &org_id, scope).await?;
     tracing::info!(org_id = %org_id, scope, "key created");
     Ok((StatusCode::CREATED, Json(KeyCreated { org_id, scope, key })))
 }
@@ -236,10 +236,10 @@ pub async fn list_orgs(
             .map(|t| included(t.payload_bytes.included))
             .collect(),
     };
-    let rows = db::orgs::list(&state.pool, &request).await?;
+    let rows = tally_store::orgs::list(&state.pool, &request).await?;
     let total = match rows.first() {
         Some(r) => r.total,
-        None => db::orgs::count_matching(&state.pool, search).await?,
+        None => tally_store::orgs::count_matching(&state.pool, search).await?,
     };
     let more = rows.len() as i64 > limit;
     let rows = &rows[..rows.len().min(limit as usize)];

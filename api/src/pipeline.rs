@@ -164,7 +164,7 @@ fn aggregator_lag(brokers: &str) -> Result<Vec<ConsumerLag>, rdkafka::error::Kaf
 
 /// Lag of the projector: the log's end minus the offsets it stored in PostgreSQL.
 async fn projector_lag(state: &AppState) -> Result<Vec<ConsumerLag>, ApiError> {
-    let stored = crate::db::pipeline::projector_offsets(&state.pool).await?;
+    let stored = tally_store::pipeline::projector_offsets(&state.pool).await?;
     let brokers = state.settings.common.kafka_brokers.clone();
     let partitions: Vec<(String, i32)> = stored
         .iter()
@@ -254,10 +254,10 @@ pub async fn pipeline(
     let period = tally_metering::Period::containing(Utc::now());
     // Late events belong to periods that had closed; these are the ones that arrived this period.
     let activity =
-        crate::db::pipeline::period_activity(&state.pool, &period.to_string(), period.start())
+        tally_store::pipeline::period_activity(&state.pool, &period.to_string(), period.start())
             .await?;
-    let newest = crate::db::pipeline::newest_usage_update(&state.pool).await?;
-    let ledger = crate::db::pipeline::meter_ledger_counts(&state.pool).await?;
+    let newest = tally_store::pipeline::newest_usage_update(&state.pool).await?;
+    let ledger = tally_store::pipeline::meter_ledger_counts(&state.pool).await?;
     let metrics_of = |name: &str| {
         stages
             .iter()

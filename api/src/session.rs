@@ -15,7 +15,7 @@ use serde::Serialize;
 use sha2::Sha256;
 use tally_common::keys;
 
-use crate::db::sessions;
+use tally_store::sessions;
 use crate::error::ApiError;
 use crate::AppState;
 

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tally_common::keys;
 
 use crate::auth::{require_org, Caller};
-use crate::db::{sessions, Tx};
+use tally_store::{sessions, Tx};
 use crate::error::{parse_json, ApiError};
 use crate::session::{
     check_csrf, session_id, session_of_request, set_cookie, LinkRefusal, PageSession, Role,

@@ -199,7 +199,7 @@ pub async fn daily_usage(
         ));
     }
     let stored: HashMap<(NaiveDate, String), (i64, i64)> =
-        crate::db::usage::daily(&state.pool, &org_id, from, to)
+        tally_store::usage::daily(&state.pool, &org_id, from, to)
             .await?
             .into_iter()
             .map(|r| ((r.day, r.operation), (r.traces, r.payload_bytes)))
@@ -276,7 +276,7 @@ pub async fn periods(
     caller: Caller,
 ) -> Result<Json<PeriodList>, ApiError> {
     caller.require_reader(&state, &org_id).await?;
-    let rows = crate::db::usage::periods(&state.pool, &org_id, MAX_PERIODS).await?;
+    let rows = tally_store::usage::periods(&state.pool, &org_id, MAX_PERIODS).await?;
     let periods = rows
         .into_iter()
         .map(|r| PeriodSummary {
@@ -298,7 +298,7 @@ const MAX_LATE_EVENTS: i64 = 1000;
 pub struct LateEvents {
     org_id: String,
     period: String,
-    late_events: Vec<crate::db::usage::LateEventRow>,
+    late_events: Vec<tally_store::usage::LateEventRow>,
 }
 
 /// `GET /v1/orgs/{org_id}/late-events?period=YYYY-MM`: events that arrived after their period
@@ -312,7 +312,7 @@ pub async fn late_events(
     caller.require_reader(&state, &org_id).await?;
     let period = period_or_current(query.period.as_deref())?.to_string();
     let late_events =
-        crate::db::usage::late_events(&state.pool, &org_id, &period, MAX_LATE_EVENTS).await?;
+        tally_store::usage::late_events(&state.pool, &org_id, &period, MAX_LATE_EVENTS).await?;
     Ok(Json(LateEvents {
         org_id,
         period,

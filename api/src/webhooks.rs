@@ -32,7 +32,7 @@ use sha2::Sha256;
 use tally_pricing::stripe::plans;
 use tally_schemas::{SubscriptionChangedV1, SubscriptionSource, Tier};
 
-use crate::db::Tx;
+use tally_store::Tx;
 use crate::error::ApiError;
 use crate::stripe_objects::{is_live, CheckoutSession, Event, Invoice, Subscription};
 use crate::AppState;
@@ -174,7 +174,7 @@ pub async fn webhook(
         .single()
         .ok_or_else(|| ApiError::bad_request("invalid_event", "created is out of range"))?;
     let inserted =
-        crate::db::stripe::insert_event(&state.pool, &event.id, &event.kind, created, &payload)
+        tally_store::stripe::insert_event(&state.pool, &event.id, &event.kind, created, &payload)
             .await?;
     crate::metrics::WEBHOOKS
         .with_label_values(&[if inserted { "accepted" } else { "redelivered" }])
@@ -249,7 +249,7 @@ async fn try_process_event(
             .inc();
         tracing::warn!(event_id, error = %e, "Stripe event not processed yet; the sweeper retries");
         let _ =
-            crate::db::stripe::record_failed_attempt(&state.pool, event_id, &e.to_string()).await;
+            tally_store::stripe::record_failed_attempt(&state.pool, event_id, &e.to_string()).await;
     }
     result
 }
@@ -263,7 +263,7 @@ pub async fn process_event(
     event_id: &str,
 ) -> Result<Option<WebhookOutcome>, EventProcessingError> {
     let mut tx = state.pool.begin().await?;
-    let Some(pending) = crate::db::stripe::lock_unprocessed_event(&mut tx, event_id).await? else {
+    let Some(pending) = tally_store::stripe::lock_unprocessed_event(&mut tx, event_id).await? else {
         return Ok(None);
     };
     let created = pending.created;
@@ -274,7 +274,7 @@ pub async fn process_event(
             WebhookOutcome::Ignored
         }
     };
-    crate::db::stripe::mark_processed(&mut tx, event_id, outcome.as_str()).await?;
+    tally_store::stripe::mark_processed(&mut tx, event_id, outcome.as_str()).await?;
     tx.commit().await?;
     crate::metrics::WEBHOOK_OUTCOMES
         .with_label_values(&[outcome.as_str()])
@@ -334,7 +334,7 @@ async fn org_of_customer(
     customer: Option<&str>,
 ) -> Result<Option<String>, sqlx::Error> {
     match customer {
-        Some(customer) => crate::db::stripe::org_of_customer(tx, customer).await,
+        Some(customer) => tally_store::stripe::org_of_customer(tx, customer).await,
         None => Ok(None),
     }
 }
@@ -371,12 +371,12 @@ async fn checkout_completed(
     let (Some(org_id), Some(customer)) = (session.org_id(), session.customer_id()) else {
         return Ok(WebhookOutcome::UnknownOrg);
     };
-    if !crate::db::orgs::exists(&mut **tx, org_id).await? {
+    if !tally_store::orgs::exists(&mut **tx, org_id).await? {
         return Ok(WebhookOutcome::UnknownOrg);
     }
     // Linking is the newest fact about the org only if no newer subscription event was applied.
     let linked =
-        crate::db::stripe::link_checkout(tx, org_id, customer, session.subscription_id(), created)
+        tally_store::stripe::link_checkout(tx, org_id, customer, session.subscription_id(), created)
             .await?;
     if !linked {
         return Ok(WebhookOutcome::Superseded);
@@ -428,8 +428,8 @@ async fn subscription_changed(
         subscription.status().unwrap_or("active")
     };
     // The org's link, locked: events of one org are applied one at a time.
-    match crate::db::stripe::lock_subscription(tx, &org_id).await? {
-        None if !crate::db::orgs::exists(&mut **tx, &org_id).await? => {
+    match tally_store::stripe::lock_subscription(tx, &org_id).await? {
+        None if !tally_store::orgs::exists(&mut **tx, &org_id).await? => {
             return Ok(WebhookOutcome::UnknownOrg)
         }
         None => {}
@@ -448,7 +448,7 @@ async fn subscription_changed(
             if linked.event_created.is_some_and(|newest| newest > created) {
                 return Ok(WebhookOutcome::Superseded);
             }
-            crate::db::stripe::update_subscription(tx, &org_id, subscription_id, status, created)
+            tally_store::stripe::update_subscription(tx, &org_id, subscription_id, status, created)
                 .await?;
         }
     }
@@ -486,14 +486,14 @@ async fn invoice_changed(
     let Some(start) = Utc.timestamp_opt(start, 0).single() else {
         return Ok(WebhookOutcome::Ignored);
     };
-    let row = crate::db::stripe::StripeInvoiceRow {
+    let row = tally_store::stripe::StripeInvoiceRow {
         period: tally_metering::Period::containing(start).to_string(),
         invoice_id: invoice_id.to_string(),
         status: invoice.status().unwrap_or("open").to_string(),
         total_cents: invoice.total.unwrap_or(0),
         currency: invoice.currency().unwrap_or("usd").to_string(),
     };
-    let stored = crate::db::stripe::store_invoice(tx, &org_id, &row, created).await?;
+    let stored = tally_store::stripe::store_invoice(tx, &org_id, &row, created).await?;
     Ok(if stored {
         WebhookOutcome::InvoiceStored
     } else {
@@ -513,7 +513,7 @@ pub async fn sweep_interrupted_events(
             _ = tokio::time::sleep(SWEEP_EVERY) => {}
             _ = shutdown.clone().requested() => return,
         }
-        let ids = match crate::db::stripe::interrupted_events(&state.pool, MAX_ATTEMPTS).await {
+        let ids = match tally_store::stripe::interrupted_events(&state.pool, MAX_ATTEMPTS).await {
             Ok(ids) => ids,
             Err(e) => {
                 tracing::warn!(error = %e, "webhook sweeper cannot read PostgreSQL");

@@ -3,7 +3,7 @@
 //! nothing.
 
 use sqlx::PgPool;
-use tally_common::invoices::CORRECTIONS_IN_EFFECT;
+use tally_store::invoices::CORRECTIONS_IN_EFFECT;
 use tally_metering::period::Period;
 use tally_schemas::Metric;
 

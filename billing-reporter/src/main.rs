@@ -49,7 +49,7 @@ async fn main() -> ExitCode {
     let stripe = || settings::StripeSettings::from_env();
     match command {
         "setup-stripe" => {
-            let (pricing, stripe) = match (common.pricing(), stripe()) {
+            let (pricing, stripe) = match (common.pricing_file.load(tally_pricing::Pricing::configured), stripe()) {
                 (Ok(p), Ok(s)) => (p, s),
                 (Err(e), _) | (_, Err(e)) => {
                     eprintln!("billing-reporter: {e}");
@@ -65,7 +65,7 @@ async fn main() -> ExitCode {
             }
         }
         "status" => {
-            let pool = match tally_common::db::connect(&common.database_url, 2).await {
+            let pool = match tally_store::connect(&common.database_url, 2).await {
                 Ok(p) => p,
                 Err(e) => return fail(e),
             };
@@ -82,7 +82,7 @@ async fn main() -> ExitCode {
             }
         }
         "retry-failed" => {
-            let pool = match tally_common::db::connect(&common.database_url, 2).await {
+            let pool = match tally_store::connect(&common.database_url, 2).await {
                 Ok(p) => p,
                 Err(e) => return fail(e),
             };
@@ -112,7 +112,7 @@ async fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let pool = match tally_common::db::connect(&common.database_url, 2).await {
+            let pool = match tally_store::connect(&common.database_url, 2).await {
                 Ok(p) => p,
                 Err(e) => return fail(e),
             };

@@ -325,7 +325,7 @@ impl Reporter {
 /// The billing reporter as a service: probes, then cycles until shutdown.
 pub async fn run(settings: crate::settings::Settings, shutdown: tally_common::shutdown::Shutdown) -> anyhow::Result<()> {
     use anyhow::Context;
-    let pool = tally_common::db::connect(&settings.common.database_url, (settings.concurrency as u32 + 2).min(16)).await?;
+    let pool = tally_store::connect(&settings.common.database_url, (settings.concurrency as u32 + 2).min(16)).await?;
     let health = settings.common.health("billing-reporter");
     let server = tokio::spawn(tally_common::probes::serve(
         settings.addr,

@@ -40,7 +40,7 @@ struct World {
 }
 
 async fn world() -> World {
-    let pool = tally_common::db::connect(&Secret::new(database_url()), 4).await.expect("the test database (make test starts it)");
+    let pool = tally_store::connect(&Secret::new(database_url()), 4).await.expect("the test database (make test starts it)");
     let base = tally_stripe_standin::spawn_local(KEY).await.unwrap();
     let policy = RetryPolicy { max_attempts: 3, base_delay: Duration::from_millis(5), max_delay: Duration::from_millis(20), timeout: Duration::from_secs(5), max_rps: 1_000 };
     let client = StripeHttp::new(&base, Secret::new(KEY), policy);

@@ -1,20 +1,17 @@
-//! Plumbing shared by Tally's services, kept small so each stage reads on its own.
+//! Plumbing shared by Tally's services, kept small so each stage reads on its own. PostgreSQL's
+//! schema and queries are `tally-store`'s; prices are `tally-pricing`'s.
 //!
 //! Layout:
 //! - [`settings`]: reading typed settings from the environment; [`settings::Secret`] never prints.
 //! - [`telemetry`]: logging setup.
 //! - [`kafka`]: client configuration, the start-up broker check, topic creation.
-//! - [`db`]: the PostgreSQL pool, the start-up check and the migrations (one schema for all stages).
-//! - [`invoices`]: final invoices as stored, and the corrections that replace them.
 //! - [`health`]: whether a stage makes progress (what `/readyz` answers), judged from evidence.
 //! - [`probes`]: `/healthz`, `/readyz` and `/metrics`, served by every service on its address.
 //! - [`keys`]: how API keys are generated and hashed.
 //! - [`retry`]: backoff, and runs of failures logged once.
 //! - [`shutdown`]: the signal every service stops on.
 
-pub mod db;
 pub mod health;
-pub mod invoices;
 pub mod kafka;
 pub mod keys;
 pub mod probes;

@@ -41,6 +41,24 @@ pub fn secret(name: &'static str) -> Result<Secret, SettingError> {
     }
 }
 
+/// `TALLY_PRICING_FILE`: the price list's file, or `None` for the built-in list. The settings
+/// hold the path only and the pricing crate loads it ([`PricingPath::load`] takes its loader), so
+/// the plumbing does not depend on prices.
+#[derive(Debug, Clone, Default)]
+pub struct PricingPath(pub Option<std::path::PathBuf>);
+
+impl PricingPath {
+    /// Loads the price list with `load` (`tally_pricing::Pricing::configured`); a failure names
+    /// the setting.
+    pub fn load<T, E: fmt::Display>(
+        &self,
+        load: impl FnOnce(Option<&std::path::Path>) -> Result<T, E>,
+    ) -> Result<T, SettingError> {
+        load(self.0.as_deref())
+            .map_err(|e| SettingError { name: "TALLY_PRICING_FILE", message: e.to_string() })
+    }
+}
+
 /// The settings every service shares.
 #[derive(Debug, Clone)]
 pub struct Common {
@@ -57,8 +75,8 @@ pub struct Common {
     /// A prefix on every topic, consumer group and transactional id (`TALLY_NAMESPACE`, empty by
     /// default): separate deployments on one Kafka cluster.
     pub namespace: String,
-    /// The price list (`TALLY_PRICING_FILE`; the built-in `pricing/2026-11.toml` when unset).
-    pub pricing_file: Option<std::path::PathBuf>,
+    /// The price list's file (`TALLY_PRICING_FILE`; the built-in `pricing/2026-11.toml` when unset).
+    pub pricing_file: PricingPath,
     /// How long a stage may go without progress while work waits before `/readyz` fails
     /// (`TALLY_STALL_SECS`, default 30; see `health`).
     pub stall_after: std::time::Duration,
@@ -72,16 +90,6 @@ impl Common {
         crate::health::Health::new(stage, self.stall_after)
     }
 
-    /// The checked price list this service uses.
-    pub fn pricing(&self) -> Result<std::sync::Arc<tally_pricing::Pricing>, SettingError> {
-        let pricing = match &self.pricing_file {
-            None => tally_pricing::Pricing::builtin(),
-            Some(path) => tally_pricing::Pricing::load(path)
-                .map_err(|e| SettingError { name: "TALLY_PRICING_FILE", message: e.to_string() })?,
-        };
-        Ok(std::sync::Arc::new(pricing))
-    }
-
     pub fn from_env() -> Result<Common, SettingError> {
         Ok(Common {
             kafka_brokers: var_or("TALLY_KAFKA_BROKERS", "127.0.0.1:9092")?,
@@ -93,7 +101,7 @@ impl Common {
             kafka_replication: var_or("TALLY_KAFKA_REPLICATION", "1")?,
             instance_id: var_or("TALLY_INSTANCE_ID", "0")?,
             namespace: var_or("TALLY_NAMESPACE", "")?,
-            pricing_file: std::env::var_os("TALLY_PRICING_FILE").filter(|v| !v.is_empty()).map(Into::into),
+            pricing_file: PricingPath(std::env::var_os("TALLY_PRICING_FILE").filter(|v| !v.is_empty()).map(Into::into)),
             stall_after: std::time::Duration::from_secs(var_or("TALLY_STALL_SECS", "30")?),
             grace: grace()?,
         })

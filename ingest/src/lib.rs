@@ -33,7 +33,7 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     kafka::ensure_topics(&settings.common.kafka_brokers, settings.common.kafka_partitions, settings.common.kafka_replication)
         .await
         .context("kafka")?;
-    let pool = tally_common::db::connect(&settings.common.database_url, 4).await?;
+    let pool = tally_store::connect(&settings.common.database_url, 4).await?;
     let registry = registry::Registry::load(pool).await.context("loading the org registry")?;
     let publisher = publish::Publisher::new(&settings)?;
     let health = settings.common.health("ingest");

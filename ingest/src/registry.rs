@@ -42,15 +42,9 @@ impl Registry {
     }
 
     async fn reload(&self) -> Result<(), sqlx::Error> {
-        let orgs: Vec<(String,)> = sqlx::query_as("SELECT org_id FROM orgs").fetch_all(&self.pool).await?;
-        let keys: Vec<(String,)> = sqlx::query_as(
-            "SELECT key_hash FROM api_keys WHERE scope = 'ingest' AND revoked_at IS NULL",
-        )
-        .fetch_all(&self.pool)
-        .await?;
         let snapshot = Snapshot {
-            orgs: orgs.into_iter().map(|(o,)| o).collect(),
-            ingest_key_hashes: keys.into_iter().map(|(k,)| k).collect(),
+            orgs: tally_store::orgs::ids(&self.pool).await?.into_iter().collect(),
+            ingest_key_hashes: tally_store::keys::live_ingest_hashes(&self.pool).await?.into_iter().collect(),
         };
         *self.snapshot.write().expect("registry lock") = snapshot;
         Ok(())

@@ -166,6 +166,15 @@ impl Pricing {
         Pricing::parse(BUILTIN).expect("the built-in pricing file is valid (tested)")
     }
 
+    /// The price list a deployment runs with: the file it names, or the built-in one when it
+    /// names none (`TALLY_PRICING_FILE`, read by `tally_common::settings::PricingPath`).
+    pub fn configured(file: Option<&Path>) -> Result<std::sync::Arc<Pricing>, PricingError> {
+        Ok(std::sync::Arc::new(match file {
+            None => Pricing::builtin(),
+            Some(path) => Pricing::load(path)?,
+        }))
+    }
+
     /// Reads and checks a pricing file.
     pub fn load(path: &Path) -> Result<Pricing, PricingError> {
         let text = std::fs::read_to_string(path)

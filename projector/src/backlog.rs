@@ -49,7 +49,7 @@ impl Watcher {
 
     async fn look(&self) -> anyhow::Result<Option<bool>> {
         let Some(partitions) = self.assignment.get() else { return Ok(None) };
-        let stored: HashMap<(String, i32), i64> = tokio::time::timeout(TIMEOUT, crate::store::stored_offsets(&self.pool))
+        let stored: HashMap<(String, i32), i64> = tokio::time::timeout(TIMEOUT, tally_store::projection::stored_offsets(&self.pool))
             .await
             .context("reading the stored offsets: PostgreSQL did not answer")?
             .context("reading the stored offsets")?

@@ -19,7 +19,6 @@ pub mod backlog;
 pub mod metrics;
 pub mod project;
 pub mod settings;
-pub mod store;
 
 use anyhow::{bail, Context};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -33,7 +32,7 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     kafka::ensure_topics(&settings.common.kafka_brokers, settings.common.kafka_partitions, settings.common.kafka_replication)
         .await
         .context("kafka")?;
-    let pool = tally_common::db::connect(&settings.common.database_url, 4).await?;
+    let pool = tally_store::connect(&settings.common.database_url, 4).await?;
     check_not_ahead_of_the_log(&settings, &pool).await?;
     let health = settings.common.health("projector");
     let server = tokio::spawn(probes::serve(settings.addr, probes::router(health.clone()), shutdown.clone()));

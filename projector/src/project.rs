@@ -23,7 +23,6 @@ use tally_schemas::{InvoiceCorrectedV1, Topic, UsageUpdateV1};
 
 use crate::metrics;
 use crate::settings::Settings;
-use crate::store;
 
 pub const GROUP_ID: &str = "tally-projector";
 
@@ -184,7 +183,7 @@ impl Projector {
         let mut tpl = TopicPartitionList::new();
         for element in assignment.elements() {
             let Some(topic) = input_topic(element.topic()) else { continue };
-            let offset = match store::stored_offset(&self.pool, topic, element.partition()).await? {
+            let offset = match tally_store::projection::stored_offset(&self.pool, topic, element.partition()).await? {
                 Some(o) => Offset::Offset(o),
                 None => Offset::Beginning,
             };
@@ -239,7 +238,7 @@ impl Projector {
             let next = match self.next_offsets.get(&(topic, partition)) {
                 Some(next) => *next,
                 None => {
-                    let stored = store::stored_offset(&self.pool, topic, partition).await?.unwrap_or(0);
+                    let stored = tally_store::projection::stored_offset(&self.pool, topic, partition).await?.unwrap_or(0);
                     self.next_offsets.insert((topic, partition), stored);
                     if message.offset() > stored {
                         // Kafka's hint is ahead of the stored truth (the read models were rebuilt
@@ -269,7 +268,7 @@ impl Projector {
         let updates = coalesce(updates);
         let started = Instant::now();
         let offsets_list: Vec<(Topic, i32, i64)> = offsets.iter().map(|((t, p), o)| (*t, *p, *o)).collect();
-        let written = store::write_batch(&self.pool, &updates, &corrections, &offsets_list)
+        let written = tally_store::projection::write_batch(&self.pool, &updates, &corrections, &offsets_list)
             .await
             .context("writing to PostgreSQL")?;
         self.health.committed();
@@ -299,7 +298,7 @@ impl Projector {
 /// A record of the projector's input topics.
 pub enum Decoded {
     Update(UsageUpdateV1),
-    Correction(store::LoggedCorrection),
+    Correction(tally_store::projection::LoggedCorrection),
 }
 
 /// Decodes a record of `tally.usage.v1` or `tally.corrections.v1` (its log time dates a
@@ -311,7 +310,7 @@ pub fn decode(topic: Topic, partition: i32, offset: i64, timestamp_ms: Option<i6
             let at = timestamp_ms
                 .and_then(|ms| chrono::TimeZone::timestamp_millis_opt(&chrono::Utc, ms).single())
                 .unwrap_or(correction.requested_at);
-            Decoded::Correction(store::LoggedCorrection { partition, offset, at, correction })
+            Decoded::Correction(tally_store::projection::LoggedCorrection { partition, offset, at, correction })
         }),
         _ => serde_json::from_slice::<UsageUpdateV1>(payload).map(Decoded::Update),
     };

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 use serde_json::Value;
-use tally_common::invoices::BilledInvoice;
+use tally_store::invoices::BilledInvoice;
 use tally_schemas::InvoiceV1;
 
 /// One field that differs, named by its path in the invoice (`lines[3].amount_cents`).
@@ -191,7 +191,7 @@ pub fn render(d: &InvoiceDiff) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tally_common::invoices::InvoiceRow;
+    use tally_store::invoices::InvoiceRow;
     use tally_pricing::Pricing;
     use tally_schemas::{BilledUsageV1, Tier};
 

@@ -21,7 +21,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use rdkafka::consumer::Consumer;
 use sqlx::{Executor, PgPool};
 use tally_projector::project::{coalesce, decode, Decoded};
-use tally_projector::store::{self, LoggedCorrection};
+use tally_store::projection::{self, LoggedCorrection};
 use tally_schemas::{Topic, UsageUpdateV1};
 
 use crate::progress::Progress;
@@ -137,7 +137,7 @@ async fn write(
     let batch = coalesce(std::mem::take(updates));
     let logged = std::mem::take(corrections);
     let offs: Vec<(Topic, i32, i64)> = offsets.drain().map(|(p, o)| (topic, p, o)).collect();
-    store::write_batch(pool, &batch, &logged, &offs).await.context("writing rebuilt rows")?;
+    projection::write_batch(pool, &batch, &logged, &offs).await.context("writing rebuilt rows")?;
     Ok(())
 }
 
@@ -167,7 +167,7 @@ async fn ranges_from(pool: &PgPool, brokers: &str, topic: Topic) -> anyhow::Resu
     .await??;
     let mut ranges = Vec::new();
     for (partition, high) in highs {
-        let from = store::stored_offset(pool, topic, partition).await?.unwrap_or(0);
+        let from = projection::stored_offset(pool, topic, partition).await?.unwrap_or(0);
         if from < high {
             ranges.push((partition, from, high));
         }

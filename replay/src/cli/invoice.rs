@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use tally_common::invoices::billed_invoices;
+use tally_store::invoices::billed_invoices;
 use tally_replay::correct;
 use tally_replay::diff::{self, InvoiceDiff, Verdict};
 

@@ -1,7 +1,7 @@
 //! What every command shares: the settings, the database, and the recomputation of a period with
 //! its progress bar.
 
-use tally_common::settings::Common;
+use tally_common::settings::{Common, PricingPath};
 use tally_metering::{FoldConfig, Period};
 use tally_replay::progress::{human, Progress};
 use tally_replay::recompute::{self, Recomputed};
@@ -25,14 +25,14 @@ pub(crate) fn setup(args: &Args) -> Result<Setup, Failure> {
     let mut common = Common::from_env().map_err(|e| failure("invalid_setting", e.to_string()))?;
     tally_schemas::set_namespace(&common.namespace).map_err(|m| failure("invalid_setting", format!("TALLY_NAMESPACE: {m}")))?;
     if let Some(file) = args.flag("--pricing")? {
-        common.pricing_file = Some(file.into());
+        common.pricing_file = PricingPath(Some(file.into()));
     }
-    let pricing = common.pricing().map_err(|e| failure("invalid_pricing", e.to_string()))?;
+    let pricing = common.pricing_file.load(tally_pricing::Pricing::configured).map_err(|e| failure("invalid_pricing", e.to_string()))?;
     Ok(Setup { config: FoldConfig { grace: common.grace, pricing }, common })
 }
 
 pub(crate) async fn pool(common: &Common) -> Result<sqlx::PgPool, Failure> {
-    tally_common::db::connect(&common.database_url, 4).await.map_err(|e| failure("database_unavailable", e.to_string()))
+    tally_store::connect(&common.database_url, 4).await.map_err(|e| failure("database_unavailable", e.to_string()))
 }
 
 /// Recomputes `period` on a blocking thread, with the progress bar: from `org`'s partition, or

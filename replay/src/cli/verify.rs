@@ -1,7 +1,7 @@
 //! `replay verify`.
 
 use serde_json::json;
-use tally_common::invoices::billed_invoices;
+use tally_store::invoices::billed_invoices;
 use tally_replay::diff::{self, InvoiceDiff, Verdict};
 
 use super::args::{failure, Args, Conclusion, Failure};

@@ -1,4 +1,4 @@
-// sqlx's `migrate!` embeds common/migrations at compile time; rebuild when a migration is added
+// sqlx's `migrate!` embeds store/migrations at compile time; rebuild when a migration is added
 // or changed, not only when Rust code changes.
 fn main() {
     println!("cargo:rerun-if-changed=migrations");

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
 
-use super::Tx;
+use crate::Tx;
 
 // ---- stripe_customers ------------------------------------------------------------------------
 

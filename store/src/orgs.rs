@@ -5,6 +5,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
+/// Every registered org's id (ingest holds them in memory).
+pub async fn ids(pool: &PgPool) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("SELECT org_id FROM orgs").fetch_all(pool).await
+}
+
 /// Registers an org; `None` when `org_id` is taken.
 pub async fn create(
     pool: &PgPool,

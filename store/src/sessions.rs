@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::Tx;
+use crate::Tx;
 
 /// A live session.
 #[derive(sqlx::FromRow)]
