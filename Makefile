@@ -7,7 +7,7 @@ TALLY_HOME ?= .tally
 TALLY_API_ADDR ?= 127.0.0.1:8080
 LOADGEN := target/release/tally-loadgen
 
-.PHONY: build web up down logs status test demo bench bench-page bench-replay clean-data reconcile replay screenshots portal-link
+.PHONY: build web lint up down logs status test demo bench bench-page bench-replay clean-data reconcile replay screenshots portal-link
 
 # The page (web/, TypeScript built by Vite) is compiled into the api binary: web/dist first.
 build: web
@@ -31,12 +31,19 @@ logs:
 status:
 	scripts/stack.sh status
 
+# The code's form, checked before the tests: rustfmt.toml's layout, and clippy's lints over every
+# crate and target with warnings as errors. Clippy runs in the release profile so that it shares
+# the build scripts' output (librdkafka's C build) with `make build` instead of repeating it.
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+
 # The tests get a broker and a database of their own, fresh every run, beside any stack that
 # `make up` started: a test broker on 19092 with its data in .tally/test, and database tally_test.
 # One test thread: the end-to-end tests share that broker and database.
 TEST_HOME := $(CURDIR)/.tally/test
 TEST_KAFKA := TALLY_HOME=$(TEST_HOME) TALLY_KAFKA_PORT=19092 TALLY_KAFKA_CONTROLLER_PORT=19093
-test: build
+test: lint build
 	scripts/kafka.sh install
 	$(TEST_KAFKA) scripts/kafka.sh stop
 	rm -rf $(TEST_HOME)

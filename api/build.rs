@@ -39,16 +39,20 @@ fn main() {
     files(&dist, &mut paths);
     paths.sort();
     if !paths.iter().any(|p| p.ends_with("index.html")) {
-        println!("cargo:warning=web/dist has no index.html: the api serves no page (run `make web`)");
+        println!(
+            "cargo:warning=web/dist has no index.html: the api serves no page (run `make web`)"
+        );
     }
     let mut table = String::from("pub static ASSETS: &[Asset] = &[\n");
     for path in &paths {
-        let relative = path.strip_prefix(&dist).expect("under dist").to_string_lossy().replace('\\', "/");
+        let relative =
+            path.strip_prefix(&dist).expect("under dist").to_string_lossy().replace('\\', "/");
         let bytes = std::fs::read(path).expect("an asset reads");
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
         gz.write_all(&bytes).expect("gzip in memory");
         let gz_path = out_dir.join(format!("{}.gz", relative.replace('/', "__")));
-        std::fs::write(&gz_path, gz.finish().expect("gzip in memory")).expect("OUT_DIR is writable");
+        std::fs::write(&gz_path, gz.finish().expect("gzip in memory"))
+            .expect("OUT_DIR is writable");
         table.push_str(&format!(
             "    Asset {{ path: {relative:?}, content_type: {:?}, bytes: include_bytes!({:?}), gzip: include_bytes!({:?}) }},\n",
             content_type(path),

@@ -25,7 +25,12 @@ pub const EVERY: Duration = Duration::from_secs(5);
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Starts the watcher thread; it stops at shutdown.
-pub fn spawn(settings: &Settings, assignment: Assignment, health: Health, shutdown: Shutdown) -> anyhow::Result<()> {
+pub fn spawn(
+    settings: &Settings,
+    assignment: Assignment,
+    health: Health,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     let client: BaseConsumer = base_config(&settings.common.kafka_brokers)
         .set("group.id", tally_schemas::namespaced(GROUP_ID))
         // It only reads the group's offsets; it never joins and must never commit.
@@ -51,7 +56,9 @@ fn look(client: &BaseConsumer, assignment: &Assignment, health: &Health) {
     let looked = committed_offsets(client, &partitions, TIMEOUT)
         .and_then(|committed| Ok((committed, end_offsets(client, &partitions, TIMEOUT)?)));
     match looked {
-        Ok((committed, ends)) => health.input_waiting(committed.iter().zip(&ends).any(|(done, end)| end > done)),
+        Ok((committed, ends)) => {
+            health.input_waiting(committed.iter().zip(&ends).any(|(done, end)| end > done))
+        }
         Err(e) => health.check_failed(e),
     }
 }

@@ -5,9 +5,10 @@
 //!
 //! The loop reads two co-partitioned logs: partition `p` of `tally.trace-events.v1` and partition
 //! `p` of `tally.billing-events.v1` (same key, same partitioner, same partition count; the range
-//! assignor hands both to the same member) feed the same fold. If anything fails, the transaction is aborted, every
-//! partition's in-memory state is dropped (it is reloaded from the changelog on next use) and the
-//! consumer is rewound to the committed offsets: nothing of the failed batch survives anywhere.
+//! assignor hands both to the same member) feed the same fold. If anything fails, the transaction
+//! is aborted, every partition's in-memory state is dropped (it is reloaded from the changelog on
+//! next use) and the consumer is rewound to the committed offsets: nothing of the failed batch
+//! survives anywhere.
 //!
 //! Instances: each runs with its own `TALLY_INSTANCE_ID`, which names its transactional id (a
 //! restarted instance fences its previous incarnation and aborts its open transaction). Group
@@ -23,6 +24,7 @@
 //! Kafka cannot be reached, the stage reports not ready ([`Health`]); it exits only when its
 //! transactional id keeps being fenced by another live instance.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -67,7 +69,12 @@ const FENCING_WINDOW: Duration = Duration::from_secs(600);
 /// Partitions assigned for one input log but not the other: the fold of partition `p` needs both.
 fn uncopartitioned(assignment: &TopicPartitionList) -> Vec<i32> {
     let of = |topic: Topic| -> BTreeSet<i32> {
-        assignment.elements().iter().filter(|e| e.topic() == topic.name()).map(|e| e.partition()).collect()
+        assignment
+            .elements()
+            .iter()
+            .filter(|e| e.topic() == topic.name())
+            .map(|e| e.partition())
+            .collect()
     };
     of(Topic::TraceEvents).symmetric_difference(&of(Topic::BillingEvents)).copied().collect()
 }
@@ -110,10 +117,20 @@ struct BatchCounts {
 impl Aggregator {
     /// Connects to Kafka and joins the group; retries with backoff (reporting not ready) until it
     /// can, or until shutdown (`None`).
-    pub fn connect(settings: Settings, health: Health, group: GroupContext, shutdown: &Shutdown) -> Option<Aggregator> {
-        let consumer = retry("creating the consumer", &health, shutdown, || consumer(&settings, &group))?;
-        let producer = retry("initialising the transactional producer", &health, shutdown, || producer(&settings))?;
-        let changelog_reader = retry("creating the changelog reader", &health, shutdown, || changelog_reader(&settings))?;
+    pub fn connect(
+        settings: Settings,
+        health: Health,
+        group: GroupContext,
+        shutdown: &Shutdown,
+    ) -> Option<Aggregator> {
+        let consumer =
+            retry("creating the consumer", &health, shutdown, || consumer(&settings, &group))?;
+        let producer = retry("initialising the transactional producer", &health, shutdown, || {
+            producer(&settings)
+        })?;
+        let changelog_reader = retry("creating the changelog reader", &health, shutdown, || {
+            changelog_reader(&settings)
+        })?;
         tracing::info!(transactional_id = %settings.transactional_id(), "aggregator connected");
         group.settle();
         Some(Aggregator {
@@ -170,7 +187,10 @@ impl Aggregator {
             };
             // Fenced while batches were succeeding: another producer took the transactional id.
             // (Fenced in the middle of an outage, the broker may have timed the transaction out.)
-            if matches!(failure, BatchError::ProducerFatal(_)) && failures.started_now() && self.producer_fenced() {
+            if matches!(failure, BatchError::ProducerFatal(_))
+                && failures.started_now()
+                && self.producer_fenced()
+            {
                 self.note_fencing()?;
             }
             self.recover(&failure, shutdown)?;
@@ -200,7 +220,11 @@ impl Aggregator {
         if replace_producer {
             self.health.down(REPLACING_PRODUCER);
             metrics::CLIENT_REBUILDS.with_label_values(&["producer"]).inc();
-            let Some(producer) = retry("initialising the transactional producer", &self.health, shutdown, || producer(&self.settings)) else {
+            let Some(producer) =
+                retry("initialising the transactional producer", &self.health, shutdown, || {
+                    producer(&self.settings)
+                })
+            else {
                 return Ok(());
             };
             self.producer = producer;
@@ -208,7 +232,11 @@ impl Aggregator {
         }
         if self.changelog_reader.client().fatal_error().is_some() {
             metrics::CLIENT_REBUILDS.with_label_values(&["changelog_reader"]).inc();
-            let Some(reader) = retry("creating the changelog reader", &self.health, shutdown, || changelog_reader(&self.settings)) else {
+            let Some(reader) =
+                retry("creating the changelog reader", &self.health, shutdown, || {
+                    changelog_reader(&self.settings)
+                })
+            else {
                 return Ok(());
             };
             self.changelog_reader = reader;
@@ -216,7 +244,9 @@ impl Aggregator {
         if matches!(failure, BatchError::ConsumerFatal(_)) {
             self.health.down(REPLACING_CONSUMER);
             metrics::CLIENT_REBUILDS.with_label_values(&["consumer"]).inc();
-            let Some(consumer) = retry("creating the consumer", &self.health, shutdown, || consumer(&self.settings, &self.group)) else {
+            let Some(consumer) = retry("creating the consumer", &self.health, shutdown, || {
+                consumer(&self.settings, &self.group)
+            }) else {
                 return Ok(());
             };
             // The old consumer leaves the group as it is dropped; the new one joins.
@@ -227,7 +257,10 @@ impl Aggregator {
     }
 
     fn producer_fenced(&self) -> bool {
-        matches!(self.producer.client().fatal_error(), Some((RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced, _)))
+        matches!(
+            self.producer.client().fatal_error(),
+            Some((RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced, _))
+        )
     }
 
     /// Remembers that the producer was fenced; fenced again and again in a short time, the
@@ -256,7 +289,9 @@ impl Aggregator {
     fn abort(&mut self) -> anyhow::Result<()> {
         if self.in_transaction {
             drain(&self.producer, RECOVERY_TIMEOUT);
-            self.producer.abort_transaction(RECOVERY_TIMEOUT).context("aborting the transaction")?;
+            self.producer
+                .abort_transaction(RECOVERY_TIMEOUT)
+                .context("aborting the transaction")?;
             self.in_transaction = false;
         }
         Ok(())
@@ -267,22 +302,33 @@ impl Aggregator {
     fn rewind(&mut self) -> Result<(), BatchError> {
         let assignment = self.consumer.assignment().map_err(|e| self.consumer_error(e))?;
         if assignment.count() > 0 {
-            let committed = self.consumer.committed_offsets(assignment, RECOVERY_TIMEOUT).map_err(|e| self.consumer_error(e))?;
+            let committed = self
+                .consumer
+                .committed_offsets(assignment, RECOVERY_TIMEOUT)
+                .map_err(|e| self.consumer_error(e))?;
             let mut rewind = TopicPartitionList::new();
             for element in committed.elements() {
                 // A partition whose committed offset could not be read is not rewound to the
                 // beginning (that would fold its whole log again onto the restored state).
                 if let Err(e) = element.error() {
-                    return Err(BatchError::Retry(anyhow::anyhow!("the committed offset of {} [{}]: {e}", element.topic(), element.partition())));
+                    return Err(BatchError::Retry(anyhow::anyhow!(
+                        "the committed offset of {} [{}]: {e}",
+                        element.topic(),
+                        element.partition()
+                    )));
                 }
                 let offset = match element.offset() {
                     Offset::Offset(o) => Offset::Offset(o),
                     // Nothing committed yet: the group starts at the beginning of the log.
                     _ => Offset::Beginning,
                 };
-                rewind.add_partition_offset(element.topic(), element.partition(), offset).map_err(|e| BatchError::Retry(e.into()))?;
+                rewind
+                    .add_partition_offset(element.topic(), element.partition(), offset)
+                    .map_err(|e| BatchError::Retry(e.into()))?;
             }
-            self.consumer.seek_partitions(rewind, RECOVERY_TIMEOUT).map_err(|e| self.consumer_error(e))?;
+            self.consumer
+                .seek_partitions(rewind, RECOVERY_TIMEOUT)
+                .map_err(|e| self.consumer_error(e))?;
         }
         self.must_rewind = false;
         Ok(())
@@ -291,7 +337,9 @@ impl Aggregator {
     /// A consumer error: fatal when the consumer itself says so.
     fn consumer_error(&self, e: KafkaError) -> BatchError {
         match self.consumer.client().fatal_error() {
-            Some((code, reason)) => BatchError::ConsumerFatal(anyhow::anyhow!("{code:?}: {reason} (after: {e})")),
+            Some((code, reason)) => {
+                BatchError::ConsumerFatal(anyhow::anyhow!("{code:?}: {reason} (after: {e})"))
+            }
             None => BatchError::Retry(e.into()),
         }
     }
@@ -352,18 +400,26 @@ impl Aggregator {
                 Topic::TraceEvents
             };
             if !self.in_transaction {
-                self.producer.begin_transaction().map_err(|e| BatchError::from_producer(&self.producer, e))?;
+                self.producer
+                    .begin_transaction()
+                    .map_err(|e| BatchError::from_producer(&self.producer, e))?;
                 self.in_transaction = true;
             }
             offsets.insert((topic, partition), message.offset() + 1);
             counts.records += 1;
-            let state = state_for(&mut self.partitions, &self.changelog_reader, &self.settings, partition)
-                .map_err(BatchError::Retry)?;
+            let state =
+                state_for(&mut self.partitions, &self.changelog_reader, &self.settings, partition)
+                    .map_err(BatchError::Retry)?;
             let log = match topic {
                 Topic::BillingEvents => Log::Billing,
                 _ => Log::Trace,
             };
-            match apply_record(&mut state.fold, log, message.timestamp().to_millis(), message.payload().unwrap_or_default()) {
+            match apply_record(
+                &mut state.fold,
+                log,
+                message.timestamp().to_millis(),
+                message.payload().unwrap_or_default(),
+            ) {
                 Applied::Event(decision) => *counts.decisions.entry(decision).or_default() += 1,
                 Applied::Tick => counts.ticks += 1,
                 Applied::SubscriptionChanged => counts.subscription_changes += 1,
@@ -385,7 +441,11 @@ impl Aggregator {
     }
 
     #[tracing::instrument(name = "commit", skip_all, fields(partitions = offsets.len()))]
-    fn commit(&mut self, offsets: HashMap<(Topic, i32), i64>, counts: BatchCounts) -> Result<(), BatchError> {
+    fn commit(
+        &mut self,
+        offsets: HashMap<(Topic, i32), i64>,
+        counts: BatchCounts,
+    ) -> Result<(), BatchError> {
         let produce_started = Instant::now();
         let usage_topic = Topic::Usage.name();
         let changelog_topic = Topic::AggregatorChangelog.name();
@@ -407,10 +467,13 @@ impl Aggregator {
                     send(&self.producer, BaseRecord::to(usage_topic).key(&key).payload(&payload))?;
                 }
                 for notification in &change.notifications {
-                    let payload = serde_json::to_vec(notification).expect("notifications serialise");
+                    let payload =
+                        serde_json::to_vec(notification).expect("notifications serialise");
                     send(
                         &self.producer,
-                        BaseRecord::to(notifications_topic).key(notification.org_id()).payload(&payload),
+                        BaseRecord::to(notifications_topic)
+                            .key(notification.org_id())
+                            .payload(&payload),
                     )?;
                     let kind = match notification {
                         NotificationV1::UsageThresholdCrossed(_) => "usage_threshold_crossed",
@@ -419,10 +482,15 @@ impl Aggregator {
                     *notified.entry(kind).or_default() += 1;
                 }
             }
-            for (key, value) in
-                changelog::writes_for(&changes, &subscriptions, &mut state.chunks, state.fold.watermarks())
-            {
-                let mut record = BaseRecord::<String, Vec<u8>>::to(changelog_topic).key(&key).partition(partition);
+            for (key, value) in changelog::writes_for(
+                &changes,
+                &subscriptions,
+                &mut state.chunks,
+                state.fold.watermarks(),
+            ) {
+                let mut record = BaseRecord::<String, Vec<u8>>::to(changelog_topic)
+                    .key(&key)
+                    .partition(partition);
                 if let Some(value) = &value {
                     record = record.payload(value);
                 }
@@ -434,7 +502,9 @@ impl Aggregator {
             tpl.add_partition_offset(topic.name(), *partition, Offset::Offset(*next))
                 .map_err(|e| BatchError::Retry(e.into()))?;
         }
-        metrics::COMMIT_SECONDS.with_label_values(&["produce"]).observe(produce_started.elapsed().as_secs_f64());
+        metrics::COMMIT_SECONDS
+            .with_label_values(&["produce"])
+            .observe(produce_started.elapsed().as_secs_f64());
         let offsets_started = Instant::now();
         let group = self
             .consumer
@@ -443,17 +513,27 @@ impl Aggregator {
         self.producer
             .send_offsets_to_transaction(&tpl, &group, KAFKA_TIMEOUT)
             .map_err(|e| BatchError::from_producer(&self.producer, e))?;
-        metrics::COMMIT_SECONDS.with_label_values(&["offsets"]).observe(offsets_started.elapsed().as_secs_f64());
+        metrics::COMMIT_SECONDS
+            .with_label_values(&["offsets"])
+            .observe(offsets_started.elapsed().as_secs_f64());
         let delivered_started = Instant::now();
         if !drain(&self.producer, KAFKA_TIMEOUT) {
-            return Err(BatchError::Retry(anyhow::anyhow!("the batch's outputs were not acknowledged within {KAFKA_TIMEOUT:?}")));
+            return Err(BatchError::Retry(anyhow::anyhow!(
+                "the batch's outputs were not acknowledged within {KAFKA_TIMEOUT:?}"
+            )));
         }
-        metrics::COMMIT_SECONDS.with_label_values(&["deliveries"]).observe(delivered_started.elapsed().as_secs_f64());
+        metrics::COMMIT_SECONDS
+            .with_label_values(&["deliveries"])
+            .observe(delivered_started.elapsed().as_secs_f64());
         let commit_started = Instant::now();
-        self.producer.commit_transaction(KAFKA_TIMEOUT).map_err(|e| BatchError::from_producer(&self.producer, e))?;
+        self.producer
+            .commit_transaction(KAFKA_TIMEOUT)
+            .map_err(|e| BatchError::from_producer(&self.producer, e))?;
         self.in_transaction = false;
         self.health.committed();
-        metrics::COMMIT_SECONDS.with_label_values(&["commit"]).observe(commit_started.elapsed().as_secs_f64());
+        metrics::COMMIT_SECONDS
+            .with_label_values(&["commit"])
+            .observe(commit_started.elapsed().as_secs_f64());
 
         metrics::TRANSACTIONS.with_label_values(&["committed"]).inc();
         metrics::BATCH_RECORDS.observe(counts.records as f64);
@@ -463,7 +543,9 @@ impl Aggregator {
             metrics::EVENTS.with_label_values(&[decision.as_str()]).inc_by(n);
         }
         metrics::FINGERPRINTS.set(fingerprints as i64);
-        metrics::BILLING_RECORDS.with_label_values(&["subscription_changed"]).inc_by(counts.subscription_changes);
+        metrics::BILLING_RECORDS
+            .with_label_values(&["subscription_changed"])
+            .inc_by(counts.subscription_changes);
         metrics::BILLING_RECORDS.with_label_values(&["tick"]).inc_by(counts.billing_ticks);
         for (kind, n) in notified {
             metrics::NOTIFICATIONS.with_label_values(&[kind]).inc_by(n);
@@ -479,28 +561,32 @@ fn state_for<'a>(
     settings: &Settings,
     partition: i32,
 ) -> anyhow::Result<&'a mut PartitionState> {
-    if !partitions.contains_key(&partition) {
-        let loaded = Instant::now();
-        let restored = changelog::load_partition(
-            changelog_reader,
-            settings.fold.clone(),
-            partition,
-            CHANGELOG_LOAD_TIMEOUT,
-        )?;
-        metrics::STATE_LOADS.inc();
-        tracing::info!(
-            partition,
-            periods = restored.fold.periods().len(),
-            fingerprints = restored.fold.fingerprint_count(),
-            elapsed_ms = loaded.elapsed().as_millis() as u64,
-            "partition state restored from the changelog"
-        );
-        partitions.insert(partition, PartitionState { fold: restored.fold, chunks: restored.chunks });
-    }
-    Ok(partitions.get_mut(&partition).expect("just inserted"))
+    let vacant = match partitions.entry(partition) {
+        Entry::Occupied(held) => return Ok(held.into_mut()),
+        Entry::Vacant(vacant) => vacant,
+    };
+    let loaded = Instant::now();
+    let restored = changelog::load_partition(
+        changelog_reader,
+        settings.fold.clone(),
+        partition,
+        CHANGELOG_LOAD_TIMEOUT,
+    )?;
+    metrics::STATE_LOADS.inc();
+    tracing::info!(
+        partition,
+        periods = restored.fold.periods().len(),
+        fingerprints = restored.fold.fingerprint_count(),
+        elapsed_ms = loaded.elapsed().as_millis() as u64,
+        "partition state restored from the changelog"
+    );
+    Ok(vacant.insert(PartitionState { fold: restored.fold, chunks: restored.chunks }))
 }
 
-fn send<K, P>(producer: &BaseProducer<DefaultProducerContext>, record: BaseRecord<'_, K, P>) -> Result<(), BatchError>
+fn send<K, P>(
+    producer: &BaseProducer<DefaultProducerContext>,
+    record: BaseRecord<'_, K, P>,
+) -> Result<(), BatchError>
 where
     K: rdkafka::message::ToBytes + ?Sized,
     P: rdkafka::message::ToBytes + ?Sized,
@@ -512,7 +598,10 @@ where
                 producer.poll(Duration::ZERO);
                 return Ok(());
             }
-            Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+            Err((
+                KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                r,
+            )) => {
                 record = r;
                 producer.poll(Duration::from_millis(5));
             }
@@ -538,7 +627,9 @@ impl std::fmt::Display for BatchError {
         match self {
             BatchError::Rebalanced => f.write_str("the group rebalanced"),
             BatchError::Retry(e) => write!(f, "{e:#}"),
-            BatchError::ProducerFatal(e) => write!(f, "the transactional producer failed for good: {e:#}"),
+            BatchError::ProducerFatal(e) => {
+                write!(f, "the transactional producer failed for good: {e:#}")
+            }
             BatchError::ConsumerFatal(e) => write!(f, "the consumer failed for good: {e:#}"),
         }
     }
@@ -589,7 +680,12 @@ fn drain(producer: &BaseProducer<DefaultProducerContext>, timeout: Duration) -> 
 
 /// Runs `attempt` until it succeeds, reporting `what` as the stage's reason for not being ready
 /// meanwhile (one log line per change) and backing off between attempts. `None` on shutdown.
-fn retry<T>(what: &str, health: &Health, shutdown: &Shutdown, mut attempt: impl FnMut() -> anyhow::Result<T>) -> Option<T> {
+fn retry<T>(
+    what: &str,
+    health: &Health,
+    shutdown: &Shutdown,
+    mut attempt: impl FnMut() -> anyhow::Result<T>,
+) -> Option<T> {
     let mut failures = Failures::default();
     while !shutdown.is_requested() {
         match attempt() {
@@ -609,7 +705,10 @@ fn retry<T>(what: &str, health: &Health, shutdown: &Shutdown, mut attempt: impl 
     None
 }
 
-fn consumer(settings: &Settings, group: &GroupContext) -> anyhow::Result<BaseConsumer<GroupContext>> {
+fn consumer(
+    settings: &Settings,
+    group: &GroupContext,
+) -> anyhow::Result<BaseConsumer<GroupContext>> {
     let consumer: BaseConsumer<GroupContext> = base_config(&settings.common.kafka_brokers)
         .set("group.id", tally_schemas::namespaced(GROUP_ID))
         .set("isolation.level", "read_committed")
@@ -626,22 +725,25 @@ fn consumer(settings: &Settings, group: &GroupContext) -> anyhow::Result<BaseCon
         .create_with_context(group.clone())
         .context("creating the consumer")?;
     group.joining();
-    consumer.subscribe(&[Topic::TraceEvents.name(), Topic::BillingEvents.name()]).context("subscribing")?;
+    consumer
+        .subscribe(&[Topic::TraceEvents.name(), Topic::BillingEvents.name()])
+        .context("subscribing")?;
     Ok(consumer)
 }
 
 /// The transactional producer; `init_transactions` fences any earlier producer with the same
 /// transactional id and aborts the transaction it left open.
 fn producer(settings: &Settings) -> anyhow::Result<BaseProducer<DefaultProducerContext>> {
-    let producer: BaseProducer<DefaultProducerContext> = base_config(&settings.common.kafka_brokers)
-        .set("transactional.id", settings.transactional_id())
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS)
-        .set("linger.ms", "1")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .context("creating the transactional producer")?;
+    let producer: BaseProducer<DefaultProducerContext> =
+        base_config(&settings.common.kafka_brokers)
+            .set("transactional.id", settings.transactional_id())
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS)
+            .set("linger.ms", "1")
+            .set("queue.buffering.max.messages", "1000000")
+            .create()
+            .context("creating the transactional producer")?;
     producer.init_transactions(RECOVERY_TIMEOUT).context("initialising transactions")?;
     Ok(producer)
 }

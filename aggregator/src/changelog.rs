@@ -21,7 +21,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
-use tally_metering::{dedup, Fold, FoldConfig, PeriodChange, PeriodKey, PeriodSnapshot, TierHistory, Watermarks};
+use tally_metering::{
+    dedup, Fold, FoldConfig, PeriodChange, PeriodKey, PeriodSnapshot, TierHistory, Watermarks,
+};
 use tally_schemas::Topic;
 
 /// The most fingerprints in one chunk record (64 KiB), well below Kafka's message size limit.
@@ -91,7 +93,10 @@ pub fn writes_for(
 ) -> Vec<Write> {
     let mut writes = Vec::new();
     for (org, history) in subscriptions {
-        writes.push((format!("t/{org}"), Some(serde_json::to_vec(history).expect("history serialises"))));
+        writes.push((
+            format!("t/{org}"),
+            Some(serde_json::to_vec(history).expect("history serialises")),
+        ));
     }
     for change in changes {
         let range = chunks.entry(change.key.clone()).or_default();
@@ -112,12 +117,19 @@ pub fn writes_for(
             chunks.remove(&change.key);
         } else {
             let record = StateRecord { snapshot: change.snapshot.clone(), chunks: *range };
-            writes.push((state_key(&change.key), Some(serde_json::to_vec(&record).expect("state serialises"))));
+            writes.push((
+                state_key(&change.key),
+                Some(serde_json::to_vec(&record).expect("state serialises")),
+            ));
         }
     }
     if watermarks != Watermarks::default() {
-        let record = WatermarkRecord { watermark: watermarks.trace, billing_watermark: watermarks.billing };
-        writes.push((WATERMARK_KEY.to_string(), Some(serde_json::to_vec(&record).expect("serialises"))));
+        let record =
+            WatermarkRecord { watermark: watermarks.trace, billing_watermark: watermarks.billing };
+        writes.push((
+            WATERMARK_KEY.to_string(),
+            Some(serde_json::to_vec(&record).expect("serialises")),
+        ));
     }
     writes
 }
@@ -138,19 +150,27 @@ pub fn decode(key: &[u8], value: Option<&[u8]>) -> Result<Entry, ChangelogError>
     match parts.as_slice() {
         [WATERMARK_KEY] => {
             let value = value.ok_or_else(|| invalid("tombstone for the watermark".into()))?;
-            let record: WatermarkRecord = serde_json::from_slice(value).map_err(|e| invalid(e.to_string()))?;
-            Ok(Entry::Watermark(Watermarks { trace: record.watermark, billing: record.billing_watermark }))
+            let record: WatermarkRecord =
+                serde_json::from_slice(value).map_err(|e| invalid(e.to_string()))?;
+            Ok(Entry::Watermark(Watermarks {
+                trace: record.watermark,
+                billing: record.billing_watermark,
+            }))
         }
         ["t", org] => {
             let history = value
-                .map(|v| serde_json::from_slice::<TierHistory>(v).map_err(|e| invalid(e.to_string())))
+                .map(|v| {
+                    serde_json::from_slice::<TierHistory>(v).map_err(|e| invalid(e.to_string()))
+                })
                 .transpose()?;
             Ok(Entry::Subscription(org.to_string(), history))
         }
         ["s", org, period] => {
             let pk = parse_period_key(key, org, period)?;
             let record = value
-                .map(|v| serde_json::from_slice::<StateRecord>(v).map_err(|e| invalid(e.to_string())))
+                .map(|v| {
+                    serde_json::from_slice::<StateRecord>(v).map_err(|e| invalid(e.to_string()))
+                })
                 .transpose()?;
             Ok(Entry::State(pk, record))
         }
@@ -158,7 +178,9 @@ pub fn decode(key: &[u8], value: Option<&[u8]>) -> Result<Entry, ChangelogError>
             let pk = parse_period_key(key, org, period)?;
             let n = n.parse().map_err(|_| invalid("chunk number".into()))?;
             let fps = value
-                .map(|v| dedup::decode(v).ok_or_else(|| invalid("length is not a multiple of 16".into())))
+                .map(|v| {
+                    dedup::decode(v).ok_or_else(|| invalid("length is not a multiple of 16".into()))
+                })
                 .transpose()?;
             Ok(Entry::Chunk(pk, n, fps))
         }
@@ -251,7 +273,9 @@ pub fn load_partition(
                 // fatal one ends the restore. The deadline bounds the rest.
                 Some(Err(e)) => {
                     if let Some((code, reason)) = reader.client().fatal_error() {
-                        return Err(ChangelogError::Fatal(format!("{code:?}: {reason} (after: {e})")));
+                        return Err(ChangelogError::Fatal(format!(
+                            "{code:?}: {reason} (after: {e})"
+                        )));
                     }
                     tracing::debug!(partition, error = %e, "changelog reader error; still reading");
                 }
@@ -316,7 +340,10 @@ mod tests {
         assert_eq!(log.iter().filter(|(k, _)| k.starts_with("d/acme/2026-10/")).count(), 2);
 
         let replay = |log: &[Write]| {
-            restore(config.clone(), log.iter().map(|(k, v)| decode(k.as_bytes(), v.as_deref()).unwrap()))
+            restore(
+                config.clone(),
+                log.iter().map(|(k, v)| decode(k.as_bytes(), v.as_deref()).unwrap()),
+            )
         };
         let mut restored = replay(&log).fold;
         assert_eq!(restored.periods(), fold.periods());

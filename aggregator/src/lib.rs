@@ -31,19 +31,29 @@ pub use settings::Settings;
 /// Starts the aggregator and runs it until shutdown, or until a fault that only a restart of the
 /// process can fix (docs/architecture.md, "Faults in Kafka").
 pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
-    kafka::ensure_topics(&settings.common.kafka_brokers, settings.common.kafka_partitions, settings.common.kafka_replication)
-        .await
-        .context("kafka")?;
+    kafka::ensure_topics(
+        &settings.common.kafka_brokers,
+        settings.common.kafka_partitions,
+        settings.common.kafka_replication,
+    )
+    .await
+    .context("kafka")?;
     let health = settings.common.health("aggregator");
-    let server = tokio::spawn(probes::serve(settings.addr, probes::router(health.clone()), shutdown.clone()));
+    let server = tokio::spawn(probes::serve(
+        settings.addr,
+        probes::router(health.clone()),
+        shutdown.clone(),
+    ));
     let group = GroupContext::new(health.clone());
     backlog::spawn(&settings, group.assignment.clone(), health.clone(), shutdown.clone())?;
 
     let loop_shutdown = shutdown.clone();
     let loop_health = health.clone();
-    let worker = tokio::task::spawn_blocking(move || match batch::Aggregator::connect(settings, loop_health, group, &loop_shutdown) {
-        Some(aggregator) => aggregator.run(&loop_shutdown),
-        None => Ok(()),
+    let worker = tokio::task::spawn_blocking(move || {
+        match batch::Aggregator::connect(settings, loop_health, group, &loop_shutdown) {
+            Some(aggregator) => aggregator.run(&loop_shutdown),
+            None => Ok(()),
+        }
     });
     let result = tokio::select! {
         r = worker => r.context("aggregator loop panicked")?,

@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tally_common::settings::{addr, var_or, Common, SettingError};
-use tally_pricing::Pricing;
 use tally_metering::FoldConfig;
+use tally_pricing::Pricing;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -26,7 +26,10 @@ pub struct Settings {
 
 impl Settings {
     pub fn from_env(common: Common) -> Result<Settings, SettingError> {
-        let fold = FoldConfig { grace: common.grace, pricing: common.pricing_file.load(Pricing::configured)? };
+        let fold = FoldConfig {
+            grace: common.grace,
+            pricing: common.pricing_file.load(Pricing::configured)?,
+        };
         Ok(Settings {
             common,
             addr: addr("TALLY_AGGREGATOR_ADDR", "127.0.0.1:9101")?,

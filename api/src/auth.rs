@@ -56,10 +56,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
 /// The caller a bearer token (the admin token or an api key) stands for. What PostgreSQL says
 /// of a key is reused for a few seconds ([`crate::cache`]).
 pub async fn caller_of_token(state: &AppState, token: &str) -> Result<Caller, ApiError> {
-    if keys::constant_time_eq(
-        token.as_bytes(),
-        state.settings.admin_token.expose().as_bytes(),
-    ) {
+    if keys::constant_time_eq(token.as_bytes(), state.settings.admin_token.expose().as_bytes()) {
         return Ok(Caller::Admin);
     }
     let hash = keys::hash(token);
@@ -80,11 +77,7 @@ pub async fn caller_of_token(state: &AppState, token: &str) -> Result<Caller, Ap
         }
     };
     known.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "unknown or revoked key",
-        )
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown or revoked key")
     })
 }
 
@@ -93,9 +86,7 @@ impl Caller {
     pub fn of_session(session: &PageSession) -> Caller {
         match (&session.role, &session.org_id) {
             (Role::Operator, _) => Caller::Admin,
-            (Role::Customer, Some(org_id)) => Caller::Customer {
-                org_id: org_id.clone(),
-            },
+            (Role::Customer, Some(org_id)) => Caller::Customer { org_id: org_id.clone() },
             // The table's CHECK makes a customer session without an org impossible.
             (Role::Customer, None) => Caller::Ingester,
         }
@@ -120,9 +111,9 @@ impl Caller {
             Caller::Reader { .. } | Caller::Customer { .. } => {
                 Err(ApiError::not_found(format!("no org {org_id:?}")))
             }
-            Caller::Ingester => Err(ApiError::forbidden(
-                "ingest keys cannot read usage; use a read key",
-            )),
+            Caller::Ingester => {
+                Err(ApiError::forbidden("ingest keys cannot read usage; use a read key"))
+            }
         }
     }
 

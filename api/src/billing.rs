@@ -28,9 +28,9 @@ use tally_store::invoices::{billed_invoices, CorrectionRef};
 
 use crate::auth::{require_org, Caller};
 use crate::billing_log::record_subscription_change;
-use tally_store::usage::UsageRow;
 use crate::error::{parse_json, parse_period, parse_tier, ApiError};
 use crate::AppState;
+use tally_store::usage::UsageRow;
 
 /// The most invoices `GET /v1/orgs/{org_id}/invoices` lists (newest first): eight years.
 const MAX_INVOICES: i64 = 96;
@@ -49,10 +49,7 @@ pub struct PeriodBilling {
 /// A stored count as billed usage (a negative count, which the pipeline never writes, is 0).
 pub fn billed_usage(traces: i64, payload_bytes: i64) -> BilledUsageV1 {
     let positive = |v: i64| u64::try_from(v).unwrap_or(0);
-    BilledUsageV1 {
-        traces: positive(traces),
-        payload_bytes: positive(payload_bytes),
-    }
+    BilledUsageV1 { traces: positive(traces), payload_bytes: positive(payload_bytes) }
 }
 
 /// One (org, period) as the read models hold it.
@@ -81,10 +78,7 @@ pub async fn read_period(
         None => Utc::now() >= period.closes_at(state.settings.common.grace),
     };
     let billed = if closed {
-        billed_invoices(&state.pool, Some(org_id), Some(&id))
-            .await?
-            .into_values()
-            .next()
+        billed_invoices(&state.pool, Some(org_id), Some(&id)).await?.into_values().next()
     } else {
         None
     };
@@ -99,22 +93,14 @@ pub async fn read_period(
             correction,
         },
         None => PeriodBilling {
-            tier: stored
-                .earlier_tier
-                .and_then(|t| t.parse().ok())
-                .unwrap_or_default(),
+            tier: stored.earlier_tier.and_then(|t| t.parse().ok()).unwrap_or_default(),
             usage: BilledUsageV1::default(),
             known: false,
             final_invoice,
             correction,
         },
     };
-    Ok(PeriodRead {
-        row,
-        by_operation: stored.by_operation,
-        billing,
-        closed,
-    })
+    Ok(PeriodRead { row, by_operation: stored.by_operation, billing, closed })
 }
 
 /// The tier, usage and final invoice of (org, period) ([`read_period`]).
@@ -134,13 +120,7 @@ pub fn invoice_of(
     billing: &PeriodBilling,
 ) -> InvoiceV1 {
     billing.final_invoice.clone().unwrap_or_else(|| {
-        pricing.invoice(
-            org_id,
-            &period.to_string(),
-            billing.tier,
-            billing.usage,
-            None,
-        )
+        pricing.invoice(org_id, &period.to_string(), billing.tier, billing.usage, None)
     })
 }
 
@@ -288,19 +268,12 @@ pub async fn list_invoices(
     caller.require_reader(&state, &org_id).await?;
     let finals = billed_invoices(&state.pool, Some(&org_id), None).await?;
     let drafts = tally_store::invoices::draft_periods(&state.pool, &org_id, MAX_INVOICES).await?;
-    let mut invoices: Vec<(InvoiceV1, Option<CorrectionRef>)> = finals
-        .into_values()
-        .map(|b| (b.invoice(), b.correction))
-        .collect();
+    let mut invoices: Vec<(InvoiceV1, Option<CorrectionRef>)> =
+        finals.into_values().map(|b| (b.invoice(), b.correction)).collect();
     for draft in drafts {
         let usage = billed_usage(draft.traces, draft.payload_bytes);
         let tier = draft.tier.parse().unwrap_or_default();
-        invoices.push((
-            state
-                .pricing
-                .invoice(&org_id, &draft.period, tier, usage, None),
-            None,
-        ));
+        invoices.push((state.pricing.invoice(&org_id, &draft.period, tier, usage, None), None));
     }
     invoices.sort_by(|a, b| b.0.period.cmp(&a.0.period));
     invoices.truncate(MAX_INVOICES as usize);
@@ -309,11 +282,7 @@ pub async fn list_invoices(
         .into_iter()
         .map(|(invoice, correction)| {
             let stripe = stripe.remove(&invoice.period);
-            ShownInvoice {
-                invoice,
-                correction,
-                stripe,
-            }
+            ShownInvoice { invoice, correction, stripe }
         })
         .collect();
     Ok(Json(InvoiceList { org_id, invoices }))
@@ -337,9 +306,7 @@ pub async fn get_invoice(
             format!("org {org_id:?} has no invoice for {period}"),
         ));
     }
-    let stripe = stripe_invoices(&state, &org_id, Some(period))
-        .await?
-        .remove(&period.to_string());
+    let stripe = stripe_invoices(&state, &org_id, Some(period)).await?.remove(&period.to_string());
     Ok(Json(ShownInvoice {
         invoice: invoice_of(&state.pricing, &org_id, period, &billing),
         correction: billing.correction,
@@ -394,10 +361,7 @@ impl<'a> MetricPriceShown<'a> {
                 per: b.per,
             })
             .collect();
-        MetricPriceShown {
-            included: metric.included,
-            bands,
-        }
+        MetricPriceShown { included: metric.included, bands }
     }
 }
 
@@ -416,12 +380,7 @@ pub async fn get_pricing(State(state): State<Arc<AppState>>) -> Response {
             payload_bytes: MetricPriceShown::of(&t.payload_bytes),
         })
         .collect();
-    Json(PriceList {
-        version: p.version(),
-        currency: p.currency(),
-        tiers,
-    })
-    .into_response()
+    Json(PriceList { version: p.version(), currency: p.currency(), tiers }).into_response()
 }
 
 #[derive(Deserialize)]
@@ -446,10 +405,7 @@ pub async fn estimate(
     body: Bytes,
 ) -> Result<Json<EstimateAnswer>, ApiError> {
     let request: EstimateRequest = parse_json(&body)?;
-    let usage = BilledUsageV1 {
-        traces: request.traces,
-        payload_bytes: request.payload_bytes,
-    };
+    let usage = BilledUsageV1 { traces: request.traces, payload_bytes: request.payload_bytes };
     let (estimates, cheapest) = state.pricing.estimate(usage);
     Ok(Json(EstimateAnswer {
         currency: state.pricing.currency().to_string(),

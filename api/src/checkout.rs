@@ -62,12 +62,7 @@ fn require_http_url(name: &str, url: &str) -> Result<(), ApiError> {
 /// A failed call to Stripe as the api answers it: 502 when Stripe refused, else 503.
 fn stripe_error(e: StripeCallError) -> ApiError {
     match e {
-        StripeCallError::Rejected {
-            status,
-            kind,
-            code,
-            message,
-        } => {
+        StripeCallError::Rejected { status, kind, code, message } => {
             tracing::error!(status, kind = %kind, code = code.as_deref().unwrap_or(""), message = %message, "Stripe refused a request");
             ApiError::new(
                 StatusCode::BAD_GATEWAY,
@@ -106,14 +101,9 @@ fn tally_metadata(org_id: &str, tier: Tier) -> HashMap<String, String> {
 
 /// The first instant of the month after `now`, UTC: where Tally anchors Stripe's billing cycle.
 pub fn next_month_start(now: DateTime<Utc>) -> DateTime<Utc> {
-    let (y, m) = if now.month() == 12 {
-        (now.year() + 1, 1)
-    } else {
-        (now.year(), now.month() + 1)
-    };
-    Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0)
-        .single()
-        .expect("the first of a month exists")
+    let (y, m) =
+        if now.month() == 12 { (now.year() + 1, 1) } else { (now.year(), now.month() + 1) };
+    Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0).single().expect("the first of a month exists")
 }
 
 #[derive(Serialize)]
@@ -138,10 +128,7 @@ pub async fn checkout(
     let client = stripe_client(&state)?;
 
     let link = tally_store::stripe::customer_link(&state.pool, &org_id).await?;
-    if link
-        .as_ref()
-        .is_some_and(|l| l.subscription_status.as_deref().is_some_and(is_live))
-    {
+    if link.as_ref().is_some_and(|l| l.subscription_status.as_deref().is_some_and(is_live)) {
         // A second subscription would bill the same usage twice (both would carry the metered
         // prices): a change of tier is an update of the subscription, in Stripe.
         return Err(ApiError::new(
@@ -185,13 +172,7 @@ pub async fn checkout(
         )
     })?;
     tracing::info!(org_id = %org_id, tier = %tier, session_id = %session.id, "checkout session created");
-    Ok((
-        StatusCode::CREATED,
-        Json(CheckoutCreated {
-            url,
-            session_id: session.id.to_string(),
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(CheckoutCreated { url, session_id: session.id.to_string() })))
 }
 
 /// The Stripe price ids of a tier's three prices (found by lookup key), each with whether it is
@@ -201,10 +182,8 @@ async fn tier_prices(
     client: &tally_stripe::StripeHttp,
     tier: Tier,
 ) -> Result<Vec<(String, bool)>, ApiError> {
-    let plan = plans(&state.pricing)
-        .into_iter()
-        .find(|p| p.tier == tier)
-        .expect("every tier has a plan");
+    let plan =
+        plans(&state.pricing).into_iter().find(|p| p.tier == tier).expect("every tier has a plan");
     let keys: Vec<String> = plan.prices.iter().map(|p| p.lookup_key.clone()).collect();
     let found = ListPrice::new()
         .lookup_keys(keys)
@@ -217,11 +196,8 @@ async fn tier_prices(
         .iter()
         .map(|price| {
             let key = Some(price.lookup_key.as_str());
-            let stripe_price = found
-                .data
-                .iter()
-                .find(|p| p.lookup_key.as_deref() == key)
-                .ok_or_else(|| {
+            let stripe_price =
+                found.data.iter().find(|p| p.lookup_key.as_deref() == key).ok_or_else(|| {
                     ApiError::new(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "stripe_not_set_up",
@@ -231,10 +207,7 @@ async fn tier_prices(
                         ),
                     )
                 })?;
-            Ok((
-                stripe_price.id.to_string(),
-                matches!(price.kind, PriceKind::Licensed { .. }),
-            ))
+            Ok((stripe_price.id.to_string(), matches!(price.kind, PriceKind::Licensed { .. })))
         })
         .collect()
 }
@@ -310,10 +283,7 @@ pub async fn change_plan(
     // does: the meters' usage stays on the subscription. An item Tally does not know is left as
     // it is; a role with no item gets one.
     let new_prices = tier_prices(&state, client, tier).await?;
-    let new_plan = plans
-        .iter()
-        .find(|p| p.tier == tier)
-        .expect("every tier has a plan");
+    let new_plan = plans.iter().find(|p| p.tier == tier).expect("every tier has a plan");
     let role_of = |lookup_key: Option<&str>| {
         plans
             .iter()
@@ -327,11 +297,7 @@ pub async fn change_plan(
         let Some(item_role) = role_of(item.price.lookup_key.as_deref()) else {
             continue;
         };
-        let Some(at) = new_plan
-            .prices
-            .iter()
-            .position(|x| price_role(&x.kind) == item_role)
-        else {
+        let Some(at) = new_plan.prices.iter().position(|x| price_role(&x.kind) == item_role) else {
             continue;
         };
         if placed[at] {
@@ -361,14 +327,7 @@ pub async fn change_plan(
         .await
         .map_err(stripe_error)?;
     tracing::info!(org_id = %org_id, tier = %tier, subscription_id = %subscription_id, "plan change requested in Stripe");
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(PlanChangeRequested {
-            org_id,
-            tier,
-            subscription_id,
-        }),
-    ))
+    Ok((StatusCode::ACCEPTED, Json(PlanChangeRequested { org_id, tier, subscription_id })))
 }
 
 #[cfg(test)]

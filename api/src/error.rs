@@ -17,11 +17,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
+        ApiError { status, code, message: message.into() }
     }
 
     pub fn unauthorized() -> Self {
@@ -74,12 +70,7 @@ struct ErrorDetail {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code,
-                message: self.message,
-            },
-        };
+        let body = ErrorBody { error: ErrorDetail { code: self.code, message: self.message } };
         (self.status, Json(body)).into_response()
     }
 }
@@ -99,20 +90,14 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
 
 /// A tier named in a request, or 422 `invalid_tier`.
 pub fn parse_tier(name: &str) -> Result<Tier, ApiError> {
-    name.parse()
-        .map_err(|e: tally_schemas::billing::UnknownTier| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_tier",
-                e.to_string(),
-            )
-        })
+    name.parse().map_err(|e: tally_schemas::billing::UnknownTier| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_tier", e.to_string())
+    })
 }
 
 /// A period named in a request (`YYYY-MM`), or 400 `invalid_period`.
 pub fn parse_period(raw: &str) -> Result<Period, ApiError> {
-    raw.parse()
-        .map_err(|e: tally_metering::period::ParsePeriodError| {
-            ApiError::bad_request("invalid_period", e.to_string())
-        })
+    raw.parse().map_err(|e: tally_metering::period::ParsePeriodError| {
+        ApiError::bad_request("invalid_period", e.to_string())
+    })
 }

@@ -72,7 +72,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/orgs/{org_id}/periods", get(usage::periods))
         .route("/v1/orgs/{org_id}/plan-changes", post(checkout::change_plan))
         .route("/v1/orgs/{org_id}/late-events", get(usage::late_events))
-        .route("/v1/orgs/{org_id}/subscription", put(billing::put_subscription).get(billing::get_subscription))
+        .route(
+            "/v1/orgs/{org_id}/subscription",
+            put(billing::put_subscription).get(billing::get_subscription),
+        )
         .route("/v1/orgs/{org_id}/invoices", get(billing::list_invoices))
         .route("/v1/orgs/{org_id}/invoices/{period}", get(billing::get_invoice))
         .route("/v1/orgs/{org_id}/checkout", post(checkout::checkout))
@@ -94,15 +97,25 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     let pool = tally_store::connect(&settings.common.database_url, 16).await?;
-    // The api keeps no loop of its own: it is ready once it serves (PostgreSQL was reached at start).
+    // The api keeps no loop of its own: it is ready once it serves (PostgreSQL was reached at
+    // start).
     let health = settings.common.health("api");
     let pricing = settings.common.pricing_file.load(tally_pricing::Pricing::configured)?;
     let billing_producer = billing_log::billing_producer(&settings.common.kafka_brokers)?;
     let stripe = settings.stripe.as_ref().map(tally_stripe::StripeSettings::client);
     let link_signer = session::LinkSigner::new(settings.admin_token.expose());
     let public_origin = session::origin_of(&settings.public_url).to_string();
-    let state = Arc::new(AppState { settings: settings.clone(), pool, pricing, billing_producer, stripe, link_signer, public_origin,
-        key_cache: Default::default(), session_cache: Default::default() });
+    let state = Arc::new(AppState {
+        settings: settings.clone(),
+        pool,
+        pricing,
+        billing_producer,
+        stripe,
+        link_signer,
+        public_origin,
+        key_cache: Default::default(),
+        session_cache: Default::default(),
+    });
     tokio::spawn(webhooks::sweep_interrupted_events(state.clone(), shutdown.clone()));
     let app = router(state).merge(probes::router(health.clone()));
     health.up();

@@ -48,12 +48,8 @@ pub async fn track(request: Request, next: Next) -> Response {
     }
     let started = Instant::now();
     let response = next.run(request).await;
-    REQUEST_SECONDS
-        .with_label_values(&[&route])
-        .observe(started.elapsed().as_secs_f64());
-    REQUESTS
-        .with_label_values(&[&route, response.status().as_str()])
-        .inc();
+    REQUEST_SECONDS.with_label_values(&[&route]).observe(started.elapsed().as_secs_f64());
+    REQUESTS.with_label_values(&[&route, response.status().as_str()]).inc();
     response
 }
 
@@ -92,21 +88,12 @@ mod tests {
 
     #[test]
     fn the_org_id_is_read_where_the_route_names_it() {
+        assert_eq!(org_id_of("/v1/orgs/{org_id}/usage", "/v1/orgs/acme/usage"), Some("acme"));
         assert_eq!(
-            org_id_of("/v1/orgs/{org_id}/usage", "/v1/orgs/acme/usage"),
-            Some("acme")
-        );
-        assert_eq!(
-            org_id_of(
-                "/v1/orgs/{org_id}/invoices/{period}",
-                "/v1/orgs/a-b/invoices/2026-01"
-            ),
+            org_id_of("/v1/orgs/{org_id}/invoices/{period}", "/v1/orgs/a-b/invoices/2026-01"),
             Some("a-b")
         );
         assert_eq!(org_id_of("/v1/orgs", "/v1/orgs"), None);
-        assert_eq!(
-            org_id_of("/v1/stripe/webhooks", "/v1/stripe/webhooks"),
-            None
-        );
+        assert_eq!(org_id_of("/v1/stripe/webhooks", "/v1/stripe/webhooks"), None);
     }
 }

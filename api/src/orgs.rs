@@ -15,9 +15,9 @@ use tally_common::keys;
 use crate::auth::{require_org, Caller};
 use crate::billing::{billed_usage, usage_billing, PercentUsed, PeriodBilling, UsageWarning};
 
-use tally_store::orgs::{ListPosition, ListRequest, Order, SortKey};
 use crate::error::{parse_json, parse_period, ApiError};
 use crate::AppState;
+use tally_store::orgs::{ListPosition, ListRequest, Order, SortKey};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,14 +55,7 @@ pub async fn create_org(
         ));
     };
     tracing::info!(org_id = %org.org_id, "org created");
-    Ok((
-        StatusCode::CREATED,
-        Json(OrgCreated {
-            org_id: org.org_id,
-            name,
-            created_at,
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(OrgCreated { org_id: org.org_id, name, created_at })))
 }
 
 #[derive(Deserialize)]
@@ -190,10 +183,7 @@ pub async fn list_orgs(
     }
     let search = query.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
     if search.is_some_and(|q| q.chars().count() > 100) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "q: at most 100 characters",
-        ));
+        return Err(ApiError::bad_request("invalid_query", "q: at most 100 characters"));
     }
     let period = match query.period.as_deref() {
         None => tally_metering::Period::containing(Utc::now()),
@@ -223,18 +213,11 @@ pub async fn list_orgs(
         sort,
         order,
         search,
-        after: cursor.map(|c| ListPosition {
-            number: c.number,
-            text: c.text,
-            org_id: c.org_id,
-        }),
+        after: cursor.map(|c| ListPosition { number: c.number, text: c.text, org_id: c.org_id }),
         limit: limit + 1,
         tier_names: tiers.iter().map(|t| t.tier.as_str()).collect(),
         included_traces: tiers.iter().map(|t| included(t.traces.included)).collect(),
-        included_bytes: tiers
-            .iter()
-            .map(|t| included(t.payload_bytes.included))
-            .collect(),
+        included_bytes: tiers.iter().map(|t| included(t.payload_bytes.included)).collect(),
     };
     let rows = tally_store::orgs::list(&state.pool, &request).await?;
     let total = match rows.first() {
@@ -245,14 +228,7 @@ pub async fn list_orgs(
     let rows = &rows[..rows.len().min(limit as usize)];
     let next_cursor = more.then(|| rows.last()).flatten().map(|last| {
         let (number, text) = (last.sort_number, last.sort_text.clone());
-        Cursor {
-            sort,
-            order,
-            number,
-            text,
-            org_id: last.org_id.clone(),
-        }
-        .encode()
+        Cursor { sort, order, number, text, org_id: last.org_id.clone() }.encode()
     });
     let orgs = rows
         .iter()
@@ -278,14 +254,7 @@ pub async fn list_orgs(
             }
         })
         .collect();
-    Ok(Json(OrgList {
-        period: period.to_string(),
-        sort,
-        order,
-        total,
-        orgs,
-        next_cursor,
-    }))
+    Ok(Json(OrgList { period: period.to_string(), sort, order, total, orgs, next_cursor }))
 }
 
 #[cfg(test)]

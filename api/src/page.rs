@@ -25,7 +25,10 @@ fn asset(path: &str) -> Option<&'static Asset> {
 }
 
 fn serve(asset: &'static Asset, headers: &HeaderMap, immutable: bool) -> Response {
-    let gzip = headers.get(header::ACCEPT_ENCODING).and_then(|v| v.to_str().ok()).is_some_and(accepts_gzip);
+    let gzip = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(accepts_gzip);
     let body = if gzip { asset.gzip } else { asset.bytes };
     let mut response = (StatusCode::OK, body).into_response();
     let h = response.headers_mut();
@@ -36,7 +39,11 @@ fn serve(asset: &'static Asset, headers: &HeaderMap, immutable: bool) -> Respons
     h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
     h.insert(
         header::CACHE_CONTROL,
-        HeaderValue::from_static(if immutable { "public, max-age=31536000, immutable" } else { "no-store" }),
+        HeaderValue::from_static(if immutable {
+            "public, max-age=31536000, immutable"
+        } else {
+            "no-store"
+        }),
     );
     secure(response)
 }
@@ -46,7 +53,9 @@ fn accepts_gzip(value: &str) -> bool {
     value.split(',').any(|coding| {
         let mut parts = coding.split(';').map(str::trim);
         let named = parts.next().is_some_and(|c| c.eq_ignore_ascii_case("gzip"));
-        let weight = parts.find_map(|p| p.strip_prefix("q=")).map_or(Some(1.0), |q| q.trim().parse::<f32>().ok());
+        let weight = parts
+            .find_map(|p| p.strip_prefix("q="))
+            .map_or(Some(1.0), |q| q.trim().parse::<f32>().ok());
         named && weight.is_some_and(|w| w > 0.0)
     })
 }
@@ -88,7 +97,9 @@ pub async fn root(headers: HeaderMap) -> Response {
 pub async fn file(Path(path): Path<String>, headers: HeaderMap) -> Response {
     match asset(&path) {
         Some(found) if path != "index.html" => serve(found, &headers, path.starts_with("assets/")),
-        _ if path.starts_with("assets/") => secure(crate::error::ApiError::not_found("no such file").into_response()),
+        _ if path.starts_with("assets/") => {
+            secure(crate::error::ApiError::not_found("no such file").into_response())
+        }
         _ => index(&headers),
     }
 }

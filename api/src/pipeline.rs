@@ -46,11 +46,7 @@ pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
             Some((m, rest)) => (m, rest.trim_end_matches('}')),
             None => (series, ""),
         };
-        if metric != name
-            || !labels
-                .iter()
-                .all(|l| series_labels.split(',').any(|s| s == *l))
-        {
+        if metric != name || !labels.iter().all(|l| series_labels.split(',').any(|s| s == *l)) {
             continue;
         }
         if let Ok(v) = value.parse::<f64>() {
@@ -77,29 +73,16 @@ async fn probe(client: &reqwest::Client, name: &str, base: &str) -> StageStatus 
             let reason = body.trim().trim_start_matches("not ready: ").to_string();
             (
                 false,
-                Some(if reason.is_empty() {
-                    format!("/readyz answered {status}")
-                } else {
-                    reason
-                }),
+                Some(if reason.is_empty() { format!("/readyz answered {status}") } else { reason }),
             )
         }
         Err(e) if e.is_timeout() => (false, Some("/readyz did not answer within 1 s".to_string())),
-        Err(_) => (
-            false,
-            Some("not running (no answer on its address)".to_string()),
-        ),
+        Err(_) => (false, Some("not running (no answer on its address)".to_string())),
     };
     let label = format!("stage=\"{name}\"");
     let last_commit_age_seconds =
         metric_sum(&metrics, "tally_stage_last_commit_age_seconds", &[&label]);
-    StageStatus {
-        name: name.to_string(),
-        ready,
-        reason,
-        last_commit_age_seconds,
-        metrics,
-    }
+    StageStatus { name: name.to_string(), ready, reason, last_commit_age_seconds, metrics }
 }
 
 /// A consumer group's lag on one topic; `null`s, with the reason, when Kafka did not say.
@@ -123,12 +106,7 @@ impl ConsumerLag {
     }
 
     fn unknown(group: &str, error: &'static str) -> ConsumerLag {
-        ConsumerLag {
-            group: group.to_string(),
-            topic: None,
-            lag: None,
-            error: Some(error),
-        }
+        ConsumerLag { group: group.to_string(), topic: None, lag: None, error: Some(error) }
     }
 }
 
@@ -136,27 +114,18 @@ impl ConsumerLag {
 /// async threads).
 fn aggregator_lag(brokers: &str) -> Result<Vec<ConsumerLag>, rdkafka::error::KafkaError> {
     let group = tally_schemas::namespaced("tally-aggregator");
-    let client: BaseConsumer = tally_common::kafka::base_config(brokers)
-        .set("group.id", &group)
-        .create()?;
+    let client: BaseConsumer =
+        tally_common::kafka::base_config(brokers).set("group.id", &group).create()?;
     let mut lags = Vec::new();
     for topic in [Topic::TraceEvents, Topic::BillingEvents] {
         let metadata = client.fetch_metadata(Some(topic.name()), KAFKA_TIMEOUT)?;
-        let count = metadata
-            .topics()
-            .first()
-            .map_or(0, |t| t.partitions().len());
-        let partitions: Vec<(String, i32)> = (0..count as i32)
-            .map(|p| (topic.name().to_string(), p))
-            .collect();
+        let count = metadata.topics().first().map_or(0, |t| t.partitions().len());
+        let partitions: Vec<(String, i32)> =
+            (0..count as i32).map(|p| (topic.name().to_string(), p)).collect();
         let ends = tally_common::kafka::end_offsets(&client, &partitions, KAFKA_TIMEOUT)?;
         let committed =
             tally_common::kafka::committed_offsets(&client, &partitions, KAFKA_TIMEOUT)?;
-        let lag: i64 = ends
-            .iter()
-            .zip(&committed)
-            .map(|(e, c)| (e - c).max(0))
-            .sum();
+        let lag: i64 = ends.iter().zip(&committed).map(|(e, c)| (e - c).max(0)).sum();
         lags.push(ConsumerLag::known(&group, topic.name(), lag));
     }
     Ok(lags)
@@ -166,10 +135,8 @@ fn aggregator_lag(brokers: &str) -> Result<Vec<ConsumerLag>, rdkafka::error::Kaf
 async fn projector_lag(state: &AppState) -> Result<Vec<ConsumerLag>, ApiError> {
     let stored = tally_store::pipeline::projector_offsets(&state.pool).await?;
     let brokers = state.settings.common.kafka_brokers.clone();
-    let partitions: Vec<(String, i32)> = stored
-        .iter()
-        .map(|o| (o.topic.clone(), o.partition))
-        .collect();
+    let partitions: Vec<(String, i32)> =
+        stored.iter().map(|o| (o.topic.clone(), o.partition)).collect();
     let ends =
         tokio::task::spawn_blocking(move || -> Result<Vec<i64>, rdkafka::error::KafkaError> {
             let client: BaseConsumer = tally_common::kafka::base_config(&brokers).create()?;
@@ -187,10 +154,7 @@ async fn projector_lag(state: &AppState) -> Result<Vec<ConsumerLag>, ApiError> {
     for (offset, end) in stored.iter().zip(ends) {
         *by_topic.entry(offset.topic.clone()).or_default() += (end - offset.next_offset - 1).max(0);
     }
-    Ok(by_topic
-        .into_iter()
-        .map(|(topic, lag)| ConsumerLag::known(&group, &topic, lag))
-        .collect())
+    Ok(by_topic.into_iter().map(|(topic, lag)| ConsumerLag::known(&group, &topic, lag)).collect())
 }
 
 /// The billing reporter's state.
@@ -221,10 +185,8 @@ pub async fn pipeline(
     caller: Caller,
 ) -> Result<Json<PipelineStatus>, ApiError> {
     caller.require_admin()?;
-    let client = reqwest::Client::builder()
-        .timeout(PROBE_TIMEOUT)
-        .build()
-        .expect("an http client builds");
+    let client =
+        reqwest::Client::builder().timeout(PROBE_TIMEOUT).build().expect("an http client builds");
     let stages = probe_all(&client, &state.settings.pipeline_stages).await;
     let brokers = state.settings.common.kafka_brokers.clone();
     let aggregator = tokio::time::timeout(
@@ -234,10 +196,7 @@ pub async fn pipeline(
     let projector = tokio::time::timeout(LAG_TIMEOUT, projector_lag(&state));
     let (aggregator, projector) = tokio::join!(aggregator, projector);
     let unknown = |group: &str| {
-        ConsumerLag::unknown(
-            &tally_schemas::namespaced(group),
-            "Kafka did not answer in time",
-        )
+        ConsumerLag::unknown(&tally_schemas::namespaced(group), "Kafka did not answer in time")
     };
     let mut consumer_lag = match aggregator {
         Ok(Ok(Ok(lags))) => lags,
@@ -259,29 +218,17 @@ pub async fn pipeline(
     let newest = tally_store::pipeline::newest_usage_update(&state.pool).await?;
     let ledger = tally_store::pipeline::meter_ledger_counts(&state.pool).await?;
     let metrics_of = |name: &str| {
-        stages
-            .iter()
-            .find(|s| s.name == name)
-            .map(|s| s.metrics.as_str())
-            .unwrap_or("")
+        stages.iter().find(|s| s.name == name).map(|s| s.metrics.as_str()).unwrap_or("")
     };
     let ingest = metrics_of("ingest");
     // Every outcome but `accepted` is a rejection code.
     let rejected = metric_sum(ingest, "tally_ingest_events_total", &[]).unwrap_or(0.0)
-        - metric_sum(
-            ingest,
-            "tally_ingest_events_total",
-            &["outcome=\"accepted\""],
-        )
-        .unwrap_or(0.0);
+        - metric_sum(ingest, "tally_ingest_events_total", &["outcome=\"accepted\""]).unwrap_or(0.0);
     let reporter = metrics_of("billing-reporter");
-    let last_success = metric_sum(
-        reporter,
-        "tally_billing_reporter_last_success_timestamp_seconds",
-        &[],
-    )
-    .filter(|s| *s > 0.0)
-    .and_then(|s| DateTime::<Utc>::from_timestamp(s as i64, 0));
+    let last_success =
+        metric_sum(reporter, "tally_billing_reporter_last_success_timestamp_seconds", &[])
+            .filter(|s| *s > 0.0)
+            .and_then(|s| DateTime::<Utc>::from_timestamp(s as i64, 0));
     let billing_reporter = BillingReporterStatus {
         failed_rows: ledger.failed_rows,
         pending_rows: ledger.pending_rows,
@@ -289,11 +236,7 @@ pub async fn pipeline(
             .map(|v| v as i64),
         last_success_at: last_success,
     };
-    let rejected_events = if ingest.is_empty() {
-        None
-    } else {
-        Some(rejected.max(0.0) as i64)
-    };
+    let rejected_events = if ingest.is_empty() { None } else { Some(rejected.max(0.0) as i64) };
     Ok(Json(PipelineStatus {
         period: period.to_string(),
         last_record_at: activity.last_record_at.or(newest),
@@ -333,28 +276,17 @@ mod tests {
                     tally_ingest_events_total{outcome=\"payload_too_large\"} 1\n\
                     tally_stage_last_commit_age_seconds{stage=\"projector\"} 0.25\n\
                     tally_ingest_events_totalx 99\n";
-        assert_eq!(
-            metric_sum(text, "tally_ingest_events_total", &[]),
-            Some(13.0)
-        );
+        assert_eq!(metric_sum(text, "tally_ingest_events_total", &[]), Some(13.0));
         assert_eq!(
             metric_sum(text, "tally_ingest_events_total", &["outcome=\"accepted\""]),
             Some(10.0)
         );
         assert_eq!(
-            metric_sum(
-                text,
-                "tally_stage_last_commit_age_seconds",
-                &["stage=\"projector\""]
-            ),
+            metric_sum(text, "tally_stage_last_commit_age_seconds", &["stage=\"projector\""]),
             Some(0.25)
         );
         assert_eq!(
-            metric_sum(
-                text,
-                "tally_stage_last_commit_age_seconds",
-                &["stage=\"api\""]
-            ),
+            metric_sum(text, "tally_stage_last_commit_age_seconds", &["stage=\"api\""]),
             None
         );
         assert_eq!(metric_sum("", "x", &[]), None);

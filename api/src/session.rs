@@ -15,9 +15,9 @@ use serde::Serialize;
 use sha2::Sha256;
 use tally_common::keys;
 
-use tally_store::sessions;
 use crate::error::ApiError;
 use crate::AppState;
+use tally_store::sessions;
 
 /// The session cookie's name over http (local stacks).
 pub const COOKIE: &str = "tally_session";
@@ -101,11 +101,7 @@ pub async fn session_of_request(
             let fingerprint = state.link_signer.admin_fingerprint();
             let row = sessions::find_live(&state.pool, &hash, &fingerprint).await?;
             let session = row.map(|row| PageSession {
-                role: if row.role == "operator" {
-                    Role::Operator
-                } else {
-                    Role::Customer
-                },
+                role: if row.role == "operator" { Role::Operator } else { Role::Customer },
                 org_id: row.org_id,
                 expires_at: row.expires_at,
                 csrf_token: row.csrf_token,
@@ -142,15 +138,10 @@ pub fn check_csrf(
         return Err(refused("the CSRF token does not match the session's"));
     }
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        let host = headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .filter(|h| !h.is_empty());
+        let host =
+            headers.get(header::HOST).and_then(|v| v.to_str().ok()).filter(|h| !h.is_empty());
         let by_host = host.is_some()
-            && origin
-                .strip_prefix("http://")
-                .or_else(|| origin.strip_prefix("https://"))
-                == host;
+            && origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) == host;
         if origin != public_origin && !by_host {
             return Err(refused("cross-site requests are refused"));
         }
@@ -160,11 +151,7 @@ pub fn check_csrf(
 
 /// The `Set-Cookie` value of a session id (or of its removal, with `max_age` 0).
 pub fn set_cookie(state: &AppState, id: &str, max_age: i64) -> HeaderValue {
-    let secure = if state.settings.public_url.starts_with("https://") {
-        "; Secure"
-    } else {
-        ""
-    };
+    let secure = if state.settings.public_url.starts_with("https://") { "; Secure" } else { "" };
     HeaderValue::from_str(&format!(
         "{}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}{secure}",
         cookie_name(state)
@@ -172,7 +159,7 @@ pub fn set_cookie(state: &AppState, id: &str, max_age: i64) -> HeaderValue {
     .expect("session ids are hex")
 }
 
-// ---- portal link signatures ----------------------------------------------------------------------------
+// ---- portal link signatures ---------------------------------------------------------------------
 
 /// Why a portal link was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,9 +201,7 @@ impl LinkSigner {
         let mut mac = Hmac::<Sha256>::new_from_slice(admin_token.as_bytes())
             .expect("HMAC takes any key length");
         mac.update(b"tally portal links v1");
-        LinkSigner {
-            key: mac.finalize().into_bytes().into(),
-        }
+        LinkSigner { key: mac.finalize().into_bytes().into() }
     }
 
     fn mac(&self, id: &str, expires: i64) -> Hmac<Sha256> {
@@ -234,10 +219,7 @@ impl LinkSigner {
     }
 
     pub fn token(&self, id: &str, expires: i64) -> String {
-        format!(
-            "{id}.{expires}.{}",
-            hex::encode(self.mac(id, expires).finalize().into_bytes())
-        )
+        format!("{id}.{expires}.{}", hex::encode(self.mac(id, expires).finalize().into_bytes()))
     }
 
     /// The link id of a well-signed, unexpired token.
@@ -250,9 +232,7 @@ impl LinkSigner {
         };
         let expires: i64 = expires.parse().map_err(|_| LinkRefusal::Invalid)?;
         let signature = hex::decode(signature).map_err(|_| LinkRefusal::Invalid)?;
-        self.mac(id, expires)
-            .verify_slice(&signature)
-            .map_err(|_| LinkRefusal::Invalid)?;
+        self.mac(id, expires).verify_slice(&signature).map_err(|_| LinkRefusal::Invalid)?;
         if now >= expires {
             return Err(LinkRefusal::Expired);
         }
@@ -296,10 +276,7 @@ mod tests {
     #[test]
     fn cookies_are_found_among_others() {
         let mut headers = HeaderMap::new();
-        headers.append(
-            header::COOKIE,
-            HeaderValue::from_static("a=1; tally_session=abc"),
-        );
+        headers.append(header::COOKIE, HeaderValue::from_static("a=1; tally_session=abc"));
         headers.append(header::COOKIE, HeaderValue::from_static("b=2"));
         assert_eq!(cookie(&headers, COOKIE), Some("abc"));
         assert_eq!(cookie(&headers, "b"), Some("2"));
@@ -323,21 +300,13 @@ mod tests {
         assert!(check(&headers).is_err());
         headers.insert(CSRF_HEADER, HeaderValue::from_static("t0k"));
         assert!(check(&headers).is_ok());
-        // The origin the request's Host names, or the public URL's (behind a proxy that rewrites Host).
-        headers.insert(
-            header::ORIGIN,
-            HeaderValue::from_static("http://127.0.0.1:8080"),
-        );
+        // The origin the request's Host names, or the public URL's (behind a proxy that rewrites
+        // Host).
+        headers.insert(header::ORIGIN, HeaderValue::from_static("http://127.0.0.1:8080"));
         assert!(check(&headers).is_ok());
-        headers.insert(
-            header::ORIGIN,
-            HeaderValue::from_static("https://billing.example.com"),
-        );
+        headers.insert(header::ORIGIN, HeaderValue::from_static("https://billing.example.com"));
         assert!(check(&headers).is_ok());
-        headers.insert(
-            header::ORIGIN,
-            HeaderValue::from_static("https://evil.example"),
-        );
+        headers.insert(header::ORIGIN, HeaderValue::from_static("https://evil.example"));
         assert_eq!(check(&headers).unwrap_err().code, "csrf_failed");
         headers.insert(
             header::ORIGIN,

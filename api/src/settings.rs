@@ -26,7 +26,8 @@ pub struct Settings {
 }
 
 /// The stages `make up` runs, where it runs them.
-pub const DEFAULT_PIPELINE_STAGES: &str = "ingest=http://127.0.0.1:4318,aggregator=http://127.0.0.1:9101,\
+pub const DEFAULT_PIPELINE_STAGES: &str =
+    "ingest=http://127.0.0.1:4318,aggregator=http://127.0.0.1:9101,\
      projector=http://127.0.0.1:9102,billing-reporter=http://127.0.0.1:9103";
 
 /// Parses `name=http://host:port,...`.
@@ -35,7 +36,9 @@ pub fn parse_stages(raw: &str) -> Result<Vec<(String, String)>, String> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|pair| {
-            let (name, url) = pair.split_once('=').ok_or_else(|| format!("{pair:?}: expected name=http://host:port"))?;
+            let (name, url) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("{pair:?}: expected name=http://host:port"))?;
             if name.is_empty() || !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(format!("{pair:?}: expected name=http://host:port"));
             }
@@ -48,15 +51,26 @@ impl Settings {
     pub fn from_env(common: Common) -> Result<Settings, SettingError> {
         let admin_token = secret("TALLY_ADMIN_TOKEN")?;
         if admin_token.expose().len() < 16 {
-            return Err(SettingError { name: "TALLY_ADMIN_TOKEN", message: "must be at least 16 characters".into() });
+            return Err(SettingError {
+                name: "TALLY_ADMIN_TOKEN",
+                message: "must be at least 16 characters".into(),
+            });
         }
         let api_addr = addr("TALLY_API_ADDR", "127.0.0.1:8080")?;
-        let public_url = std::env::var("TALLY_PUBLIC_URL").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| format!("http://{api_addr}"));
+        let public_url = std::env::var("TALLY_PUBLIC_URL")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| format!("http://{api_addr}"));
         if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
-            return Err(SettingError { name: "TALLY_PUBLIC_URL", message: "must start with http:// or https://".into() });
+            return Err(SettingError {
+                name: "TALLY_PUBLIC_URL",
+                message: "must start with http:// or https://".into(),
+            });
         }
-        let stages = std::env::var("TALLY_PIPELINE_STAGES").unwrap_or_else(|_| DEFAULT_PIPELINE_STAGES.to_string());
-        let pipeline_stages = parse_stages(&stages).map_err(|message| SettingError { name: "TALLY_PIPELINE_STAGES", message })?;
+        let stages = std::env::var("TALLY_PIPELINE_STAGES")
+            .unwrap_or_else(|_| DEFAULT_PIPELINE_STAGES.to_string());
+        let pipeline_stages = parse_stages(&stages)
+            .map_err(|message| SettingError { name: "TALLY_PIPELINE_STAGES", message })?;
         Ok(Settings {
             common,
             addr: api_addr,
@@ -64,7 +78,10 @@ impl Settings {
             pipeline_stages,
             admin_token,
             stripe: tally_stripe::StripeSettings::from_env_optional()?,
-            stripe_webhook_secret: std::env::var("TALLY_STRIPE_WEBHOOK_SECRET").ok().filter(|s| !s.is_empty()).map(Secret::new),
+            stripe_webhook_secret: std::env::var("TALLY_STRIPE_WEBHOOK_SECRET")
+                .ok()
+                .filter(|s| !s.is_empty())
+                .map(Secret::new),
         })
     }
 }

@@ -16,13 +16,13 @@ use serde::{Deserialize, Serialize};
 use tally_common::keys;
 
 use crate::auth::{require_org, Caller};
-use tally_store::{sessions, Tx};
 use crate::error::{parse_json, ApiError};
 use crate::session::{
     check_csrf, session_id, session_of_request, set_cookie, LinkRefusal, PageSession, Role,
     LINK_DEFAULT_SECS, LINK_MAX_SECS, LINK_MIN_SECS, SESSION_HOURS,
 };
 use crate::AppState;
+use tally_store::{sessions, Tx};
 
 fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
@@ -31,14 +31,9 @@ fn random_hex(bytes: usize) -> String {
 }
 
 fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';')
-                .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
-        });
+    let json = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+    });
     if json {
         Ok(())
     } else {
@@ -50,7 +45,8 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// What a session was opened with: it lasts only while that holds ([`crate::session::session_of_request`]).
+/// What a session was opened with: it lasts only while that holds
+/// ([`crate::session::session_of_request`]).
 enum Credential<'a> {
     /// A read key, by its hash: revoking the key ends the session.
     ReadKey(&'a str),
@@ -124,10 +120,7 @@ async fn answer_opened_session(
     }
     sessions::delete_long_expired(&state.pool).await?;
     let mut response = (StatusCode::CREATED, Json(&session)).into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        set_cookie(state, &id, SESSION_HOURS * 3600),
-    );
+    response.headers_mut().insert(header::SET_COOKIE, set_cookie(state, &id, SESSION_HOURS * 3600));
     Ok(response)
 }
 
@@ -146,13 +139,8 @@ pub async fn sign_in(
 ) -> Result<Response, ApiError> {
     require_json(&headers)?;
     let request: SignInRequest = parse_json(&body)?;
-    let refused = || {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_key",
-            "unknown or revoked key",
-        )
-    };
+    let refused =
+        || ApiError::new(StatusCode::UNAUTHORIZED, "invalid_key", "unknown or revoked key");
     let key = request.key.trim();
     if key.is_empty() || key.len() > 256 {
         return Err(refused());
@@ -205,9 +193,7 @@ pub async fn sign_out(
         state.session_cache.forget(&hash);
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
-    response
-        .headers_mut()
-        .insert(header::SET_COOKIE, set_cookie(&state, "", 0));
+    response.headers_mut().insert(header::SET_COOKIE, set_cookie(&state, "", 0));
     Ok(response)
 }
 
@@ -234,11 +220,8 @@ pub async fn create_portal_link(
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require_admin()?;
-    let request: NewPortalLink = if body.is_empty() {
-        NewPortalLink::default()
-    } else {
-        parse_json(&body)?
-    };
+    let request: NewPortalLink =
+        if body.is_empty() { NewPortalLink::default() } else { parse_json(&body)? };
     let ttl = request.ttl_secs.unwrap_or(LINK_DEFAULT_SECS);
     if !(LINK_MIN_SECS..=LINK_MAX_SECS).contains(&ttl) {
         return Err(ApiError::invalid_field(format!(
@@ -247,21 +230,13 @@ pub async fn create_portal_link(
     }
     require_org(&state, &org_id).await?;
     let id = random_hex(16);
-    let expires_at = Utc
-        .timestamp_opt(Utc::now().timestamp() + ttl, 0)
-        .single()
-        .expect("a near future instant");
+    let expires_at =
+        Utc.timestamp_opt(Utc::now().timestamp() + ttl, 0).single().expect("a near future instant");
     sessions::insert_portal_link(&state.pool, &keys::hash(&id), &org_id, expires_at).await?;
     let token = state.link_signer.token(&id, expires_at.timestamp());
-    let url = format!(
-        "{}/app/portal#{token}",
-        state.settings.public_url.trim_end_matches('/')
-    );
+    let url = format!("{}/app/portal#{token}", state.settings.public_url.trim_end_matches('/'));
     tracing::info!(org_id = %org_id, expires_at = %expires_at, "portal link created");
-    Ok((
-        StatusCode::CREATED,
-        Json(PortalLinkCreated { url, expires_at }),
-    ))
+    Ok((StatusCode::CREATED, Json(PortalLinkCreated { url, expires_at })))
 }
 
 #[derive(Deserialize)]
@@ -294,14 +269,9 @@ pub async fn exchange_portal_link(
         tracing::info!(refusal = ?refusal, "portal link refused");
         return Err(refusal.error());
     };
-    let (session, cookie_value) = open_session(
-        &state,
-        &mut tx,
-        Role::Customer,
-        Some(&org_id),
-        Credential::PortalLink,
-    )
-    .await?;
+    let (session, cookie_value) =
+        open_session(&state, &mut tx, Role::Customer, Some(&org_id), Credential::PortalLink)
+            .await?;
     tx.commit().await?;
     answer_opened_session(&state, &headers, session, cookie_value).await
 }

@@ -190,10 +190,7 @@ impl Subscription {
 
     /// The prices of its items, in order.
     pub fn prices(&self) -> impl Iterator<Item = &Price> {
-        self.items
-            .iter()
-            .flat_map(|list| list.data.iter())
-            .filter_map(|item| item.price.as_ref())
+        self.items.iter().flat_map(|list| list.data.iter()).filter_map(|item| item.price.as_ref())
     }
 }
 
@@ -240,10 +237,7 @@ impl Invoice {
 
     /// The org named in its subscription's metadata.
     pub fn org_id(&self) -> Option<&str> {
-        let details = self
-            .parent
-            .as_ref()
-            .and_then(|p| p.subscription_details.as_ref());
+        let details = self.parent.as_ref().and_then(|p| p.subscription_details.as_ref());
         details.and_then(|d| metadata_value(&d.metadata, ORG_ID_KEY))
     }
 
@@ -278,18 +272,11 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(
-            (
-                subscription.id(),
-                subscription.customer_id(),
-                subscription.status()
-            ),
+            (subscription.id(), subscription.customer_id(), subscription.status()),
             (Some("sub_1"), None, None)
         );
         let price = subscription.prices().next().unwrap();
-        assert_eq!(
-            (price.lookup_key(), price.product_id()),
-            (Some("k"), Some("prod_1"))
-        );
+        assert_eq!((price.lookup_key(), price.product_id()), (Some("k"), Some("prod_1")));
         let invoice: Invoice = serde_json::from_value(json!({
             "id": "in_1", "total": 12_345, "period_start": 1_800_000_000, "parent": {"type": "subscription_details",
             "subscription_details": {"subscription": "sub_1", "metadata": {"tally_org_id": "acme"}}}
@@ -301,9 +288,6 @@ mod tests {
         );
         let event: Event =
             serde_json::from_value(json!({"id": "evt_1", "type": "x", "created": 1})).unwrap();
-        assert!(
-            event.object::<Invoice>().is_ok(),
-            "an event without data has an empty object"
-        );
+        assert!(event.object::<Invoice>().is_ok(), "an event without data has an empty object");
     }
 }

@@ -83,22 +83,13 @@ pub async fn period_usage(
     caller.require_reader(&state, &org_id).await?;
     let period = period_or_current(query.period.as_deref())?;
     let read = crate::billing::read_period(&state, &org_id, period).await?;
-    let ops: HashMap<&str, (i64, i64)> = read
-        .by_operation
-        .iter()
-        .map(|(o, t, b)| (o.as_str(), (*t, *b)))
-        .collect();
+    let ops: HashMap<&str, (i64, i64)> =
+        read.by_operation.iter().map(|(o, t, b)| (o.as_str(), (*t, *b))).collect();
     let by_operation = Operation::ALL
         .iter()
         .map(|op| {
             let (traces, payload_bytes) = ops.get(op.as_str()).copied().unwrap_or((0, 0));
-            (
-                op.as_str(),
-                Amounts {
-                    traces,
-                    payload_bytes,
-                },
-            )
+            (op.as_str(), Amounts { traces, payload_bytes })
         })
         .collect();
     let billing = crate::billing::usage_billing(&state.pricing, &org_id, period, &read.billing);
@@ -165,10 +156,7 @@ pub async fn daily_usage(
         None | Some("json") => false,
         Some("csv") => true,
         Some(_) => {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                "format: must be json or csv",
-            ))
+            return Err(ApiError::bad_request("invalid_query", "format: must be json or csv"))
         }
     };
     caller.require_reader(&state, &org_id).await?;
@@ -187,16 +175,10 @@ pub async fn daily_usage(
         None => today,
     };
     if to < from {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "to: must not be before from",
-        ));
+        return Err(ApiError::bad_request("invalid_query", "to: must not be before from"));
     }
     if (to - from).num_days() >= MAX_DAILY_RANGE_DAYS {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "at most 366 days per request",
-        ));
+        return Err(ApiError::bad_request("invalid_query", "at most 366 days per request"));
     }
     let stored: HashMap<(NaiveDate, String), (i64, i64)> =
         tally_store::usage::daily(&state.pool, &org_id, from, to)
@@ -209,24 +191,14 @@ pub async fn daily_usage(
         .take_while(|d| *d <= to)
         .flat_map(|day| Operation::ALL.iter().map(move |op| (day, op.as_str())));
     let days = days.map(|(day, operation)| {
-        let (traces, payload_bytes) = stored
-            .get(&(day, operation.to_string()))
-            .copied()
-            .unwrap_or((0, 0));
-        DayUsage {
-            day,
-            operation,
-            traces,
-            payload_bytes,
-        }
+        let (traces, payload_bytes) =
+            stored.get(&(day, operation.to_string())).copied().unwrap_or((0, 0));
+        DayUsage { day, operation, traces, payload_bytes }
     });
     if csv {
         let mut body = String::from("day,operation,traces,payload_bytes\n");
         for d in days {
-            body.push_str(&format!(
-                "{},{},{},{}\n",
-                d.day, d.operation, d.traces, d.payload_bytes
-            ));
+            body.push_str(&format!("{},{},{},{}\n", d.day, d.operation, d.traces, d.payload_bytes));
         }
         let disposition = format!("attachment; filename=\"tally-{org_id}-{from}-{to}.csv\"");
         return Ok((
@@ -238,13 +210,7 @@ pub async fn daily_usage(
         )
             .into_response());
     }
-    Ok(Json(DailyUsage {
-        org_id,
-        from,
-        to,
-        days: days.collect(),
-    })
-    .into_response())
+    Ok(Json(DailyUsage { org_id, from, to, days: days.collect() }).into_response())
 }
 
 /// The most periods `GET /v1/orgs/{org_id}/periods` lists (newest first): eight years.
@@ -313,11 +279,7 @@ pub async fn late_events(
     let period = period_or_current(query.period.as_deref())?.to_string();
     let late_events =
         tally_store::usage::late_events(&state.pool, &org_id, &period, MAX_LATE_EVENTS).await?;
-    Ok(Json(LateEvents {
-        org_id,
-        period,
-        late_events,
-    }))
+    Ok(Json(LateEvents { org_id, period, late_events }))
 }
 
 /// The shortest stretch a projection extrapolates from: a period's first minutes say too little.
@@ -333,10 +295,7 @@ pub fn project(usage: BilledUsageV1, elapsed_secs: i64, period_secs: i64) -> Bil
     let elapsed = elapsed_secs.max(MIN_ELAPSED_SECS).min(period_secs) as u128;
     let scale =
         |v: u64| u64::try_from(v as u128 * period_secs as u128 / elapsed).unwrap_or(u64::MAX);
-    BilledUsageV1 {
-        traces: scale(usage.traces),
-        payload_bytes: scale(usage.payload_bytes),
-    }
+    BilledUsageV1 { traces: scale(usage.traces), payload_bytes: scale(usage.payload_bytes) }
 }
 
 /// The cost of the projected usage on the org's tier.
@@ -383,9 +342,8 @@ pub async fn projection(
     let now = Utc::now();
     let period_secs = (period.end() - period.start()).num_seconds();
     // The stretch the projection extrapolates from, as `project` takes it (at least an hour).
-    let elapsed_secs = (now - period.start())
-        .num_seconds()
-        .clamp(MIN_ELAPSED_SECS.min(period_secs), period_secs);
+    let elapsed_secs =
+        (now - period.start()).num_seconds().clamp(MIN_ELAPSED_SECS.min(period_secs), period_secs);
     let projected = project(billing.usage, elapsed_secs, period_secs);
     let (current, current_cheapest) = state.pricing.estimate(billing.usage);
     let (projected_estimates, projected_cheapest) = state.pricing.estimate(projected);
@@ -398,11 +356,7 @@ pub async fn projection(
         period_secs,
         usage: billing.usage,
         projected,
-        projected_cost: ProjectedCost {
-            tier: billing.tier,
-            total_cents,
-            lines,
-        },
+        projected_cost: ProjectedCost { tier: billing.tier, total_cents, lines },
         estimates: ProjectionEstimates {
             current,
             current_cheapest,
@@ -418,47 +372,22 @@ mod tests {
 
     #[test]
     fn projections_scale_the_period_so_far_in_integers() {
-        let usage = BilledUsageV1 {
-            traces: 1_000,
-            payload_bytes: 7,
-        };
+        let usage = BilledUsageV1 { traces: 1_000, payload_bytes: 7 };
         // A third of the way: three times as much, rounded down.
         assert_eq!(
             project(usage, 100_000, 300_000),
-            BilledUsageV1 {
-                traces: 3_000,
-                payload_bytes: 21
-            }
+            BilledUsageV1 { traces: 3_000, payload_bytes: 21 }
         );
         assert_eq!(
-            project(
-                BilledUsageV1 {
-                    traces: 1,
-                    payload_bytes: 2
-                },
-                200_000,
-                300_000
-            ),
-            BilledUsageV1 {
-                traces: 1,
-                payload_bytes: 3
-            }
+            project(BilledUsageV1 { traces: 1, payload_bytes: 2 }, 200_000, 300_000),
+            BilledUsageV1 { traces: 1, payload_bytes: 3 }
         );
         // The first minutes count as an hour.
-        assert_eq!(
-            project(usage, 60, 36_000),
-            BilledUsageV1 {
-                traces: 10_000,
-                payload_bytes: 70
-            }
-        );
+        assert_eq!(project(usage, 60, 36_000), BilledUsageV1 { traces: 10_000, payload_bytes: 70 });
         // An ended period projects what it has.
         assert_eq!(project(usage, 300_000, 300_000), usage);
         // No overflow for the largest figures.
-        let big = BilledUsageV1 {
-            traces: u64::MAX / 2,
-            payload_bytes: u64::MAX,
-        };
+        let big = BilledUsageV1 { traces: u64::MAX / 2, payload_bytes: u64::MAX };
         assert_eq!(project(big, 3_600, 2_678_400).payload_bytes, u64::MAX);
     }
 }

@@ -32,10 +32,10 @@ use sha2::Sha256;
 use tally_pricing::stripe::plans;
 use tally_schemas::{SubscriptionChangedV1, SubscriptionSource, Tier};
 
-use tally_store::Tx;
 use crate::error::ApiError;
 use crate::stripe_objects::{is_live, CheckoutSession, Event, Invoice, Subscription};
 use crate::AppState;
+use tally_store::Tx;
 
 /// How old (or how far ahead) a signature's timestamp may be, as Stripe's own libraries allow.
 pub const SIGNATURE_TOLERANCE_SECS: i64 = 300;
@@ -131,17 +131,13 @@ pub async fn webhook(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<WebhookReceipt>, ApiError> {
-    let secret = state
-        .settings
-        .stripe_webhook_secret
-        .as_ref()
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "webhooks_not_configured",
-                "TALLY_STRIPE_WEBHOOK_SECRET is not set",
-            )
-        })?;
+    let secret = state.settings.stripe_webhook_secret.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "webhooks_not_configured",
+            "TALLY_STRIPE_WEBHOOK_SECRET is not set",
+        )
+    })?;
     if body.len() > MAX_WEBHOOK_BYTES {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -149,18 +145,11 @@ pub async fn webhook(
             format!("webhook bodies are at most {MAX_WEBHOOK_BYTES} bytes"),
         ));
     }
-    let header = headers
-        .get("stripe-signature")
-        .and_then(|v| v.to_str().ok());
-    if let Err(e) = verify_signature(
-        secret.expose().as_bytes(),
-        header,
-        &body,
-        Utc::now().timestamp(),
-    ) {
-        crate::metrics::WEBHOOKS
-            .with_label_values(&["refused"])
-            .inc();
+    let header = headers.get("stripe-signature").and_then(|v| v.to_str().ok());
+    if let Err(e) =
+        verify_signature(secret.expose().as_bytes(), header, &body, Utc::now().timestamp())
+    {
+        crate::metrics::WEBHOOKS.with_label_values(&["refused"]).inc();
         return Err(ApiError::bad_request(e.code(), e.to_string()));
     }
     // Verified: only now is the body parsed. It is stored as sent, and read again to process it.
@@ -185,10 +174,7 @@ pub async fn webhook(
             let _ = try_process_event(&state, &id).await;
         });
     }
-    Ok(Json(WebhookReceipt {
-        received: true,
-        duplicate: !inserted,
-    }))
+    Ok(Json(WebhookReceipt { received: true, duplicate: !inserted }))
 }
 
 // ---- processing ------------------------------------------------------------------------------
@@ -238,15 +224,10 @@ async fn try_process_event(
     state: &AppState,
     event_id: &str,
 ) -> Result<Option<WebhookOutcome>, EventProcessingError> {
-    let _permit = PROCESSING
-        .acquire()
-        .await
-        .expect("the semaphore is never closed");
+    let _permit = PROCESSING.acquire().await.expect("the semaphore is never closed");
     let result = process_event(state, event_id).await;
     if let Err(e) = &result {
-        crate::metrics::WEBHOOK_OUTCOMES
-            .with_label_values(&["failed"])
-            .inc();
+        crate::metrics::WEBHOOK_OUTCOMES.with_label_values(&["failed"]).inc();
         tracing::warn!(event_id, error = %e, "Stripe event not processed yet; the sweeper retries");
         let _ =
             tally_store::stripe::record_failed_attempt(&state.pool, event_id, &e.to_string()).await;
@@ -263,7 +244,8 @@ pub async fn process_event(
     event_id: &str,
 ) -> Result<Option<WebhookOutcome>, EventProcessingError> {
     let mut tx = state.pool.begin().await?;
-    let Some(pending) = tally_store::stripe::lock_unprocessed_event(&mut tx, event_id).await? else {
+    let Some(pending) = tally_store::stripe::lock_unprocessed_event(&mut tx, event_id).await?
+    else {
         return Ok(None);
     };
     let created = pending.created;
@@ -276,16 +258,9 @@ pub async fn process_event(
     };
     tally_store::stripe::mark_processed(&mut tx, event_id, outcome.as_str()).await?;
     tx.commit().await?;
-    crate::metrics::WEBHOOK_OUTCOMES
-        .with_label_values(&[outcome.as_str()])
-        .inc();
+    crate::metrics::WEBHOOK_OUTCOMES.with_label_values(&[outcome.as_str()]).inc();
     let kind = pending.payload["type"].as_str().unwrap_or_default();
-    tracing::info!(
-        event_id,
-        kind,
-        outcome = outcome.as_str(),
-        "Stripe event processed"
-    );
+    tracing::info!(event_id, kind, outcome = outcome.as_str(), "Stripe event processed");
     Ok(Some(outcome))
 }
 
@@ -375,9 +350,14 @@ async fn checkout_completed(
         return Ok(WebhookOutcome::UnknownOrg);
     }
     // Linking is the newest fact about the org only if no newer subscription event was applied.
-    let linked =
-        tally_store::stripe::link_checkout(tx, org_id, customer, session.subscription_id(), created)
-            .await?;
+    let linked = tally_store::stripe::link_checkout(
+        tx,
+        org_id,
+        customer,
+        session.subscription_id(),
+        created,
+    )
+    .await?;
     if !linked {
         return Ok(WebhookOutcome::Superseded);
     }
@@ -422,11 +402,7 @@ async fn subscription_changed(
     let Some(subscription_id) = subscription.id() else {
         return Ok(WebhookOutcome::Ignored);
     };
-    let status = if deleted {
-        "canceled"
-    } else {
-        subscription.status().unwrap_or("active")
-    };
+    let status = if deleted { "canceled" } else { subscription.status().unwrap_or("active") };
     // The org's link, locked: events of one org are applied one at a time.
     match tally_store::stripe::lock_subscription(tx, &org_id).await? {
         None if !tally_store::orgs::exists(&mut **tx, &org_id).await? => {
@@ -468,10 +444,7 @@ async fn invoice_changed(
 ) -> Result<WebhookOutcome, EventProcessingError> {
     // The invoice of a billing period: Stripe's renewal (`subscription_cycle`) invoices. The
     // prorated first invoice at checkout and one-off invoices are not a period's bill.
-    if invoice
-        .billing_reason()
-        .is_some_and(|r| r != "subscription_cycle")
-    {
+    if invoice.billing_reason().is_some_and(|r| r != "subscription_cycle") {
         return Ok(WebhookOutcome::Ignored);
     }
     let org_id = match invoice.org_id() {
@@ -494,11 +467,7 @@ async fn invoice_changed(
         currency: invoice.currency().unwrap_or("usd").to_string(),
     };
     let stored = tally_store::stripe::store_invoice(tx, &org_id, &row, created).await?;
-    Ok(if stored {
-        WebhookOutcome::InvoiceStored
-    } else {
-        WebhookOutcome::Superseded
-    })
+    Ok(if stored { WebhookOutcome::InvoiceStored } else { WebhookOutcome::Superseded })
 }
 
 // ---- the sweeper -----------------------------------------------------------------------------
@@ -549,63 +518,32 @@ mod tests {
         // Any of several v1 values (Stripe sends one per active secret while rolling it); other
         // schemes are ignored.
         assert_eq!(
-            ok(
-                format!("t={now},v0=abc,v1={},v1={good}", "00".repeat(32)),
-                now + 10
-            ),
+            ok(format!("t={now},v0=abc,v1={},v1={good}", "00".repeat(32)), now + 10),
             Ok(())
         );
         // Tampered body, wrong secret.
         assert_eq!(
-            verify_signature(
-                secret.as_bytes(),
-                Some(&format!("t={now},v1={good}")),
-                b"{}",
-                now
-            ),
+            verify_signature(secret.as_bytes(), Some(&format!("t={now},v1={good}")), b"{}", now),
             Err(SignatureError::Mismatch)
         );
         assert_eq!(
-            verify_signature(
-                b"whsec_other",
-                Some(&format!("t={now},v1={good}")),
-                body,
-                now
-            ),
+            verify_signature(b"whsec_other", Some(&format!("t={now},v1={good}")), body, now),
             Err(SignatureError::Mismatch)
         );
         // The timestamp is signed too: changing it breaks the signature.
-        assert_eq!(
-            ok(format!("t={},v1={good}", now + 1), now),
-            Err(SignatureError::Mismatch)
-        );
+        assert_eq!(ok(format!("t={},v1={good}", now + 1), now), Err(SignatureError::Mismatch));
         // Stale or too far ahead.
-        assert_eq!(
-            ok(format!("t={now},v1={good}"), now + 301),
-            Err(SignatureError::Stale)
-        );
-        assert_eq!(
-            ok(format!("t={now},v1={good}"), now - 301),
-            Err(SignatureError::Stale)
-        );
+        assert_eq!(ok(format!("t={now},v1={good}"), now + 301), Err(SignatureError::Stale));
+        assert_eq!(ok(format!("t={now},v1={good}"), now - 301), Err(SignatureError::Stale));
         assert_eq!(ok(format!("t={now},v1={good}"), now + 300), Ok(()));
         // Malformed.
         assert_eq!(
             verify_signature(secret.as_bytes(), None, body, now),
             Err(SignatureError::Missing)
         );
-        assert_eq!(
-            ok(format!("v1={good}"), now),
-            Err(SignatureError::Malformed)
-        );
+        assert_eq!(ok(format!("v1={good}"), now), Err(SignatureError::Malformed));
         assert_eq!(ok(format!("t={now}"), now), Err(SignatureError::Malformed));
-        assert_eq!(
-            ok(format!("t=soon,v1={good}"), now),
-            Err(SignatureError::Malformed)
-        );
-        assert_eq!(
-            ok(format!("t={now},v1=not-hex"), now),
-            Err(SignatureError::Mismatch)
-        );
+        assert_eq!(ok(format!("t=soon,v1={good}"), now), Err(SignatureError::Malformed));
+        assert_eq!(ok(format!("t={now},v1=not-hex"), now), Err(SignatureError::Mismatch));
     }
 }

@@ -3,9 +3,9 @@
 //! nothing.
 
 use sqlx::PgPool;
-use tally_store::invoices::CORRECTIONS_IN_EFFECT;
 use tally_metering::period::Period;
 use tally_schemas::Metric;
+use tally_store::invoices::CORRECTIONS_IN_EFFECT;
 
 use crate::plan::{LedgerRow, Pending};
 
@@ -55,8 +55,8 @@ struct DueRow {
 
 /// Every (org, period, metric) of a linked org that needs a meter event: usage differs from what
 /// Stripe accepted, or an event is pending. The usage of a period whose invoice was corrected
-/// (`replay correct`) is the corrected invoice's. Periods that ended before the org was linked are not
-/// reported, nor rows waiting for an operator.
+/// (`replay correct`) is the corrected invoice's. Periods that ended before the org was linked are
+/// not reported, nor rows waiting for an operator.
 pub async fn due(pool: &PgPool) -> sqlx::Result<Vec<Due>> {
     let rows: Vec<DueRow> = sqlx::query_as(&format!(
         "SELECT u.org_id, u.period, m.metric, COALESCE(l.customer_id, c.customer_id) AS customer_id,
@@ -163,7 +163,12 @@ pub struct Refusal {
 /// event cleared, so nothing is sent for it until an operator retries. Only if the ledger still
 /// holds the refused event (`pending`, or none for a refusal made before sending): a write based
 /// on a stale read changes nothing. Returns whether it was recorded.
-pub async fn record_failure(pool: &PgPool, due: &Due, refusal: &Refusal, pending: Option<&Pending>) -> sqlx::Result<bool> {
+pub async fn record_failure(
+    pool: &PgPool,
+    due: &Due,
+    refusal: &Refusal,
+    pending: Option<&Pending>,
+) -> sqlx::Result<bool> {
     let mut tx = pool.begin().await?;
     let marked = sqlx::query(
         "INSERT INTO stripe_meter_ledger (org_id, period, metric, customer_id, reported, failed_at)
@@ -236,7 +241,10 @@ pub struct LedgerEntry {
 
 /// Linked orgs' usage (corrected, where `replay correct` corrected it) and ledger for `period`:
 /// (org, customer, traces, payload_bytes) and the ledger rows.
-pub async fn period_view(pool: &PgPool, period: Period) -> sqlx::Result<(Vec<(String, String, u64, u64)>, Vec<LedgerEntry>)> {
+pub async fn period_view(
+    pool: &PgPool,
+    period: Period,
+) -> sqlx::Result<(Vec<(String, String, u64, u64)>, Vec<LedgerEntry>)> {
     let usage: Vec<(String, String, i64, i64)> = sqlx::query_as(&format!(
         "SELECT c.org_id, c.customer_id, COALESCE(k.traces, u.traces, 0), COALESCE(k.payload_bytes, u.payload_bytes, 0)
          FROM stripe_customers c

@@ -30,7 +30,12 @@ async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = args.first().map(String::as_str).unwrap_or("run");
     if command == "run" {
-        return tally_common::service_main("billing-reporter", settings::Settings::from_env, report::run).await;
+        return tally_common::service_main(
+            "billing-reporter",
+            settings::Settings::from_env,
+            report::run,
+        )
+        .await;
     }
     tally_common::telemetry::init("billing-reporter");
     let known = ["setup-stripe", "status", "reconcile", "retry-failed"];
@@ -49,13 +54,14 @@ async fn main() -> ExitCode {
     let stripe = || settings::StripeSettings::from_env();
     match command {
         "setup-stripe" => {
-            let (pricing, stripe) = match (common.pricing_file.load(tally_pricing::Pricing::configured), stripe()) {
-                (Ok(p), Ok(s)) => (p, s),
-                (Err(e), _) | (_, Err(e)) => {
-                    eprintln!("billing-reporter: {e}");
-                    return ExitCode::from(2);
-                }
-            };
+            let (pricing, stripe) =
+                match (common.pricing_file.load(tally_pricing::Pricing::configured), stripe()) {
+                    (Ok(p), Ok(s)) => (p, s),
+                    (Err(e), _) | (_, Err(e)) => {
+                        eprintln!("billing-reporter: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
             match setup::setup_stripe(&stripe.client(), &pricing).await {
                 Ok(ids) => {
                     println!("{}", serde_json::to_string_pretty(&ids).expect("ids serialise"));
@@ -116,14 +122,28 @@ async fn main() -> ExitCode {
                 Ok(p) => p,
                 Err(e) => return fail(e),
             };
-            match reconcile::reconcile(&pool, &stripe.client(), period, flag(&args, "--org").as_deref()).await {
+            match reconcile::reconcile(
+                &pool,
+                &stripe.client(),
+                period,
+                flag(&args, "--org").as_deref(),
+            )
+            .await
+            {
                 Ok(lines) => {
                     if json {
-                        println!("{}", serde_json::to_string_pretty(&lines).expect("lines serialise"));
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&lines).expect("lines serialise")
+                        );
                     } else {
                         print!("{}", reconcile::table(&lines));
                     }
-                    if lines.iter().any(reconcile::Line::drift) { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+                    if lines.iter().any(reconcile::Line::drift) {
+                        ExitCode::FAILURE
+                    } else {
+                        ExitCode::SUCCESS
+                    }
                 }
                 Err(e) => fail(e),
             }

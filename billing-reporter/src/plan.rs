@@ -80,7 +80,14 @@ pub fn event_timestamp(period: Period, now: i64) -> Option<i64> {
 }
 
 /// Decides the next step for one row, given Tally's usage now.
-pub fn next_step(org_id: &str, period: Period, metric: Metric, usage: u64, row: &LedgerRow, now: i64) -> Step {
+pub fn next_step(
+    org_id: &str,
+    period: Period,
+    metric: Metric,
+    usage: u64,
+    row: &LedgerRow,
+    now: i64,
+) -> Step {
     if row.failed {
         return Step::Nothing;
     }
@@ -103,7 +110,9 @@ pub fn next_step(org_id: &str, period: Period, metric: Metric, usage: u64, row: 
     let value = usage - row.reported;
     let identifier = identifier(org_id, period, metric, row.reported, usage);
     match event_timestamp(period, now) {
-        Some(timestamp) => Step::Send { pending: Pending { total: usage, identifier, timestamp }, value },
+        Some(timestamp) => {
+            Step::Send { pending: Pending { total: usage, identifier, timestamp }, value }
+        }
         None => Step::TooOld { total: usage, value, identifier },
     }
 }
@@ -139,10 +148,17 @@ mod tests {
 
         // Accepted: only the growth is sent, under a new identifier.
         row = LedgerRow { reported: 150, pending: None, failed: false };
-        let Step::Send { pending, value } = next_step("acme", nov(), Metric::Traces, 175, &row, now + 3600) else { panic!() };
+        let Step::Send { pending, value } =
+            next_step("acme", nov(), Metric::Traces, 175, &row, now + 3600)
+        else {
+            panic!()
+        };
         assert_eq!((value, pending.identifier.as_str()), (25, "tally:acme:2026-11:traces:150-175"));
         assert_eq!(next_step("acme", nov(), Metric::Traces, 150, &row, now), Step::Nothing);
-        assert_eq!(next_step("acme", nov(), Metric::Traces, 100, &row, now), Step::Ahead { usage: 100, reported: 150 });
+        assert_eq!(
+            next_step("acme", nov(), Metric::Traces, 100, &row, now),
+            Step::Ahead { usage: 100, reported: 150 }
+        );
         let failed = LedgerRow { failed: true, ..row };
         assert_eq!(next_step("acme", nov(), Metric::Traces, 500, &failed, now), Step::Nothing);
     }
@@ -158,10 +174,27 @@ mod tests {
         assert_eq!(event_timestamp(nov(), at(2027, 1, 5, 0)), None);
         // Not before the period starts.
         assert_eq!(event_timestamp(nov(), at(2026, 10, 31, 23)), None);
-        let too_old = next_step("acme", nov(), Metric::PayloadBytes, 10, &LedgerRow::default(), at(2027, 2, 1, 0));
+        let too_old = next_step(
+            "acme",
+            nov(),
+            Metric::PayloadBytes,
+            10,
+            &LedgerRow::default(),
+            at(2027, 2, 1, 0),
+        );
         assert!(matches!(too_old, Step::TooOld { total: 10, value: 10, .. }), "{too_old:?}");
         // Usage stamped a little ahead of the reporter's clock waits for its period to begin.
-        assert_eq!(next_step("acme", nov(), Metric::Traces, 10, &LedgerRow::default(), at(2026, 10, 31, 23)), Step::Nothing);
+        assert_eq!(
+            next_step(
+                "acme",
+                nov(),
+                Metric::Traces,
+                10,
+                &LedgerRow::default(),
+                at(2026, 10, 31, 23)
+            ),
+            Step::Nothing
+        );
     }
 
     #[test]

@@ -62,7 +62,8 @@ impl Line {
 /// Stripe's summary as a whole number, if it is one (values are sums of whole numbers; above
 /// 2^53 a float cannot be compared exactly).
 fn whole(value: f64) -> Option<u64> {
-    (value >= 0.0 && value.fract() == 0.0 && value <= 9_007_199_254_740_992.0).then_some(value as u64)
+    (value >= 0.0 && value.fract() == 0.0 && value <= 9_007_199_254_740_992.0)
+        .then_some(value as u64)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +77,12 @@ pub enum ReconcileError {
 }
 
 /// The lines of `period`, for every linked org or only `org`.
-pub async fn reconcile(pool: &PgPool, client: &StripeHttp, period: Period, org: Option<&str>) -> Result<Vec<Line>, ReconcileError> {
+pub async fn reconcile(
+    pool: &PgPool,
+    client: &StripeHttp,
+    period: Period,
+    org: Option<&str>,
+) -> Result<Vec<Line>, ReconcileError> {
     let (mut usage, ledger) = crate::ledger::period_view(pool, period).await?;
     usage.retain(|(org_id, ..)| org.is_none_or(|o| o == org_id));
     let meters = crate::report::meter_ids(client).await?;
@@ -91,7 +97,14 @@ pub async fn reconcile(pool: &PgPool, client: &StripeHttp, period: Period, org: 
             let customer_id = entry.map_or(linked_customer.clone(), |e| e.customer_id.clone());
             let event_name = meter_event_name(metric);
             let meter = meters.get(event_name).ok_or(ReconcileError::NoMeter(event_name))?;
-            let summary = ListIdBillingMeterEventSummary::new(meter.as_str(), customer_id.as_str(), end, start).send(client).await?;
+            let summary = ListIdBillingMeterEventSummary::new(
+                meter.as_str(),
+                customer_id.as_str(),
+                end,
+                start,
+            )
+            .send(client)
+            .await?;
             let stripe = whole(summary.data.iter().map(|s| s.aggregated_value).sum());
             let reported = entry.map_or(0, |e| e.reported);
             let status = if entry.is_some_and(|e| e.failed) {
@@ -105,7 +118,16 @@ pub async fn reconcile(pool: &PgPool, client: &StripeHttp, period: Period, org: 
             } else {
                 Status::Ok
             };
-            lines.push(Line { org_id: org_id.clone(), customer_id, period: period.to_string(), metric: metric.as_str(), tally, ledger: reported, stripe, status });
+            lines.push(Line {
+                org_id: org_id.clone(),
+                customer_id,
+                period: period.to_string(),
+                metric: metric.as_str(),
+                tally,
+                ledger: reported,
+                stripe,
+                status,
+            });
         }
     }
     Ok(lines)
@@ -113,7 +135,10 @@ pub async fn reconcile(pool: &PgPool, client: &StripeHttp, period: Period, org: 
 
 /// The table, one line per (org, metric).
 pub fn table(lines: &[Line]) -> String {
-    let mut out = format!("{:<24} {:<30} {:<8} {:<14} {:>16} {:>16} {:>16} {:>12}\n", "ORG", "CUSTOMER", "PERIOD", "METRIC", "TALLY", "LEDGER", "STRIPE", "DRIFT");
+    let mut out = format!(
+        "{:<24} {:<30} {:<8} {:<14} {:>16} {:>16} {:>16} {:>12}\n",
+        "ORG", "CUSTOMER", "PERIOD", "METRIC", "TALLY", "LEDGER", "STRIPE", "DRIFT"
+    );
     for l in lines {
         let stripe = l.stripe.map_or("?".to_string(), |s| s.to_string());
         let drift = match l.stripe {
@@ -122,7 +147,15 @@ pub fn table(lines: &[Line]) -> String {
         };
         out += &format!(
             "{:<24} {:<30} {:<8} {:<14} {:>16} {:>16} {:>16} {:>12}  {}\n",
-            l.org_id, l.customer_id, l.period, l.metric, l.tally, l.ledger, stripe, drift, l.status.as_str()
+            l.org_id,
+            l.customer_id,
+            l.period,
+            l.metric,
+            l.tally,
+            l.ledger,
+            stripe,
+            drift,
+            l.status.as_str()
         );
     }
     let drifting = lines.iter().filter(|l| l.drift()).count();

@@ -44,12 +44,14 @@ pub const UNKNOWN_OUTCOME_AFTER: Duration = Duration::from_secs(25 * 3600);
 
 /// Whether `due`'s pending event is old enough to be settled from Stripe's summary.
 fn settle_from_summary(due: &Due, now: i64) -> bool {
-    due.row.pending.is_some() && due.pending_since.is_some_and(|s| now - s >= UNKNOWN_OUTCOME_AFTER.as_secs() as i64)
+    due.row.pending.is_some()
+        && due.pending_since.is_some_and(|s| now - s >= UNKNOWN_OUTCOME_AFTER.as_secs() as i64)
 }
 
 /// Stripe's active meters: id by event name.
 pub async fn meter_ids(client: &StripeHttp) -> Result<HashMap<String, String>, StripeCallError> {
-    let meters = ListBillingMeter::new().status(BillingMeterStatus::Active).limit(100).send(client).await?;
+    let meters =
+        ListBillingMeter::new().status(BillingMeterStatus::Active).limit(100).send(client).await?;
     Ok(meters.data.into_iter().map(|m| (m.event_name, m.id.to_string())).collect())
 }
 
@@ -100,7 +102,10 @@ impl Reporter {
     #[tracing::instrument(name = "reporting_cycle", skip_all)]
     pub async fn cycle(&self) -> Result<CycleReport, CycleError> {
         let mut lock = self.pool.acquire().await?;
-        let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(CYCLE_LOCK).fetch_one(&mut *lock).await?;
+        let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(CYCLE_LOCK)
+            .fetch_one(&mut *lock)
+            .await?;
         if !held {
             return Ok(CycleReport { standby: true, ..Default::default() });
         }
@@ -115,7 +120,11 @@ impl Reporter {
         let due = ledger::due(&self.pool).await?;
         let now = chrono::Utc::now().timestamp();
         // Stripe's meter ids are needed only to settle an event pending for too long.
-        let meters = if due.iter().any(|d| settle_from_summary(d, now)) { meter_ids(&self.client).await? } else { HashMap::new() };
+        let meters = if due.iter().any(|d| settle_from_summary(d, now)) {
+            meter_ids(&self.client).await?
+        } else {
+            HashMap::new()
+        };
         let meters = &meters;
         let outcomes: Vec<Result<ReportOutcome, CycleError>> = futures::stream::iter(due)
             .map(|d| async move { self.report(d, now, meters).await })
@@ -144,7 +153,12 @@ impl Reporter {
         }
     }
 
-    async fn report(&self, due: Due, now: i64, meters: &HashMap<String, String>) -> Result<ReportOutcome, CycleError> {
+    async fn report(
+        &self,
+        due: Due,
+        now: i64,
+        meters: &HashMap<String, String>,
+    ) -> Result<ReportOutcome, CycleError> {
         let step = plan::next_step(&due.org_id, due.period, due.metric, due.usage, &due.row, now);
         let outcome = match step {
             Step::Nothing => ReportOutcome::Nothing,
@@ -193,12 +207,18 @@ impl Reporter {
     }
 
     /// Sends one meter event and records Stripe's answer.
-    async fn send(&self, due: &Due, pending: &Pending, value: u64) -> Result<ReportOutcome, CycleError> {
+    async fn send(
+        &self,
+        due: &Due,
+        pending: &Pending,
+        value: u64,
+    ) -> Result<ReportOutcome, CycleError> {
         let payload = HashMap::from([
             ("stripe_customer_id".to_string(), due.customer_id.clone()),
             ("value".to_string(), value.to_string()),
         ]);
-        let key = IdempotencyKey::new(pending.identifier.as_str()).map_err(|e| StripeCallError::Parse(format!("idempotency key: {e:?}")))?;
+        let key = IdempotencyKey::new(pending.identifier.as_str())
+            .map_err(|e| StripeCallError::Parse(format!("idempotency key: {e:?}")))?;
         let sent = CreateBillingMeterEvent::new(meter_event_name(due.metric), payload)
             .identifier(pending.identifier.as_str())
             .timestamp(pending.timestamp)
@@ -212,7 +232,9 @@ impl Reporter {
                 self.accepted(due, pending, value).await?;
                 Ok(ReportOutcome::Accepted)
             }
-            Err(StripeCallError::Rejected { code: Some(code), .. }) if code == "resource_already_exists" => {
+            Err(StripeCallError::Rejected { code: Some(code), .. })
+                if code == "resource_already_exists" =>
+            {
                 self.accepted(due, pending, value).await?;
                 Ok(ReportOutcome::Duplicate)
             }
@@ -223,7 +245,14 @@ impl Reporter {
                 Ok(ReportOutcome::Unanswered)
             }
             Err(StripeCallError::Rejected { status, code, message, .. }) => {
-                let refusal = Refusal { identifier: pending.identifier.clone(), total: pending.total, value, status: Some(status), code, message };
+                let refusal = Refusal {
+                    identifier: pending.identifier.clone(),
+                    total: pending.total,
+                    value,
+                    status: Some(status),
+                    code,
+                    message,
+                };
                 tracing::error!(org_id = %due.org_id, period = %due.period, metric = due.metric.as_str(), status,
                     code = refusal.code.as_deref().unwrap_or(""), "Stripe refused a meter event; recorded, not retried");
                 ledger::record_failure(&self.pool, due, &refusal, Some(pending)).await?;
@@ -247,12 +276,29 @@ impl Reporter {
     /// tells whether it counted (summary = reported + value), did not (summary = reported: Stripe
     /// has forgotten the identifier and key, so sending it now counts it once), or something else
     /// happened (a failure for an operator).
-    async fn settle(&self, due: &Due, pending: &Pending, value: u64, meters: &HashMap<String, String>) -> Result<ReportOutcome, CycleError> {
+    async fn settle(
+        &self,
+        due: &Due,
+        pending: &Pending,
+        value: u64,
+        meters: &HashMap<String, String>,
+    ) -> Result<ReportOutcome, CycleError> {
         let Some(meter) = meters.get(meter_event_name(due.metric)) else {
-            return Err(StripeCallError::Parse(format!("no active Stripe meter {}", meter_event_name(due.metric))).into());
+            return Err(StripeCallError::Parse(format!(
+                "no active Stripe meter {}",
+                meter_event_name(due.metric)
+            ))
+            .into());
         };
         let (start, end) = (due.period.start().timestamp(), due.period.end().timestamp());
-        let summary = ListIdBillingMeterEventSummary::new(meter.as_str(), due.customer_id.as_str(), end, start).send(&self.client).await?;
+        let summary = ListIdBillingMeterEventSummary::new(
+            meter.as_str(),
+            due.customer_id.as_str(),
+            end,
+            start,
+        )
+        .send(&self.client)
+        .await?;
         let counted = summary.data.iter().map(|s| s.aggregated_value).sum::<f64>();
         if counted == (pending.total) as f64 {
             self.accepted(due, pending, value).await?;
@@ -289,7 +335,12 @@ impl Reporter {
 
     /// Runs cycles until shutdown. A failed cycle is logged and the next one tries again; the
     /// reporter is ready while its last cycle succeeded (or stood by).
-    pub async fn run(self, interval: Duration, health: tally_common::health::Health, shutdown: tally_common::shutdown::Shutdown) {
+    pub async fn run(
+        self,
+        interval: Duration,
+        health: tally_common::health::Health,
+        shutdown: tally_common::shutdown::Shutdown,
+    ) {
         loop {
             let started = Instant::now();
             match self.cycle().await {
@@ -323,9 +374,16 @@ impl Reporter {
 }
 
 /// The billing reporter as a service: probes, then cycles until shutdown.
-pub async fn run(settings: crate::settings::Settings, shutdown: tally_common::shutdown::Shutdown) -> anyhow::Result<()> {
+pub async fn run(
+    settings: crate::settings::Settings,
+    shutdown: tally_common::shutdown::Shutdown,
+) -> anyhow::Result<()> {
     use anyhow::Context;
-    let pool = tally_store::connect(&settings.common.database_url, (settings.concurrency as u32 + 2).min(16)).await?;
+    let pool = tally_store::connect(
+        &settings.common.database_url,
+        (settings.concurrency as u32 + 2).min(16),
+    )
+    .await?;
     let health = settings.common.health("billing-reporter");
     let server = tokio::spawn(tally_common::probes::serve(
         settings.addr,

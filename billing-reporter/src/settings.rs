@@ -23,7 +23,10 @@ impl Settings {
     pub fn from_env(common: Common) -> Result<Settings, SettingError> {
         let interval: u64 = var_or("TALLY_REPORT_INTERVAL_SECS", "60")?;
         if interval == 0 {
-            return Err(SettingError { name: "TALLY_REPORT_INTERVAL_SECS", message: "must be at least 1".into() });
+            return Err(SettingError {
+                name: "TALLY_REPORT_INTERVAL_SECS",
+                message: "must be at least 1".into(),
+            });
         }
         let concurrency: usize = var_or("TALLY_REPORT_CONCURRENCY", "8")?;
         Ok(Settings {

@@ -4,13 +4,13 @@
 
 use std::collections::BTreeMap;
 
-use stripe_client_core::StripeClient;
 use stripe_billing::billing_meter::{
     CreateBillingMeter, CreateBillingMeterCustomerMapping, CreateBillingMeterCustomerMappingType,
     CreateBillingMeterDefaultAggregation, CreateBillingMeterDefaultAggregationFormula,
     CreateBillingMeterValueSettings, ListBillingMeter,
 };
 use stripe_billing::BillingMeterStatus;
+use stripe_client_core::StripeClient;
 use stripe_product::price::{
     CreatePrice, CreatePriceRecurring, CreatePriceRecurringInterval, CreatePriceRecurringUsageType,
     CreatePriceTiers, CreatePriceTiersUpTo, ListPrice,
@@ -50,50 +50,61 @@ impl MissingResource for crate::client::StripeCallError {
 }
 
 /// Finds or creates every meter, product and price; returns their ids.
-pub async fn setup_stripe<C: StripeClient>(client: &C, pricing: &Pricing) -> Result<StripeSetup, C::Err>
+pub async fn setup_stripe<C: StripeClient>(
+    client: &C,
+    pricing: &Pricing,
+) -> Result<StripeSetup, C::Err>
 where
     C::Err: MissingResource,
 {
     let mut out = StripeSetup::default();
-    let meters = ListBillingMeter::new().status(BillingMeterStatus::Active).limit(100).send(client).await?;
+    let meters =
+        ListBillingMeter::new().status(BillingMeterStatus::Active).limit(100).send(client).await?;
     for metric in Metric::ALL {
         let event_name = meter_event_name(metric);
         let id = match meters.data.iter().find(|m| m.event_name == event_name) {
             Some(m) => m.id.to_string(),
-            None => {
-                CreateBillingMeter::new(
-                    CreateBillingMeterDefaultAggregation::new(CreateBillingMeterDefaultAggregationFormula::Sum),
-                    format!("Tally {}", metric.as_str().replace('_', " ")),
-                    event_name,
-                )
-                .customer_mapping(CreateBillingMeterCustomerMapping::new(
-                    "stripe_customer_id",
-                    CreateBillingMeterCustomerMappingType::ById,
-                ))
-                .value_settings(CreateBillingMeterValueSettings::new("value"))
-                .send(client)
-                .await?
-                .id
-                .to_string()
-            }
+            None => CreateBillingMeter::new(
+                CreateBillingMeterDefaultAggregation::new(
+                    CreateBillingMeterDefaultAggregationFormula::Sum,
+                ),
+                format!("Tally {}", metric.as_str().replace('_', " ")),
+                event_name,
+            )
+            .customer_mapping(CreateBillingMeterCustomerMapping::new(
+                "stripe_customer_id",
+                CreateBillingMeterCustomerMappingType::ById,
+            ))
+            .value_settings(CreateBillingMeterValueSettings::new("value"))
+            .send(client)
+            .await?
+            .id
+            .to_string(),
         };
         out.meters.insert(metric.as_str().to_string(), id);
     }
 
     let plans = plans(pricing);
-    let keys: Vec<String> = plans.iter().flat_map(|p| p.prices.iter().map(|x| x.lookup_key.clone())).collect();
+    let keys: Vec<String> =
+        plans.iter().flat_map(|p| p.prices.iter().map(|x| x.lookup_key.clone())).collect();
     let existing = ListPrice::new().lookup_keys(keys).limit(100).send(client).await?;
     for plan in &plans {
         let product = match RetrieveProduct::new(plan.product_id.as_str()).send(client).await {
             Ok(p) => p.id.to_string(),
-            Err(e) if e.is_missing() => {
-                CreateProduct::new(plan.product_name.as_str()).id(plan.product_id.as_str()).send(client).await?.id.to_string()
-            }
+            Err(e) if e.is_missing() => CreateProduct::new(plan.product_name.as_str())
+                .id(plan.product_id.as_str())
+                .send(client)
+                .await?
+                .id
+                .to_string(),
             Err(e) => return Err(e),
         };
         out.products.insert(plan.tier.as_str().to_string(), product.clone());
         for price in &plan.prices {
-            let found = existing.data.iter().find(|p| p.lookup_key.as_deref() == Some(price.lookup_key.as_str()));
+            let found = existing
+                .data
+                .iter()
+                .find(|p| p.lookup_key.as_deref() == Some(price.lookup_key.as_str()));
             let id = match found {
                 Some(p) => p.id.to_string(),
                 None => create_price(client, price, &product, &out.meters).await?,

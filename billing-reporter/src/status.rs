@@ -30,7 +30,8 @@ pub struct Failure {
 }
 
 pub async fn status(pool: &PgPool) -> sqlx::Result<Status> {
-    let linked_orgs: i64 = sqlx::query_scalar("SELECT count(*) FROM stripe_customers").fetch_one(pool).await?;
+    let linked_orgs: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM stripe_customers").fetch_one(pool).await?;
     let (ledger_rows, pending_rows, failed_rows, last_change): (i64, i64, i64, Option<chrono::DateTime<chrono::Utc>>) = sqlx::query_as(
         "SELECT count(*), count(*) FILTER (WHERE pending_total IS NOT NULL), count(*) FILTER (WHERE failed_at IS NOT NULL), max(updated_at)
          FROM stripe_meter_ledger",
@@ -60,7 +61,10 @@ pub fn render(s: &Status) -> String {
         return out;
     }
     out += &format!("unresolved failures: {} (after fixing the cause: billing-reporter retry-failed [--org ORG])\n", s.failures.len());
-    out += &format!("{:>6} {:<24} {:<8} {:<14} {:>14} {:>6} {:<24} {}\n", "ID", "ORG", "PERIOD", "METRIC", "VALUE", "HTTP", "CODE", "MESSAGE");
+    out += &format!(
+        "{:>6} {:<24} {:<8} {:<14} {:>14} {:>6} {:<24} {}\n",
+        "ID", "ORG", "PERIOD", "METRIC", "VALUE", "HTTP", "CODE", "MESSAGE"
+    );
     for f in &s.failures {
         out += &format!(
             "{:>6} {:<24} {:<8} {:<14} {:>14} {:>6} {:<24} {}\n",

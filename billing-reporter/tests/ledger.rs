@@ -26,7 +26,8 @@ use tally_stripe::{RetryPolicy, StripeHttp};
 const KEY: &str = "sk_test_ledger_0123";
 
 fn database_url() -> String {
-    std::env::var("TALLY_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/tally_test".into())
+    std::env::var("TALLY_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/tally_test".into())
 }
 
 struct World {
@@ -40,9 +41,17 @@ struct World {
 }
 
 async fn world() -> World {
-    let pool = tally_store::connect(&Secret::new(database_url()), 4).await.expect("the test database (make test starts it)");
+    let pool = tally_store::connect(&Secret::new(database_url()), 4)
+        .await
+        .expect("the test database (make test starts it)");
     let base = tally_stripe_standin::spawn_local(KEY).await.unwrap();
-    let policy = RetryPolicy { max_attempts: 3, base_delay: Duration::from_millis(5), max_delay: Duration::from_millis(20), timeout: Duration::from_secs(5), max_rps: 1_000 };
+    let policy = RetryPolicy {
+        max_attempts: 3,
+        base_delay: Duration::from_millis(5),
+        max_delay: Duration::from_millis(20),
+        timeout: Duration::from_secs(5),
+        max_rps: 1_000,
+    };
     let client = StripeHttp::new(&base, Secret::new(KEY), policy);
     let ids = setup_stripe(&client, &Pricing::builtin()).await.unwrap();
     let org = format!("ledger-{:08x}", rand::random::<u32>());
@@ -79,17 +88,39 @@ impl World {
         let (start, end) = (self.period.start().timestamp(), self.period.end().timestamp());
         let meter = &self.ids.meters[metric.as_str()];
         let url = format!("{}/v1/billing/meters/{meter}/event_summaries?customer={}&start_time={start}&end_time={end}", self.base, self.customer);
-        let page: Value = reqwest::Client::new().get(url).bearer_auth(KEY).send().await.unwrap().json().await.unwrap();
+        let page: Value = reqwest::Client::new()
+            .get(url)
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         page["data"][0]["aggregated_value"].as_f64().unwrap() as u64
     }
 
     async fn meter_event_requests(&self) -> usize {
-        let log: Value = reqwest::get(format!("{}/_standin/requests", self.base)).await.unwrap().json().await.unwrap();
-        log["requests"].as_array().unwrap().iter().filter(|r| r["path"] == "/v1/billing/meter_events").count()
+        let log: Value = reqwest::get(format!("{}/_standin/requests", self.base))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        log["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["path"] == "/v1/billing/meter_events")
+            .count()
     }
 
     async fn due(&self, metric: Metric) -> Option<ledger::Due> {
-        ledger::due(&self.pool).await.unwrap().into_iter().find(|d| d.org_id == self.org && d.metric == metric)
+        ledger::due(&self.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|d| d.org_id == self.org && d.metric == metric)
     }
 
     fn reporter(&self) -> Reporter {
@@ -102,14 +133,26 @@ async fn crashes_between_the_ledger_and_stripe_never_count_twice() {
     let w = world().await;
     w.usage(100, 1_000).await;
     w.reporter().cycle().await.unwrap();
-    assert_eq!((w.stripe_total(Metric::Traces).await, w.stripe_total(Metric::PayloadBytes).await), (100, 1_000));
+    assert_eq!(
+        (w.stripe_total(Metric::Traces).await, w.stripe_total(Metric::PayloadBytes).await),
+        (100, 1_000)
+    );
     assert!(w.due(Metric::Traces).await.is_none(), "nothing left to send");
 
     // Died after writing the pending event, before sending it: the next cycle sends exactly
     // that event, although usage has grown again meanwhile.
     w.usage(150, 1_000).await;
     let due = w.due(Metric::Traces).await.unwrap();
-    let Step::Send { pending, .. } = plan::next_step(&w.org, w.period, Metric::Traces, due.usage, &due.row, chrono::Utc::now().timestamp()) else { panic!() };
+    let Step::Send { pending, .. } = plan::next_step(
+        &w.org,
+        w.period,
+        Metric::Traces,
+        due.usage,
+        &due.row,
+        chrono::Utc::now().timestamp(),
+    ) else {
+        panic!()
+    };
     assert!(ledger::record_pending(&w.pool, &due, &pending).await.unwrap());
     w.usage(170, 1_000).await;
     w.reporter().cycle().await.unwrap();
@@ -121,14 +164,28 @@ async fn crashes_between_the_ledger_and_stripe_never_count_twice() {
     // again with the same Idempotency-Key and identifier, and Stripe does not count it again.
     w.usage(200, 1_000).await;
     let due = w.due(Metric::Traces).await.unwrap();
-    let Step::Send { pending, value } = plan::next_step(&w.org, w.period, Metric::Traces, due.usage, &due.row, chrono::Utc::now().timestamp()) else { panic!() };
+    let Step::Send { pending, value } = plan::next_step(
+        &w.org,
+        w.period,
+        Metric::Traces,
+        due.usage,
+        &due.row,
+        chrono::Utc::now().timestamp(),
+    ) else {
+        panic!()
+    };
     assert!(ledger::record_pending(&w.pool, &due, &pending).await.unwrap());
-    let payload = HashMap::from([("stripe_customer_id".to_string(), w.customer.clone()), ("value".to_string(), value.to_string())]);
+    let payload = HashMap::from([
+        ("stripe_customer_id".to_string(), w.customer.clone()),
+        ("value".to_string(), value.to_string()),
+    ]);
     CreateBillingMeterEvent::new("tally_traces", payload)
         .identifier(pending.identifier.as_str())
         .timestamp(pending.timestamp)
         .customize()
-        .request_strategy(RequestStrategy::Idempotent(IdempotencyKey::new(pending.identifier.as_str()).unwrap()))
+        .request_strategy(RequestStrategy::Idempotent(
+            IdempotencyKey::new(pending.identifier.as_str()).unwrap(),
+        ))
         .send(&w.client)
         .await
         .unwrap();
@@ -141,10 +198,27 @@ async fn crashes_between_the_ledger_and_stripe_never_count_twice() {
     // identifier): the duplicate identifier is refused, and taken as accepted.
     w.usage(260, 1_000).await;
     let due = w.due(Metric::Traces).await.unwrap();
-    let Step::Send { pending, value } = plan::next_step(&w.org, w.period, Metric::Traces, due.usage, &due.row, chrono::Utc::now().timestamp()) else { panic!() };
+    let Step::Send { pending, value } = plan::next_step(
+        &w.org,
+        w.period,
+        Metric::Traces,
+        due.usage,
+        &due.row,
+        chrono::Utc::now().timestamp(),
+    ) else {
+        panic!()
+    };
     assert!(ledger::record_pending(&w.pool, &due, &pending).await.unwrap());
-    let payload = HashMap::from([("stripe_customer_id".to_string(), w.customer.clone()), ("value".to_string(), value.to_string())]);
-    CreateBillingMeterEvent::new("tally_traces", payload).identifier(pending.identifier.as_str()).timestamp(pending.timestamp).send(&w.client).await.unwrap();
+    let payload = HashMap::from([
+        ("stripe_customer_id".to_string(), w.customer.clone()),
+        ("value".to_string(), value.to_string()),
+    ]);
+    CreateBillingMeterEvent::new("tally_traces", payload)
+        .identifier(pending.identifier.as_str())
+        .timestamp(pending.timestamp)
+        .send(&w.client)
+        .await
+        .unwrap();
     let report = w.reporter().cycle().await.unwrap();
     assert!(report.duplicates >= 1, "{report:?}");
     assert_eq!(w.stripe_total(Metric::Traces).await, 260);
@@ -152,10 +226,18 @@ async fn crashes_between_the_ledger_and_stripe_never_count_twice() {
     assert!(lines.iter().all(|l| !l.drift()), "{}", table(&lines));
 
     // Something else sends Stripe usage for this customer: reconcile shows the drift.
-    let payload = HashMap::from([("stripe_customer_id".to_string(), w.customer.clone()), ("value".to_string(), "7".to_string())]);
+    let payload = HashMap::from([
+        ("stripe_customer_id".to_string(), w.customer.clone()),
+        ("value".to_string(), "7".to_string()),
+    ]);
     CreateBillingMeterEvent::new("tally_traces", payload).send(&w.client).await.unwrap();
     let lines = reconcile(&w.pool, &w.client, w.period, Some(&w.org)).await.unwrap();
-    assert_eq!((lines[0].status, lines[0].stripe), (Status::StripeDiffers, Some(267)), "{}", table(&lines));
+    assert_eq!(
+        (lines[0].status, lines[0].stripe),
+        (Status::StripeDiffers, Some(267)),
+        "{}",
+        table(&lines)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,18 +246,38 @@ async fn a_final_refusal_is_recorded_and_waits_for_an_operator() {
     w.usage(10, 10).await;
     // An event Stripe must refuse for good: its timestamp is outside Stripe's 35 days.
     let due = w.due(Metric::Traces).await.unwrap();
-    let Step::Send { mut pending, .. } = plan::next_step(&w.org, w.period, Metric::Traces, due.usage, &due.row, chrono::Utc::now().timestamp()) else { panic!() };
+    let Step::Send { mut pending, .. } = plan::next_step(
+        &w.org,
+        w.period,
+        Metric::Traces,
+        due.usage,
+        &due.row,
+        chrono::Utc::now().timestamp(),
+    ) else {
+        panic!()
+    };
     pending.timestamp -= 40 * 86_400;
     assert!(ledger::record_pending(&w.pool, &due, &pending).await.unwrap());
     w.reporter().cycle().await.unwrap();
     let status = tally_billing_reporter::status::status(&w.pool).await.unwrap();
-    let failure = status.failures.iter().find(|f| f.org_id == w.org).expect("the refusal is recorded");
-    assert_eq!((failure.metric.as_str(), failure.status, failure.code.as_deref(), failure.value), ("traces", Some(400), Some("parameter_invalid"), 10));
+    let failure =
+        status.failures.iter().find(|f| f.org_id == w.org).expect("the refusal is recorded");
+    assert_eq!(
+        (failure.metric.as_str(), failure.status, failure.code.as_deref(), failure.value),
+        ("traces", Some(400), Some("parameter_invalid"), 10)
+    );
     assert!(tally_billing_reporter::status::render(&status).contains(&w.org));
     assert_eq!(w.stripe_total(Metric::PayloadBytes).await, 10, "the other meter is not held up");
     let lines = reconcile(&w.pool, &w.client, w.period, Some(&w.org)).await.unwrap();
-    let statuses: Vec<(&str, Status, u64, u64, Option<u64>)> = lines.iter().map(|l| (l.metric, l.status, l.tally, l.ledger, l.stripe)).collect();
-    assert_eq!(statuses, [("traces", Status::Failed, 10, 0, Some(0)), ("payload_bytes", Status::Ok, 10, 10, Some(10))]);
+    let statuses: Vec<(&str, Status, u64, u64, Option<u64>)> =
+        lines.iter().map(|l| (l.metric, l.status, l.tally, l.ledger, l.stripe)).collect();
+    assert_eq!(
+        statuses,
+        [
+            ("traces", Status::Failed, 10, 0, Some(0)),
+            ("payload_bytes", Status::Ok, 10, 10, Some(10))
+        ]
+    );
     assert!(lines[0].drift() && !lines[1].drift());
     assert!(table(&lines).contains("1 with drift"));
 
@@ -201,7 +303,11 @@ async fn one_reporter_reports_at_a_time() {
     w.usage(5, 5).await;
     // Another reporter holds the cycle lock (on its own connection): this one stands by.
     let mut other = w.pool.acquire().await.unwrap();
-    sqlx::query("SELECT pg_advisory_lock($1)").bind(0x7461_6c6c_792d_7270_i64).execute(&mut *other).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(0x7461_6c6c_792d_7270_i64)
+        .execute(&mut *other)
+        .await
+        .unwrap();
     let report = w.reporter().cycle().await.unwrap();
     assert!(report.standby);
     assert_eq!(w.stripe_total(Metric::Traces).await, 0);
@@ -251,7 +357,10 @@ async fn a_corrected_invoice_is_billed_and_a_lower_one_is_not_taken_back() {
     // `replay correct` raised the period's usage: the difference goes to Stripe as a new event.
     w.correction(1, 130, 1_000).await;
     w.reporter().cycle().await.unwrap();
-    assert_eq!((w.stripe_total(Metric::Traces).await, w.stripe_total(Metric::PayloadBytes).await), (130, 1_000));
+    assert_eq!(
+        (w.stripe_total(Metric::Traces).await, w.stripe_total(Metric::PayloadBytes).await),
+        (130, 1_000)
+    );
     let lines = reconcile(&w.pool, &w.client, w.period, Some(&w.org)).await.unwrap();
     assert!(lines.iter().all(|l| !l.drift()), "{}", table(&lines));
     // The projector's usage row moving on does not undo the correction: the newest correction

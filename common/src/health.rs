@@ -28,8 +28,12 @@ use prometheus::{register_gauge_vec, register_int_gauge_vec, GaugeVec, IntGaugeV
 
 /// 1 when the stage reports ready, 0 when not (label `stage`).
 pub static READY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    register_int_gauge_vec!("tally_stage_ready", "Whether the stage reports ready (1) or not (0).", &["stage"])
-        .expect("metric registers")
+    register_int_gauge_vec!(
+        "tally_stage_ready",
+        "Whether the stage reports ready (1) or not (0).",
+        &["stage"]
+    )
+    .expect("metric registers")
 });
 
 /// Seconds since the stage last committed its work (a Kafka transaction, a database transaction,
@@ -93,7 +97,10 @@ pub fn judge(s: &Snapshot, now: Instant, bound: Duration) -> Result<(), String> 
     if let Some(since) = s.waiting_since {
         let progress = s.last_commit.map_or(since, |c| c.max(since));
         if longer_than_bound(progress) {
-            return Err(format!("input has been waiting for {} s and nothing was committed", secs(progress)));
+            return Err(format!(
+                "input has been waiting for {} s and nothing was committed",
+                secs(progress)
+            ));
         }
     }
     Ok(())
@@ -226,7 +233,9 @@ impl Health {
         let verdict = judge(&snapshot, now, self.0.bound);
         READY.with_label_values(&[self.0.stage]).set(verdict.is_ok() as i64);
         let since = snapshot.last_commit.unwrap_or(self.0.started);
-        LAST_COMMIT_AGE.with_label_values(&[self.0.stage]).set(now.saturating_duration_since(since).as_secs_f64());
+        LAST_COMMIT_AGE
+            .with_label_values(&[self.0.stage])
+            .set(now.saturating_duration_since(since).as_secs_f64());
         verdict
     }
 }
@@ -312,7 +321,11 @@ mod tests {
         health.input_waiting(true);
         let first = health.snapshot().waiting_since;
         health.input_waiting(true);
-        assert_eq!(health.snapshot().waiting_since, first, "waiting is dated from when it was first seen");
+        assert_eq!(
+            health.snapshot().waiting_since,
+            first,
+            "waiting is dated from when it was first seen"
+        );
         health.input_waiting(false);
         assert_eq!(health.snapshot().waiting_since, None);
     }

@@ -101,7 +101,11 @@ pub async fn ensure_topics(
     for topic in [Topic::AggregatorChangelog, Topic::BillingEvents] {
         let actual = wait_for_partitions(brokers, topic).await?;
         if actual != input {
-            return Err(KafkaSetupError::Partitions { topic: topic.name(), actual, expected: input });
+            return Err(KafkaSetupError::Partitions {
+                topic: topic.name(),
+                actual,
+                expected: input,
+            });
         }
     }
     Ok(())
@@ -123,14 +127,17 @@ async fn wait_for_partitions(brokers: &str, topic: Topic) -> Result<usize, Kafka
 /// stage's backlog watcher. `None` while it holds none: before its first assignment and between a
 /// revocation and the next assignment. (`Some(empty)`: the group has more members than partitions.)
 #[derive(Clone, Default)]
-pub struct Assignment(Arc<Mutex<Option<Vec<(String, i32)>>>>);
+pub struct Assignment(Arc<Mutex<Option<Vec<TopicPartition>>>>);
+
+/// A partition by its topic's name and its number.
+pub type TopicPartition = (String, i32);
 
 impl Assignment {
-    pub fn get(&self) -> Option<Vec<(String, i32)>> {
+    pub fn get(&self) -> Option<Vec<TopicPartition>> {
         self.0.lock().expect("assignment lock").clone()
     }
 
-    fn set(&self, partitions: Option<Vec<(String, i32)>>) {
+    fn set(&self, partitions: Option<Vec<TopicPartition>>) {
         *self.0.lock().expect("assignment lock") = partitions;
     }
 }
@@ -138,7 +145,8 @@ impl Assignment {
 /// The context of a consuming stage's group consumer: on every rebalance it raises `rebalanced`
 /// (the loop then drops what it read from partitions it may no longer own), records the
 /// [`Assignment`], and on a revocation tells the stage's [`Health`] that it waits for partitions.
-/// It never says the stage works: only the loop does, after a batch succeeded ([`GroupContext::settle`]).
+/// It never says the stage works: only the loop does, after a batch succeeded
+/// ([`GroupContext::settle`]).
 #[derive(Clone)]
 pub struct GroupContext {
     pub rebalanced: Arc<AtomicBool>,
@@ -177,7 +185,8 @@ impl ConsumerContext for GroupContext {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 tracing::info!(partitions = tpl.count(), "partitions assigned");
-                let held = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+                let held =
+                    tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
                 self.assignment.set(Some(held));
             }
             Rebalance::Revoke(tpl) => {
@@ -191,13 +200,26 @@ impl ConsumerContext for GroupContext {
 }
 
 /// The end offset (high watermark) of each partition, asked of the broker.
-pub fn end_offsets(client: &BaseConsumer, partitions: &[(String, i32)], timeout: Duration) -> KafkaResult<Vec<i64>> {
-    partitions.iter().map(|(topic, partition)| client.fetch_watermarks(topic, *partition, timeout).map(|(_, high)| high)).collect()
+pub fn end_offsets(
+    client: &BaseConsumer,
+    partitions: &[(String, i32)],
+    timeout: Duration,
+) -> KafkaResult<Vec<i64>> {
+    partitions
+        .iter()
+        .map(|(topic, partition)| {
+            client.fetch_watermarks(topic, *partition, timeout).map(|(_, high)| high)
+        })
+        .collect()
 }
 
 /// The offsets `group` has committed for `partitions` (0 where it has none), asked of the broker.
 /// `client` must be configured with that `group.id`; it needs no membership to ask.
-pub fn committed_offsets(client: &BaseConsumer, partitions: &[(String, i32)], timeout: Duration) -> KafkaResult<Vec<i64>> {
+pub fn committed_offsets(
+    client: &BaseConsumer,
+    partitions: &[(String, i32)],
+    timeout: Duration,
+) -> KafkaResult<Vec<i64>> {
     let mut tpl = TopicPartitionList::new();
     for (topic, partition) in partitions {
         tpl.add_partition(topic, *partition);
@@ -225,7 +247,9 @@ pub struct Renewable<P> {
 }
 
 impl<P> Renewable<P> {
-    pub fn new(make: impl Fn() -> KafkaResult<P> + Send + Sync + 'static) -> KafkaResult<Renewable<P>> {
+    pub fn new(
+        make: impl Fn() -> KafkaResult<P> + Send + Sync + 'static,
+    ) -> KafkaResult<Renewable<P>> {
         let first = make()?;
         Ok(Renewable { current: RwLock::new(Arc::new(first)), make: Box::new(make) })
     }
@@ -236,7 +260,11 @@ impl<P> Renewable<P> {
 
     /// Replaces `failed` when `fatal` (its `client().fatal_error()`) is set and it is still the
     /// producer in use; whether it was replaced.
-    pub fn renew_if_fatal(&self, failed: &Arc<P>, fatal: Option<(RDKafkaErrorCode, String)>) -> bool {
+    pub fn renew_if_fatal(
+        &self,
+        failed: &Arc<P>,
+        fatal: Option<(RDKafkaErrorCode, String)>,
+    ) -> bool {
         let Some((code, reason)) = fatal else { return false };
         let mut current = self.current.write().expect("producer lock");
         if !Arc::ptr_eq(&current, failed) {

@@ -24,7 +24,9 @@ pub fn router(health: Health) -> Router {
                 async move {
                     match verdict {
                         Ok(()) => (StatusCode::OK, "ready\n".to_string()),
-                        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
+                        Err(reason) => {
+                            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n"))
+                        }
                     }
                 }
             }),

@@ -92,7 +92,9 @@ mod tests {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         for n in 0..20 {
             let wait = backoff.next_wait();
-            let ceiling = Duration::from_millis(100).saturating_mul(1 << n.min(16)).min(Duration::from_secs(5));
+            let ceiling = Duration::from_millis(100)
+                .saturating_mul(1 << n.min(16))
+                .min(Duration::from_secs(5));
             assert!(wait <= ceiling, "attempt {n}: {wait:?} > {ceiling:?}");
         }
         backoff.reset();

@@ -75,7 +75,8 @@ pub struct Common {
     /// A prefix on every topic, consumer group and transactional id (`TALLY_NAMESPACE`, empty by
     /// default): separate deployments on one Kafka cluster.
     pub namespace: String,
-    /// The price list's file (`TALLY_PRICING_FILE`; the built-in `pricing/2026-11.toml` when unset).
+    /// The price list's file (`TALLY_PRICING_FILE`; the built-in `pricing/2026-11.toml` when
+    /// unset).
     pub pricing_file: PricingPath,
     /// How long a stage may go without progress while work waits before `/readyz` fails
     /// (`TALLY_STALL_SECS`, default 30; see `health`).
@@ -101,7 +102,9 @@ impl Common {
             kafka_replication: var_or("TALLY_KAFKA_REPLICATION", "1")?,
             instance_id: var_or("TALLY_INSTANCE_ID", "0")?,
             namespace: var_or("TALLY_NAMESPACE", "")?,
-            pricing_file: PricingPath(std::env::var_os("TALLY_PRICING_FILE").filter(|v| !v.is_empty()).map(Into::into)),
+            pricing_file: PricingPath(
+                std::env::var_os("TALLY_PRICING_FILE").filter(|v| !v.is_empty()).map(Into::into),
+            ),
             stall_after: std::time::Duration::from_secs(var_or("TALLY_STALL_SECS", "30")?),
             grace: grace()?,
         })

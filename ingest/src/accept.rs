@@ -45,18 +45,21 @@ pub fn decode(element: Element<'_>, arrival: DateTime<Utc>) -> Candidate {
     if !raw.get().trim_start().starts_with('{') {
         return Candidate {
             event_id: None,
-            outcome: Err(FieldError::new(FieldErrorCode::MalformedEvent, "an event must be a JSON object")),
+            outcome: Err(FieldError::new(
+                FieldErrorCode::MalformedEvent,
+                "an event must be a JSON object",
+            )),
         };
     }
     let event: TraceCompletedV1 = match serde_json::from_str(raw.get()) {
         Ok(event) => event,
-        Err(e) => return Candidate { event_id: id_of(raw), outcome: Err(FieldError::from_serde(&e)) },
+        Err(e) => {
+            return Candidate { event_id: id_of(raw), outcome: Err(FieldError::from_serde(&e)) }
+        }
     };
     let event_id = Some(event.event_id.clone());
-    let outcome = event
-        .validate()
-        .and_then(|()| check_arrival_window(event.ended_at, arrival))
-        .map(|()| {
+    let outcome =
+        event.validate().and_then(|()| check_arrival_window(event.ended_at, arrival)).map(|()| {
             let bytes = match (&event.payload, event.payload_bytes) {
                 (Some(payload), _) => payload_bytes(payload),
                 (None, Some(bytes)) => bytes,

@@ -56,7 +56,8 @@ pub fn split(body: &[u8], ndjson: bool, max_events: usize) -> Result<Vec<Element
             serde_json::from_str(text).map_err(|e| BodyError::NotJson(e.to_string()))?;
         items.into_iter().map(Ok).collect()
     } else {
-        let one: &RawValue = serde_json::from_str(text).map_err(|e| BodyError::NotJson(e.to_string()))?;
+        let one: &RawValue =
+            serde_json::from_str(text).map_err(|e| BodyError::NotJson(e.to_string()))?;
         vec![Ok(one)]
     };
     if elements.len() > max_events {

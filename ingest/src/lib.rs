@@ -30,9 +30,13 @@ pub use settings::Settings;
 
 /// Starts ingest and runs it until shutdown.
 pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
-    kafka::ensure_topics(&settings.common.kafka_brokers, settings.common.kafka_partitions, settings.common.kafka_replication)
-        .await
-        .context("kafka")?;
+    kafka::ensure_topics(
+        &settings.common.kafka_brokers,
+        settings.common.kafka_partitions,
+        settings.common.kafka_replication,
+    )
+    .await
+    .context("kafka")?;
     let pool = tally_store::connect(&settings.common.database_url, 4).await?;
     let registry = registry::Registry::load(pool).await.context("loading the org registry")?;
     let publisher = publish::Publisher::new(&settings)?;
@@ -40,9 +44,18 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
 
     tokio::spawn(registry.clone().refresh_forever(shutdown.clone()));
     // Ingest is ready once Kafka acknowledged its first ticks (ticker.rs).
-    tokio::spawn(ticker::run(publisher.clone(), settings.tick_interval, health.clone(), shutdown.clone()));
+    tokio::spawn(ticker::run(
+        publisher.clone(),
+        settings.tick_interval,
+        health.clone(),
+        shutdown.clone(),
+    ));
 
-    let state = Arc::new(routes::AppState { settings: settings.clone(), registry, publisher: publisher.clone() });
+    let state = Arc::new(routes::AppState {
+        settings: settings.clone(),
+        registry,
+        publisher: publisher.clone(),
+    });
     let router = routes::router(state).merge(probes::router(health));
     let served = probes::serve(settings.addr, router, shutdown).await;
     publisher.flush();

@@ -52,6 +52,9 @@ pub static TICKS: LazyLock<IntCounter> = LazyLock::new(|| {
 /// Producers replaced after a fatal error (librdkafka can no longer keep the idempotence
 /// guarantees of the one in use).
 pub static PRODUCER_REBUILDS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("tally_ingest_producer_rebuilds_total", "Kafka producers replaced after a fatal error.")
-        .expect("metric registers")
+    register_int_counter!(
+        "tally_ingest_producer_rebuilds_total",
+        "Kafka producers replaced after a fatal error."
+    )
+    .expect("metric registers")
 });

@@ -19,7 +19,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::ClientContext;
 use serde::Serialize;
 use tally_common::kafka::{base_config, Renewable};
-use tally_schemas::{TraceCompletedRecordV1, Topic};
+use tally_schemas::{Topic, TraceCompletedRecordV1};
 use tokio::sync::Notify;
 
 use crate::settings::Settings;
@@ -58,7 +58,11 @@ struct BatchAck {
 
 impl BatchAck {
     fn new(records: usize) -> Arc<BatchAck> {
-        Arc::new(BatchAck { remaining: AtomicUsize::new(records), error: Mutex::new(None), done: Notify::new() })
+        Arc::new(BatchAck {
+            remaining: AtomicUsize::new(records),
+            error: Mutex::new(None),
+            done: Notify::new(),
+        })
     }
 
     fn settle(&self, count: usize) {
@@ -126,7 +130,9 @@ impl Publisher {
     ) -> Result<(), PublishError> {
         let producer = self.producer.current();
         let result = self.send_with(&producer, count, &mut build).await;
-        if result.is_err() && self.producer.renew_if_fatal(&producer, producer.client().fatal_error()) {
+        if result.is_err()
+            && self.producer.renew_if_fatal(&producer, producer.client().fatal_error())
+        {
             crate::metrics::PRODUCER_REBUILDS.inc();
         }
         result
@@ -145,7 +151,9 @@ impl Publisher {
                 // sent may still land; the client's retry is deduplicated downstream.
                 ack.settle(count - i);
                 return Err(match e {
-                    KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => PublishError::QueueFull,
+                    KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
+                        PublishError::QueueFull
+                    }
                     e => e.into(),
                 });
             }
@@ -189,8 +197,8 @@ impl Publisher {
         .ok_or(PublishError::Timeout(self.timeout))?;
         let now_ms = chrono::Utc::now().timestamp_millis();
         let payload = serde_json::to_vec(&RecordRef::Tick).expect("ticks serialise");
-        let billing_payload =
-            serde_json::to_vec(&tally_schemas::BillingEventRecordV1::Tick).expect("ticks serialise");
+        let billing_payload = serde_json::to_vec(&tally_schemas::BillingEventRecordV1::Tick)
+            .expect("ticks serialise");
         // Both logs tick: the billing log's time must pass a period's end before its invoice
         // is finalized, whether or not any subscription changes.
         self.send_and_wait(2 * partitions, |i, ack| {

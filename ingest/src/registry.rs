@@ -44,7 +44,10 @@ impl Registry {
     async fn reload(&self) -> Result<(), sqlx::Error> {
         let snapshot = Snapshot {
             orgs: tally_store::orgs::ids(&self.pool).await?.into_iter().collect(),
-            ingest_key_hashes: tally_store::keys::live_ingest_hashes(&self.pool).await?.into_iter().collect(),
+            ingest_key_hashes: tally_store::keys::live_ingest_hashes(&self.pool)
+                .await?
+                .into_iter()
+                .collect(),
         };
         *self.snapshot.write().expect("registry lock") = snapshot;
         Ok(())
@@ -84,7 +87,10 @@ impl Registry {
 
     /// Which of `org_ids` do not exist, after one reload if some seemed unknown. Usually empty,
     /// and then allocation-free.
-    pub async fn unknown_orgs<'a>(&self, org_ids: impl Iterator<Item = &'a str> + Clone) -> HashSet<String> {
+    pub async fn unknown_orgs<'a>(
+        &self,
+        org_ids: impl Iterator<Item = &'a str> + Clone,
+    ) -> HashSet<String> {
         let unknown = |ids: &mut dyn Iterator<Item = &'a str>| -> HashSet<String> {
             let snapshot = self.snapshot.read().expect("registry lock");
             ids.filter(|o| !snapshot.orgs.contains(*o)).map(str::to_string).collect()

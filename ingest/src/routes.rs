@@ -54,7 +54,9 @@ impl From<BodyError> for ApiError {
             BodyError::BadGzip(_) => (StatusCode::BAD_REQUEST, "invalid_gzip"),
             BodyError::NotJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
             BodyError::Empty => (StatusCode::BAD_REQUEST, "empty_body"),
-            BodyError::UnsupportedEncoding(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding"),
+            BodyError::UnsupportedEncoding(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding")
+            }
         };
         ApiError::new(status, code, e.to_string())
     }
@@ -115,14 +117,18 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
         ));
     };
     if !state.registry.is_ingest_key(&keys::hash(key)).await {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown or revoked ingest key"));
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "unknown or revoked ingest key",
+        ));
     }
 
     let limit = state.settings.max_body_bytes;
-    let raw = to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::from(BodyError::TooLarge { limit }))?;
-    let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let raw =
+        to_bytes(body, limit).await.map_err(|_| ApiError::from(BodyError::TooLarge { limit }))?;
+    let encoding =
+        headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("");
     let decoded;
     let bytes: &[u8] = match encoding.trim().to_ascii_lowercase().as_str() {
         "" | "identity" => &raw,
@@ -132,10 +138,10 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
         }
         other => return Err(BodyError::UnsupportedEncoding(other.to_string()).into()),
     };
-    let ndjson = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/x-ndjson") || ct.starts_with("application/ndjson"));
+    let ndjson =
+        headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| {
+            ct.starts_with("application/x-ndjson") || ct.starts_with("application/ndjson")
+        });
     let elements = split(bytes, ndjson, state.settings.max_events)?;
 
     // One arrival time for the whole request: the time ingest accepted it.
@@ -144,7 +150,9 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
 
     let unknown = state
         .registry
-        .unknown_orgs(candidates.iter().filter_map(|c| c.outcome.as_ref().ok()).map(|r| r.org_id.as_str()))
+        .unknown_orgs(
+            candidates.iter().filter_map(|c| c.outcome.as_ref().ok()).map(|r| r.org_id.as_str()),
+        )
         .await;
     for candidate in candidates.iter_mut().filter(|_| !unknown.is_empty()) {
         if let Ok(record) = &candidate.outcome {
@@ -180,7 +188,9 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
     let results: Vec<EventResult<'_>> = candidates
         .iter()
         .map(|c| match &c.outcome {
-            Ok(record) => EventResult { event_id: Some(&record.event_id), status: "accepted", error: None },
+            Ok(record) => {
+                EventResult { event_id: Some(&record.event_id), status: "accepted", error: None }
+            }
             Err(e) => {
                 metrics::EVENTS.with_label_values(&[e.code.as_str()]).inc();
                 EventResult {
@@ -191,7 +201,11 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
             }
         })
         .collect();
-    let response = BatchResponse { accepted: accepted_count, rejected: results.len() - accepted_count, results };
+    let response = BatchResponse {
+        accepted: accepted_count,
+        rejected: results.len() - accepted_count,
+        results,
+    };
     metrics::REQUESTS.with_label_values(&["200"]).inc();
     Ok((StatusCode::OK, Json(response)).into_response())
 }

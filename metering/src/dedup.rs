@@ -54,7 +54,7 @@ pub fn encode(fingerprints: &[u128]) -> Vec<u8> {
 
 /// The inverse of [`encode`]; `None` when the length is not a multiple of 16.
 pub fn decode(bytes: &[u8]) -> Option<Vec<u128>> {
-    if bytes.len() % 16 != 0 {
+    if !bytes.len().is_multiple_of(16) {
         return None;
     }
     Some(

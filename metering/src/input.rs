@@ -50,7 +50,12 @@ pub fn record_time(timestamp_ms: Option<i64>) -> Option<DateTime<Utc>> {
 
 /// Applies one record of `log`, with its Kafka timestamp in milliseconds and its payload (an
 /// absent payload is an empty one), to `fold`.
-pub fn apply_record(fold: &mut Fold, log: Log, timestamp_ms: Option<i64>, payload: &[u8]) -> Applied {
+pub fn apply_record(
+    fold: &mut Fold,
+    log: Log,
+    timestamp_ms: Option<i64>,
+    payload: &[u8],
+) -> Applied {
     let Some(at) = record_time(timestamp_ms) else {
         return Applied::Invalid("the record has no timestamp".into());
     };
@@ -61,7 +66,9 @@ pub fn apply_record(fold: &mut Fold, log: Log, timestamp_ms: Option<i64>, payloa
                 return Applied::Tick;
             }
             match TraceEventRecordV1::from_json_borrowed(payload) {
-                Ok(TraceEventRecordRef::TraceCompleted(event)) => Applied::Event(fold.apply_event_ref(&event, at)),
+                Ok(TraceEventRecordRef::TraceCompleted(event)) => {
+                    Applied::Event(fold.apply_event_ref(&event, at))
+                }
                 Ok(TraceEventRecordRef::Tick) => {
                     fold.apply_tick(at);
                     Applied::Tick
@@ -104,13 +111,25 @@ mod tests {
     fn an_invalid_record_moves_no_watermark() {
         let mut fold = Fold::new(FoldConfig::default());
         let t = 1_790_000_000_000;
-        assert!(matches!(apply_record(&mut fold, Log::Trace, Some(t), b"{\"kind\":\"nope\"}"), Applied::Invalid(_)));
-        assert!(matches!(apply_record(&mut fold, Log::Billing, Some(t), b"not json"), Applied::Invalid(_)));
-        assert!(matches!(apply_record(&mut fold, Log::Trace, None, TRACE_TICK), Applied::Invalid(_)));
+        assert!(matches!(
+            apply_record(&mut fold, Log::Trace, Some(t), b"{\"kind\":\"nope\"}"),
+            Applied::Invalid(_)
+        ));
+        assert!(matches!(
+            apply_record(&mut fold, Log::Billing, Some(t), b"not json"),
+            Applied::Invalid(_)
+        ));
+        assert!(matches!(
+            apply_record(&mut fold, Log::Trace, None, TRACE_TICK),
+            Applied::Invalid(_)
+        ));
         assert_eq!(fold.watermarks().trace, None);
         assert_eq!(fold.watermarks().billing, None);
         assert_eq!(apply_record(&mut fold, Log::Trace, Some(t), TRACE_TICK), Applied::Tick);
-        assert_eq!(apply_record(&mut fold, Log::Billing, Some(t), b"{ \"type\": \"Tick\" }"), Applied::BillingTick);
+        assert_eq!(
+            apply_record(&mut fold, Log::Billing, Some(t), b"{ \"type\": \"Tick\" }"),
+            Applied::BillingTick
+        );
         assert_eq!(fold.watermarks().trace, record_time(Some(t)));
         assert_eq!(fold.watermarks().billing, record_time(Some(t)));
     }

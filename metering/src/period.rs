@@ -20,7 +20,8 @@ pub struct ParsePeriodError(String);
 
 impl Period {
     pub fn new(year: i32, month: u32) -> Option<Period> {
-        ((1..=12).contains(&month) && (1970..=9999).contains(&year)).then_some(Period { year, month })
+        ((1..=12).contains(&month) && (1970..=9999).contains(&year))
+            .then_some(Period { year, month })
     }
 
     /// The period containing an instant.

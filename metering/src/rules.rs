@@ -34,7 +34,10 @@ pub fn classify(is_root: bool, status: Status) -> Classification {
 
 /// Ingest's window: `ended_at` no more than [`MAX_EVENT_AGE`] before the arrival time and no more
 /// than [`MAX_EVENT_FUTURE`] after it.
-pub fn check_arrival_window(ended_at: DateTime<Utc>, arrival: DateTime<Utc>) -> Result<(), FieldError> {
+pub fn check_arrival_window(
+    ended_at: DateTime<Utc>,
+    arrival: DateTime<Utc>,
+) -> Result<(), FieldError> {
     if ended_at < arrival - MAX_EVENT_AGE {
         return Err(FieldError::new(
             FieldErrorCode::OutOfWindow,
@@ -101,11 +104,14 @@ mod tests {
 
     #[test]
     fn arrival_window_edges() {
-        let arrival = DateTime::parse_from_rfc3339("2026-11-29T12:00:00Z").unwrap().with_timezone(&Utc);
+        let arrival =
+            DateTime::parse_from_rfc3339("2026-11-29T12:00:00Z").unwrap().with_timezone(&Utc);
         assert!(check_arrival_window(arrival - MAX_EVENT_AGE, arrival).is_ok());
-        assert!(check_arrival_window(arrival - MAX_EVENT_AGE - Duration::milliseconds(1), arrival).is_err());
+        assert!(check_arrival_window(arrival - MAX_EVENT_AGE - Duration::milliseconds(1), arrival)
+            .is_err());
         assert!(check_arrival_window(arrival + MAX_EVENT_FUTURE, arrival).is_ok());
-        let err = check_arrival_window(arrival + MAX_EVENT_FUTURE + Duration::seconds(1), arrival).unwrap_err();
+        let err = check_arrival_window(arrival + MAX_EVENT_FUTURE + Duration::seconds(1), arrival)
+            .unwrap_err();
         assert_eq!(err.code, FieldErrorCode::OutOfWindow);
     }
 }

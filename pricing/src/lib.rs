@@ -145,7 +145,7 @@ fn group_thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -194,15 +194,22 @@ impl Pricing {
             return Err(invalid("`version` is empty".into()));
         }
         if file.currency != "usd" {
-            return Err(invalid(format!("currency {:?}: only \"usd\" is supported", file.currency)));
+            return Err(invalid(format!(
+                "currency {:?}: only \"usd\" is supported",
+                file.currency
+            )));
         }
         let mut tiers = Vec::new();
         for tier in Tier::ALL {
             let matching: Vec<&TierFile> = file.tiers.iter().filter(|t| t.tier == tier).collect();
             let [t] = matching.as_slice() else {
-                return Err(invalid(format!("tier {tier} must appear exactly once, found {}", matching.len())));
+                return Err(invalid(format!(
+                    "tier {tier} must appear exactly once, found {}",
+                    matching.len()
+                )));
             };
-            let base = Rate::per_units(&t.base_fee, 1).map_err(|e| invalid(format!("{tier}.base_fee: {e}")))?;
+            let base = Rate::per_units(&t.base_fee, 1)
+                .map_err(|e| invalid(format!("{tier}.base_fee: {e}")))?;
             let base_fee_cents = base.amount_cents(1);
             if base.exact_cents(1).1 != 1 {
                 return Err(invalid(format!("{tier}.base_fee must be whole cents")));
@@ -218,15 +225,29 @@ impl Pricing {
                     let last = i + 1 == m.bands.len();
                     match (b.up_to, last) {
                         (None, true) => {}
-                        (Some(_), true) => return Err(invalid(format!("{at}: the last band has no `up_to`"))),
-                        (None, false) => return Err(invalid(format!("{at}: band {} needs `up_to`", i + 1))),
+                        (Some(_), true) => {
+                            return Err(invalid(format!("{at}: the last band has no `up_to`")))
+                        }
+                        (None, false) => {
+                            return Err(invalid(format!("{at}: band {} needs `up_to`", i + 1)))
+                        }
                         (Some(u), false) if u <= from => {
-                            return Err(invalid(format!("{at}: band {} ends at {u}, not after {from}", i + 1)))
+                            return Err(invalid(format!(
+                                "{at}: band {} ends at {u}, not after {from}",
+                                i + 1
+                            )))
                         }
                         (Some(_), false) => {}
                     }
-                    let rate = Rate::per_units(&b.price, b.per).map_err(|e| invalid(format!("{at}: {e}")))?;
-                    bands.push(Band { from, up_to: b.up_to, rate, price: b.price.clone(), per: b.per });
+                    let rate = Rate::per_units(&b.price, b.per)
+                        .map_err(|e| invalid(format!("{at}: {e}")))?;
+                    bands.push(Band {
+                        from,
+                        up_to: b.up_to,
+                        rate,
+                        price: b.price.clone(),
+                        per: b.per,
+                    });
                     from = b.up_to.unwrap_or(from);
                 }
                 Ok(MetricPrice { metric, included: m.included, bands })
@@ -315,7 +336,9 @@ impl Pricing {
                 }
                 let quantity = used.min(band.up_to.unwrap_or(u64::MAX)) - band.from;
                 let span = match band.up_to {
-                    Some(up_to) => format!("{}–{}", group_thousands(band.from + 1), group_thousands(up_to)),
+                    Some(up_to) => {
+                        format!("{}–{}", group_thousands(band.from + 1), group_thousands(up_to))
+                    }
                     None => format!("beyond {}", group_thousands(band.from)),
                 };
                 lines.push(LineItemV1 {
@@ -353,7 +376,11 @@ impl Pricing {
             tier,
             pricing_version: self.version.clone(),
             currency: self.currency.clone(),
-            status: if finalized_at.is_some() { InvoiceStatusV1::Final } else { InvoiceStatusV1::Draft },
+            status: if finalized_at.is_some() {
+                InvoiceStatusV1::Final
+            } else {
+                InvoiceStatusV1::Draft
+            },
             usage,
             lines,
             total_cents,
@@ -371,7 +398,8 @@ impl Pricing {
                 Estimate { tier, lines, total_cents }
             })
             .collect();
-        let cheapest = estimates.iter().min_by_key(|e| (e.total_cents, e.tier)).expect("four tiers").tier;
+        let cheapest =
+            estimates.iter().min_by_key(|e| (e.total_cents, e.tier)).expect("four tiers").tier;
         (estimates, cheapest)
     }
 }
@@ -472,9 +500,18 @@ mod tests {
             (swap("tier = \"growth\"", "tier = \"starter\""), "exactly once"),
             (swap("base_fee = \"250.00\"", "base_fee = \"250.001\""), "whole cents"),
             (swap("{ up_to = 10_000_000,", "{ up_to = 4_000_000,"), "not after"),
-            (swap("{ price = \"0.80\", per = 1_000 }", "{ up_to = 20_000_000, price = \"0.80\", per = 1_000 }"), "last band"),
+            (
+                swap(
+                    "{ price = \"0.80\", per = 1_000 }",
+                    "{ up_to = 20_000_000, price = \"0.80\", per = 1_000 }",
+                ),
+                "last band",
+            ),
             (swap("per = 1_000 }]", "per = 7 }]"), "whole number of cents"),
-            (swap("version = \"2026-11\"", "version = \"2026-11\"\ncolour = \"blue\""), "unknown field"),
+            (
+                swap("version = \"2026-11\"", "version = \"2026-11\"\ncolour = \"blue\""),
+                "unknown field",
+            ),
             (swap("price = \"2.00\", per = 1_000", "price = \"5.00\", per = 1_000"), "overflow"),
         ];
         for (text, expected) in cases {
@@ -491,7 +528,10 @@ mod tests {
         assert_eq!(threshold_level(100_000, 100_000), Some(ThresholdLevel::Exceeded));
         assert_eq!(threshold_level(0, 0), None);
         assert_eq!(threshold_level(1, 0), Some(ThresholdLevel::Exceeded));
-        assert_eq!(levels_reached(150_000, 100_000), [ThresholdLevel::Approaching, ThresholdLevel::Exceeded]);
+        assert_eq!(
+            levels_reached(150_000, 100_000),
+            [ThresholdLevel::Approaching, ThresholdLevel::Exceeded]
+        );
         assert_eq!(percent_used_basis_points(95_505, 100_000), Some(9_550));
         assert_eq!(basis_points_decimal(9_550), "95.50");
         assert_eq!(basis_points_decimal(5), "0.05");

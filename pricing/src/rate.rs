@@ -105,7 +105,8 @@ impl Rate {
     /// file is refused when any usage could make an invoice exceed `i64::MAX` cents, so this
     /// always fits.
     pub fn amount_cents(self, quantity: u64) -> i64 {
-        i64::try_from(self.amount_cents_wide(quantity)).expect("pricing files keep amounts below 2^63 cents")
+        i64::try_from(self.amount_cents_wide(quantity))
+            .expect("pricing files keep amounts below 2^63 cents")
     }
 
     /// [`Rate::amount_cents`] without the narrowing, for the pricing file's checks.

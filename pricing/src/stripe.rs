@@ -70,16 +70,27 @@ pub fn plans(pricing: &Pricing) -> Vec<StripePlan> {
                 let m = t.metric(metric);
                 let mut tiers = Vec::new();
                 if m.included > 0 {
-                    tiers.push(GraduatedTier { up_to: Some(m.included), unit_amount_decimal: "0".into() });
+                    tiers.push(GraduatedTier {
+                        up_to: Some(m.included),
+                        unit_amount_decimal: "0".into(),
+                    });
                 }
-                tiers.extend(m.bands.iter().map(|b| GraduatedTier { up_to: b.up_to, unit_amount_decimal: b.rate.to_string() }));
+                tiers.extend(m.bands.iter().map(|b| GraduatedTier {
+                    up_to: b.up_to,
+                    unit_amount_decimal: b.rate.to_string(),
+                }));
                 prices.push(StripePrice {
                     lookup_key: lookup_key(pricing, t.tier, metric.as_str()),
                     nickname: format!("{} {}", t.name, metric.as_str()),
                     kind: PriceKind::Metered { metric, tiers },
                 });
             }
-            StripePlan { tier: t.tier, product_id: format!("tally_{}", t.tier.as_str()), product_name: format!("Tally {}", t.name), prices }
+            StripePlan {
+                tier: t.tier,
+                product_id: format!("tally_{}", t.tier.as_str()),
+                product_name: format!("Tally {}", t.name),
+                prices,
+            }
         })
         .collect()
 }
@@ -106,8 +117,14 @@ impl StripePrice {
                 p.push(("billing_scheme".into(), "tiered".into()));
                 p.push(("tiers_mode".into(), "graduated".into()));
                 for (i, t) in tiers.iter().enumerate() {
-                    p.push((format!("tiers[{i}][up_to]"), t.up_to.map_or("inf".into(), |u| u.to_string())));
-                    p.push((format!("tiers[{i}][unit_amount_decimal]"), t.unit_amount_decimal.clone()));
+                    p.push((
+                        format!("tiers[{i}][up_to]"),
+                        t.up_to.map_or("inf".into(), |u| u.to_string()),
+                    ));
+                    p.push((
+                        format!("tiers[{i}][unit_amount_decimal]"),
+                        t.unit_amount_decimal.clone(),
+                    ));
                 }
             }
         }
@@ -126,8 +143,17 @@ mod tests {
         let e = &plans[3];
         assert_eq!(e.product_id, "tally_enterprise");
         let PriceKind::Metered { tiers, .. } = &e.prices[1].kind else { panic!("metered") };
-        let got: Vec<(Option<u64>, &str)> = tiers.iter().map(|t| (t.up_to, t.unit_amount_decimal.as_str())).collect();
-        assert_eq!(got, [(Some(2_500_000), "0"), (Some(5_000_000), "0.12"), (Some(10_000_000), "0.1"), (None, "0.08")]);
+        let got: Vec<(Option<u64>, &str)> =
+            tiers.iter().map(|t| (t.up_to, t.unit_amount_decimal.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (Some(2_500_000), "0"),
+                (Some(5_000_000), "0.12"),
+                (Some(10_000_000), "0.1"),
+                (None, "0.08")
+            ]
+        );
         assert_eq!(e.prices[1].lookup_key, "tally_2026_11_enterprise_traces");
         assert_eq!(e.prices[0].kind, PriceKind::Licensed { unit_amount: 300_000 });
     }

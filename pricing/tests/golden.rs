@@ -43,9 +43,19 @@ const ENTERPRISE_BASE: Line = (Base, None, 1, "300000", 300_000);
 #[test]
 fn starter() {
     // No usage: the base fee only.
-    check(Tier::Starter, 0, 0, &[STARTER_BASE, (Included, Some(T), 0, "0", 0), (Included, Some(B), 0, "0", 0)], 25_000);
+    check(
+        Tier::Starter,
+        0,
+        0,
+        &[STARTER_BASE, (Included, Some(T), 0, "0", 0), (Included, Some(B), 0, "0", 0)],
+        25_000,
+    );
     // Exactly the included amounts: nothing over.
-    let at_included = [STARTER_BASE, (Included, Some(T), 100_000, "0", 0), (Included, Some(B), 10_000_000_000, "0", 0)];
+    let at_included = [
+        STARTER_BASE,
+        (Included, Some(T), 100_000, "0", 0),
+        (Included, Some(B), 10_000_000_000, "0", 0),
+    ];
     check(Tier::Starter, 100_000, 10_000_000_000, &at_included, 25_000);
     // One unit over each: 1 × 0.2 = 0.2 → 0 cents; 1 × 0.00000005 → 0 cents. The lines show.
     check(
@@ -66,7 +76,12 @@ fn starter() {
         Tier::Starter,
         101_500,
         0,
-        &[STARTER_BASE, (Included, Some(T), 100_000, "0", 0), (Included, Some(B), 0, "0", 0), (Overage, Some(T), 1_500, "0.2", 300)],
+        &[
+            STARTER_BASE,
+            (Included, Some(T), 100_000, "0", 0),
+            (Included, Some(B), 0, "0", 0),
+            (Overage, Some(T), 1_500, "0.2", 300),
+        ],
         25_300,
     );
 }
@@ -107,13 +122,23 @@ fn rounding_each_line_differs_from_rounding_the_sum() {
 
 #[test]
 fn growth() {
-    let at = [GROWTH_BASE, (Included, Some(T), 250_000, "0", 0), (Included, Some(B), 25_000_000_000, "0", 0)];
+    let at = [
+        GROWTH_BASE,
+        (Included, Some(T), 250_000, "0", 0),
+        (Included, Some(B), 25_000_000_000, "0", 0),
+    ];
     check(Tier::Growth, 250_000, 25_000_000_000, &at, 50_000);
     check(
         Tier::Growth,
         250_001,
         25_000_000_001,
-        &[at[0], at[1], at[2], (Overage, Some(T), 1, "0.18", 0), (Overage, Some(B), 1, "0.000000045", 0)],
+        &[
+            at[0],
+            at[1],
+            at[2],
+            (Overage, Some(T), 1, "0.18", 0),
+            (Overage, Some(B), 1, "0.000000045", 0),
+        ],
         50_000,
     );
     // 1,234 × 0.18 = 222.12 → 222; 3,000,000,000 × 0.000000045 = 135.
@@ -121,28 +146,51 @@ fn growth() {
         Tier::Growth,
         251_234,
         28_000_000_000,
-        &[at[0], at[1], at[2], (Overage, Some(T), 1_234, "0.18", 222), (Overage, Some(B), 3_000_000_000, "0.000000045", 135)],
+        &[
+            at[0],
+            at[1],
+            at[2],
+            (Overage, Some(T), 1_234, "0.18", 222),
+            (Overage, Some(B), 3_000_000_000, "0.000000045", 135),
+        ],
         50_357,
     );
-    // 3 × 0.18 = 0.54 → 1 (more than half); 11,111,111 × 0.000000045 = 0.499999995 → 0 (just under).
+    // 3 × 0.18 = 0.54 → 1 (more than half); 11,111,111 × 0.000000045 = 0.499999995 → 0 (just
+    // under).
     check(
         Tier::Growth,
         250_003,
         25_011_111_111,
-        &[at[0], at[1], at[2], (Overage, Some(T), 3, "0.18", 1), (Overage, Some(B), 11_111_111, "0.000000045", 0)],
+        &[
+            at[0],
+            at[1],
+            at[2],
+            (Overage, Some(T), 3, "0.18", 1),
+            (Overage, Some(B), 11_111_111, "0.000000045", 0),
+        ],
         50_001,
     );
 }
 
 #[test]
 fn business() {
-    let at = [BUSINESS_BASE, (Included, Some(T), 600_000, "0", 0), (Included, Some(B), 60_000_000_000, "0", 0)];
+    let at = [
+        BUSINESS_BASE,
+        (Included, Some(T), 600_000, "0", 0),
+        (Included, Some(B), 60_000_000_000, "0", 0),
+    ];
     check(Tier::Business, 600_000, 60_000_000_000, &at, 100_000);
     check(
         Tier::Business,
         600_001,
         60_000_000_001,
-        &[at[0], at[1], at[2], (Overage, Some(T), 1, "0.15", 0), (Overage, Some(B), 1, "0.00000004", 0)],
+        &[
+            at[0],
+            at[1],
+            at[2],
+            (Overage, Some(T), 1, "0.15", 0),
+            (Overage, Some(B), 1, "0.00000004", 0),
+        ],
         100_000,
     );
     // 10,001 × 0.15 = 1,500.15 → 1,500; 1 GB × 0.00000004 × 10^9 = 40.
@@ -150,27 +198,53 @@ fn business() {
         Tier::Business,
         610_001,
         61_000_000_000,
-        &[at[0], at[1], at[2], (Overage, Some(T), 10_001, "0.15", 1_500), (Overage, Some(B), 1_000_000_000, "0.00000004", 40)],
+        &[
+            at[0],
+            at[1],
+            at[2],
+            (Overage, Some(T), 10_001, "0.15", 1_500),
+            (Overage, Some(B), 1_000_000_000, "0.00000004", 40),
+        ],
         101_540,
     );
 }
 
 #[test]
 fn enterprise_band_edges() {
-    let included = |t: u64, b: u64| [ENTERPRISE_BASE, (Included, Some(T), t, "0", 0), (Included, Some(B), b, "0", 0)];
+    let included = |t: u64, b: u64| {
+        [ENTERPRISE_BASE, (Included, Some(T), t, "0", 0), (Included, Some(B), b, "0", 0)]
+    };
     let inc = included(2_500_000, 0);
     // Exactly the included traces.
     check(Tier::Enterprise, 2_500_000, 0, &inc, 300_000);
     // One over: first band, 0.12 → 0.
-    check(Tier::Enterprise, 2_500_001, 0, &[inc[0], inc[1], inc[2], (Overage, Some(T), 1, "0.12", 0)], 300_000);
+    check(
+        Tier::Enterprise,
+        2_500_001,
+        0,
+        &[inc[0], inc[1], inc[2], (Overage, Some(T), 1, "0.12", 0)],
+        300_000,
+    );
     // The end of the first band: 2,500,000 × 0.12 = 300,000.
-    check(Tier::Enterprise, 5_000_000, 0, &[inc[0], inc[1], inc[2], (Overage, Some(T), 2_500_000, "0.12", 300_000)], 600_000);
+    check(
+        Tier::Enterprise,
+        5_000_000,
+        0,
+        &[inc[0], inc[1], inc[2], (Overage, Some(T), 2_500_000, "0.12", 300_000)],
+        600_000,
+    );
     // One into the second band: 1 × 0.10 → 0, and the second band's line appears.
     check(
         Tier::Enterprise,
         5_000_001,
         0,
-        &[inc[0], inc[1], inc[2], (Overage, Some(T), 2_500_000, "0.12", 300_000), (Overage, Some(T), 1, "0.1", 0)],
+        &[
+            inc[0],
+            inc[1],
+            inc[2],
+            (Overage, Some(T), 2_500_000, "0.12", 300_000),
+            (Overage, Some(T), 1, "0.1", 0),
+        ],
         600_000,
     );
     // The end of the second band: 5,000,000 × 0.10 = 500,000.
@@ -178,7 +252,13 @@ fn enterprise_band_edges() {
         Tier::Enterprise,
         10_000_000,
         0,
-        &[inc[0], inc[1], inc[2], (Overage, Some(T), 2_500_000, "0.12", 300_000), (Overage, Some(T), 5_000_000, "0.1", 500_000)],
+        &[
+            inc[0],
+            inc[1],
+            inc[2],
+            (Overage, Some(T), 2_500_000, "0.12", 300_000),
+            (Overage, Some(T), 5_000_000, "0.1", 500_000),
+        ],
         1_100_000,
     );
     // Into the last band: 2,000,007 × 0.08 = 160,000.56 → 160,001. Payload 1 byte over 250 GB:
@@ -212,7 +292,12 @@ fn the_issue_estimate() {
     let totals: Vec<(Tier, i64)> = estimates.iter().map(|e| (e.tier, e.total_cents)).collect();
     assert_eq!(
         totals,
-        [(Tier::Starter, 650_500), (Tier::Growth, 585_275), (Tier::Business, 492_400), (Tier::Enterprise, 384_000)]
+        [
+            (Tier::Starter, 650_500),
+            (Tier::Growth, 585_275),
+            (Tier::Business, 492_400),
+            (Tier::Enterprise, 384_000)
+        ]
     );
     assert_eq!(cheapest, Tier::Enterprise);
     // With no usage the cheapest is starter.

@@ -41,24 +41,32 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    pub fn new(settings: &Settings, pool: PgPool, assignment: Assignment, health: Health) -> anyhow::Result<Watcher> {
-        let client: BaseConsumer =
-            base_config(&settings.common.kafka_brokers).create().context("creating the backlog watcher's client")?;
+    pub fn new(
+        settings: &Settings,
+        pool: PgPool,
+        assignment: Assignment,
+        health: Health,
+    ) -> anyhow::Result<Watcher> {
+        let client: BaseConsumer = base_config(&settings.common.kafka_brokers)
+            .create()
+            .context("creating the backlog watcher's client")?;
         Ok(Watcher { client: std::sync::Arc::new(client), pool, assignment, health })
     }
 
     async fn look(&self) -> anyhow::Result<Option<bool>> {
         let Some(partitions) = self.assignment.get() else { return Ok(None) };
-        let stored: HashMap<(String, i32), i64> = tokio::time::timeout(TIMEOUT, tally_store::projection::stored_offsets(&self.pool))
-            .await
-            .context("reading the stored offsets: PostgreSQL did not answer")?
-            .context("reading the stored offsets")?
-            .into_iter()
-            .map(|(topic, partition, next)| ((topic, partition), next))
-            .collect();
+        let stored: HashMap<(String, i32), i64> =
+            tokio::time::timeout(TIMEOUT, tally_store::projection::stored_offsets(&self.pool))
+                .await
+                .context("reading the stored offsets: PostgreSQL did not answer")?
+                .context("reading the stored offsets")?
+                .into_iter()
+                .map(|(topic, partition, next)| ((topic, partition), next))
+                .collect();
         let client = self.client.clone();
         let asked = partitions.clone();
-        let ends = tokio::task::spawn_blocking(move || end_offsets(&client, &asked, TIMEOUT)).await??;
+        let ends =
+            tokio::task::spawn_blocking(move || end_offsets(&client, &asked, TIMEOUT)).await??;
         Ok(Some(partitions.iter().zip(ends).any(|(key, end)| {
             let markers = if key.0 == Topic::Usage.name() { 1 } else { 0 };
             end - stored.get(key).copied().unwrap_or(0) > markers
@@ -71,7 +79,8 @@ pub async fn watch(watcher: Watcher, shutdown: Shutdown) {
     loop {
         match watcher.look().await {
             Ok(Some(waiting)) => watcher.health.input_waiting(waiting),
-            // Without an assignment nothing of ours waits; how long that lasts is the phase's business.
+            // Without an assignment nothing of ours waits; how long that lasts is the phase's
+            // business.
             Ok(None) => {}
             Err(e) => watcher.health.check_failed(format!("{e:#}")),
         }

@@ -2,7 +2,10 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{register_histogram, register_int_counter, register_int_counter_vec, Histogram, IntCounter, IntCounterVec};
+use prometheus::{
+    register_histogram, register_int_counter, register_int_counter_vec, Histogram, IntCounter,
+    IntCounterVec,
+};
 
 /// Usage updates by result: `applied`, `stale` (an equal or newer version was already stored),
 /// `skipped` (below the stored offset), `invalid`.
@@ -43,12 +46,18 @@ pub static INVOICES: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
 
 /// Invoice corrections stored (each once, however often it is re-delivered).
 pub static CORRECTIONS: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
-    prometheus::register_int_counter!("tally_projector_corrections_total", "Invoice corrections stored.")
-        .expect("metric registers")
+    prometheus::register_int_counter!(
+        "tally_projector_corrections_total",
+        "Invoice corrections stored."
+    )
+    .expect("metric registers")
 });
 
 /// Consumers replaced after a fatal consumer error.
 pub static CLIENT_REBUILDS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("tally_projector_client_rebuilds_total", "Kafka consumers replaced after a fatal error.")
-        .expect("metric registers")
+    register_int_counter!(
+        "tally_projector_client_rebuilds_total",
+        "Kafka consumers replaced after a fatal error."
+    )
+    .expect("metric registers")
 });

@@ -64,7 +64,10 @@ impl From<KafkaError> for Failure {
     }
 }
 
-fn consumer(settings: &Settings, group: &GroupContext) -> anyhow::Result<StreamConsumer<GroupContext>> {
+fn consumer(
+    settings: &Settings,
+    group: &GroupContext,
+) -> anyhow::Result<StreamConsumer<GroupContext>> {
     let consumer: StreamConsumer<GroupContext> = base_config(&settings.common.kafka_brokers)
         .set("group.id", tally_schemas::namespaced(GROUP_ID))
         .set("isolation.level", "read_committed")
@@ -106,7 +109,12 @@ pub fn coalesce(updates: Vec<UsageUpdateV1>) -> Vec<UsageUpdateV1> {
 }
 
 impl Projector {
-    pub fn start(settings: &Settings, pool: PgPool, health: Health, group: GroupContext) -> anyhow::Result<Projector> {
+    pub fn start(
+        settings: &Settings,
+        pool: PgPool,
+        health: Health,
+        group: GroupContext,
+    ) -> anyhow::Result<Projector> {
         let consumer = consumer(settings, &group)?;
         Ok(Projector {
             settings: settings.clone(),
@@ -165,7 +173,9 @@ impl Projector {
                             self.next_offsets.clear();
                             self.must_rewind = false;
                         }
-                        Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot create a consumer yet"),
+                        Err(e) => {
+                            tracing::warn!(error = %format!("{e:#}"), "cannot create a consumer yet")
+                        }
                     }
                 }
             }
@@ -183,7 +193,13 @@ impl Projector {
         let mut tpl = TopicPartitionList::new();
         for element in assignment.elements() {
             let Some(topic) = input_topic(element.topic()) else { continue };
-            let offset = match tally_store::projection::stored_offset(&self.pool, topic, element.partition()).await? {
+            let offset = match tally_store::projection::stored_offset(
+                &self.pool,
+                topic,
+                element.partition(),
+            )
+            .await?
+            {
                 Some(o) => Offset::Offset(o),
                 None => Offset::Beginning,
             };
@@ -238,13 +254,21 @@ impl Projector {
             let next = match self.next_offsets.get(&(topic, partition)) {
                 Some(next) => *next,
                 None => {
-                    let stored = tally_store::projection::stored_offset(&self.pool, topic, partition).await?.unwrap_or(0);
+                    let stored =
+                        tally_store::projection::stored_offset(&self.pool, topic, partition)
+                            .await?
+                            .unwrap_or(0);
                     self.next_offsets.insert((topic, partition), stored);
                     if message.offset() > stored {
                         // Kafka's hint is ahead of the stored truth (the read models were rebuilt
                         // or restored): go back to what PostgreSQL holds.
                         tracing::info!(%topic, partition, from = message.offset(), to = stored, "rewinding to the stored offset");
-                        self.consumer.seek(topic.name(), partition, Offset::Offset(stored), Duration::from_secs(10))?;
+                        self.consumer.seek(
+                            topic.name(),
+                            partition,
+                            Offset::Offset(stored),
+                            Duration::from_secs(10),
+                        )?;
                         continue;
                     }
                     stored
@@ -255,7 +279,8 @@ impl Projector {
                 continue;
             }
             offsets.insert((topic, partition), message.offset() + 1);
-            let (timestamp_ms, payload) = (message.timestamp().to_millis(), message.payload().unwrap_or_default());
+            let (timestamp_ms, payload) =
+                (message.timestamp().to_millis(), message.payload().unwrap_or_default());
             match decode(topic, partition, message.offset(), timestamp_ms, payload) {
                 Some(Decoded::Update(update)) => updates.push(update),
                 Some(Decoded::Correction(correction)) => corrections.push(correction),
@@ -267,10 +292,12 @@ impl Projector {
         }
         let updates = coalesce(updates);
         let started = Instant::now();
-        let offsets_list: Vec<(Topic, i32, i64)> = offsets.iter().map(|((t, p), o)| (*t, *p, *o)).collect();
-        let written = tally_store::projection::write_batch(&self.pool, &updates, &corrections, &offsets_list)
-            .await
-            .context("writing to PostgreSQL")?;
+        let offsets_list: Vec<(Topic, i32, i64)> =
+            offsets.iter().map(|((t, p), o)| (*t, *p, *o)).collect();
+        let written =
+            tally_store::projection::write_batch(&self.pool, &updates, &corrections, &offsets_list)
+                .await
+                .context("writing to PostgreSQL")?;
         self.health.committed();
         metrics::BATCH_SECONDS.observe(started.elapsed().as_secs_f64());
         metrics::UPDATES.with_label_values(&["applied"]).inc_by(written.applied as u64);
@@ -304,14 +331,29 @@ pub enum Decoded {
 /// Decodes a record of `tally.usage.v1` or `tally.corrections.v1` (its log time dates a
 /// correction). An undecodable record is logged and skipped (`None`): it stays in the log for
 /// inspection. The projector and `replay rebuild` both read the log through this.
-pub fn decode(topic: Topic, partition: i32, offset: i64, timestamp_ms: Option<i64>, payload: &[u8]) -> Option<Decoded> {
+pub fn decode(
+    topic: Topic,
+    partition: i32,
+    offset: i64,
+    timestamp_ms: Option<i64>,
+    payload: &[u8],
+) -> Option<Decoded> {
     let decoded = match topic {
-        Topic::Corrections => serde_json::from_slice::<InvoiceCorrectedV1>(payload).map(|correction| {
-            let at = timestamp_ms
-                .and_then(|ms| chrono::TimeZone::timestamp_millis_opt(&chrono::Utc, ms).single())
-                .unwrap_or(correction.requested_at);
-            Decoded::Correction(tally_store::projection::LoggedCorrection { partition, offset, at, correction })
-        }),
+        Topic::Corrections => {
+            serde_json::from_slice::<InvoiceCorrectedV1>(payload).map(|correction| {
+                let at = timestamp_ms
+                    .and_then(|ms| {
+                        chrono::TimeZone::timestamp_millis_opt(&chrono::Utc, ms).single()
+                    })
+                    .unwrap_or(correction.requested_at);
+                Decoded::Correction(tally_store::projection::LoggedCorrection {
+                    partition,
+                    offset,
+                    at,
+                    correction,
+                })
+            })
+        }
         _ => serde_json::from_slice::<UsageUpdateV1>(payload).map(Decoded::Update),
     };
     decoded
@@ -331,7 +373,8 @@ mod tests {
     #[test]
     fn coalesce_keeps_the_newest_and_every_late_event() {
         let base: UsageUpdateV1 =
-            serde_json::from_str(include_str!("../../schemas/examples/usage-update.v1.json")).unwrap();
+            serde_json::from_str(include_str!("../../schemas/examples/usage-update.v1.json"))
+                .unwrap();
         let mut older = base.clone();
         older.version = 3;
         older.totals.traces = 1;

@@ -10,7 +10,10 @@ use std::time::Instant;
 
 use chrono::{TimeZone, Utc};
 use tally_metering::{apply_record, Fold, FoldConfig, Log};
-use tally_schemas::{partition_for_key, Operation, Status, TraceCompletedRecordV1, TraceEventRecordRef, TraceEventRecordV1};
+use tally_schemas::{
+    partition_for_key, Operation, Status, TraceCompletedRecordV1, TraceEventRecordRef,
+    TraceEventRecordV1,
+};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -47,7 +50,10 @@ fn main() {
         decoded += TraceEventRecordV1::from_json_borrowed(payload).is_ok() as u64;
     }
     let secs = started.elapsed().as_secs_f64();
-    println!("decoded {decoded} records (one thread) in {secs:.2} s: {:.0} records/s", n as f64 / secs);
+    println!(
+        "decoded {decoded} records (one thread) in {secs:.2} s: {:.0} records/s",
+        n as f64 / secs
+    );
 
     // Partitioned as the log is.
     let mut partitions: Vec<Vec<(i64, Vec<u8>)>> = vec![Vec::new(); 8];

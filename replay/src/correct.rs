@@ -25,7 +25,12 @@ pub fn correction_id(replaces: &InvoiceV1, invoice: &InvoiceV1) -> String {
 }
 
 /// The correction of `replaces` to `invoice`.
-pub fn correction(replaces: InvoiceV1, invoice: InvoiceV1, reason: &str, requested_at: DateTime<Utc>) -> InvoiceCorrectedV1 {
+pub fn correction(
+    replaces: InvoiceV1,
+    invoice: InvoiceV1,
+    reason: &str,
+    requested_at: DateTime<Utc>,
+) -> InvoiceCorrectedV1 {
     InvoiceCorrectedV1 {
         correction_id: correction_id(&replaces, &invoice),
         org_id: invoice.org_id.clone(),
@@ -54,18 +59,26 @@ pub async fn append(brokers: &str, correction: &InvoiceCorrectedV1) -> anyhow::R
             Duration::from_secs(30),
         )
         .await
-        .map_err(|(e, _)| anyhow::Error::new(e).context(format!("appending to {}", Topic::Corrections)))?;
+        .map_err(|(e, _)| {
+            anyhow::Error::new(e).context(format!("appending to {}", Topic::Corrections))
+        })?;
     Ok((delivered.partition, delivered.offset))
 }
 
 /// Waits until the projector has stored the correction; false after `timeout`.
-pub async fn wait_projected(pool: &PgPool, correction_id: &str, timeout: Duration) -> anyhow::Result<bool> {
+pub async fn wait_projected(
+    pool: &PgPool,
+    correction_id: &str,
+    timeout: Duration,
+) -> anyhow::Result<bool> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM invoice_corrections WHERE correction_id = $1 LIMIT 1")
-            .bind(correction_id)
-            .fetch_optional(pool)
-            .await?;
+        let found: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM invoice_corrections WHERE correction_id = $1 LIMIT 1",
+        )
+        .bind(correction_id)
+        .fetch_optional(pool)
+        .await?;
         if found.is_some() {
             return Ok(true);
         }
@@ -86,8 +99,20 @@ mod tests {
     fn the_id_depends_on_what_is_replaced_and_by_what() {
         let at = "2026-11-03T00:00:00Z".parse().unwrap();
         let p = Pricing::builtin();
-        let a = p.invoice("acme", "2026-10", Tier::Starter, BilledUsageV1 { traces: 101_500, payload_bytes: 0 }, Some(at));
-        let b = p.invoice("acme", "2026-10", Tier::Starter, BilledUsageV1 { traces: 101_000, payload_bytes: 0 }, Some(at));
+        let a = p.invoice(
+            "acme",
+            "2026-10",
+            Tier::Starter,
+            BilledUsageV1 { traces: 101_500, payload_bytes: 0 },
+            Some(at),
+        );
+        let b = p.invoice(
+            "acme",
+            "2026-10",
+            Tier::Starter,
+            BilledUsageV1 { traces: 101_000, payload_bytes: 0 },
+            Some(at),
+        );
         assert_eq!(correction_id(&a, &b), correction_id(&a, &b));
         assert_ne!(correction_id(&a, &b), correction_id(&b, &a));
         let c = correction(a, b.clone(), "ticket 1", at);

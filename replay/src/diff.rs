@@ -3,8 +3,8 @@
 
 use serde::Serialize;
 use serde_json::Value;
-use tally_store::invoices::BilledInvoice;
 use tally_schemas::InvoiceV1;
+use tally_store::invoices::BilledInvoice;
 
 /// One field that differs, named by its path in the invoice (`lines[3].amount_cents`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -68,7 +68,12 @@ fn flatten(prefix: &str, value: &Value, out: &mut Vec<(String, Value)>) {
 }
 
 /// Compares the stored and the recomputed invoice of (org, period).
-pub fn compare(org_id: &str, period: &str, stored: Option<&BilledInvoice>, recomputed: Option<&InvoiceV1>) -> InvoiceDiff {
+pub fn compare(
+    org_id: &str,
+    period: &str,
+    stored: Option<&BilledInvoice>,
+    recomputed: Option<&InvoiceV1>,
+) -> InvoiceDiff {
     let stored_json = stored.map(stored_value);
     let recomputed_json = recomputed.map(|i| serde_json::to_value(i).expect("invoices serialise"));
     let mut left = Vec::new();
@@ -89,7 +94,11 @@ pub fn compare(org_id: &str, period: &str, stored: Option<&BilledInvoice>, recom
     }
     for (field, s) in &left {
         if !right.iter().any(|(f, _)| f == field) {
-            differences.push(Difference { field: field.clone(), stored: s.clone(), recomputed: Value::Null });
+            differences.push(Difference {
+                field: field.clone(),
+                stored: s.clone(),
+                recomputed: Value::Null,
+            });
         }
     }
     let verdict = match (stored, recomputed) {
@@ -142,15 +151,29 @@ pub fn render(d: &InvoiceDiff) -> String {
     let mut out = String::new();
     let verdict = match d.verdict {
         Verdict::Identical => "identical".to_string(),
-        Verdict::Differs => format!("DIFFERENT ({} field{})", d.differences.len(), if d.differences.len() == 1 { "" } else { "s" }),
-        Verdict::MissingStored => "DIFFERENT: the read models have no final invoice; the log has one".into(),
-        Verdict::MissingRecomputed => "DIFFERENT: the log finalizes no invoice; the read models have one".into(),
+        Verdict::Differs => format!(
+            "DIFFERENT ({} field{})",
+            d.differences.len(),
+            if d.differences.len() == 1 { "" } else { "s" }
+        ),
+        Verdict::MissingStored => {
+            "DIFFERENT: the read models have no final invoice; the log has one".into()
+        }
+        Verdict::MissingRecomputed => {
+            "DIFFERENT: the log finalizes no invoice; the read models have one".into()
+        }
     };
     out.push_str(&format!("invoice {} {}: {verdict}\n", d.org_id, d.period));
     if let Some(c) = &d.correction_id {
         out.push_str(&format!("  (the stored invoice is correction {c})\n"));
     }
-    let differs = |prefix: &str| d.differences.iter().any(|x| x.field == prefix || x.field.starts_with(&format!("{prefix}.")) || x.field.starts_with(&format!("{prefix}[")));
+    let differs = |prefix: &str| {
+        d.differences.iter().any(|x| {
+            x.field == prefix
+                || x.field.starts_with(&format!("{prefix}."))
+                || x.field.starts_with(&format!("{prefix}["))
+        })
+    };
     let row = |out: &mut String, mark: bool, name: &str, s: String, r: String| {
         out.push_str(&format!("{} {:<34} {:<30} {}\n", if mark { "!" } else { " " }, name, s, r));
     };
@@ -162,10 +185,24 @@ pub fn render(d: &InvoiceDiff) -> String {
         }
         Some(cur.clone())
     };
-    for field in ["tier", "pricing_version", "currency", "status", "usage.traces", "usage.payload_bytes"] {
-        row(&mut out, differs(field), field, cell(get(&d.stored, field).as_ref()), cell(get(&d.recomputed, field).as_ref()));
+    for field in
+        ["tier", "pricing_version", "currency", "status", "usage.traces", "usage.payload_bytes"]
+    {
+        row(
+            &mut out,
+            differs(field),
+            field,
+            cell(get(&d.stored, field).as_ref()),
+            cell(get(&d.recomputed, field).as_ref()),
+        );
     }
-    let lines = |v: &Option<Value>| v.as_ref().and_then(|v| v.get("lines")).and_then(Value::as_array).cloned().unwrap_or_default();
+    let lines = |v: &Option<Value>| {
+        v.as_ref()
+            .and_then(|v| v.get("lines"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
     let (sl, rl) = (lines(&d.stored), lines(&d.recomputed));
     for i in 0..sl.len().max(rl.len()) {
         let any = sl.get(i).or(rl.get(i)).expect("one side has line i");
@@ -175,14 +212,37 @@ pub fn render(d: &InvoiceDiff) -> String {
             cell(any.get("kind")),
             any.get("metric").filter(|m| !m.is_null()).map(|m| cell(Some(m))).unwrap_or_default()
         );
-        row(&mut out, differs(&format!("lines[{i}]")), name.trim_end(), line_text(sl.get(i)), line_text(rl.get(i)));
+        row(
+            &mut out,
+            differs(&format!("lines[{i}]")),
+            name.trim_end(),
+            line_text(sl.get(i)),
+            line_text(rl.get(i)),
+        );
     }
-    row(&mut out, differs("total_cents"), "total", money(get(&d.stored, "total_cents").as_ref()), money(get(&d.recomputed, "total_cents").as_ref()));
-    row(&mut out, differs("finalized_at"), "finalized_at", cell(get(&d.stored, "finalized_at").as_ref()), cell(get(&d.recomputed, "finalized_at").as_ref()));
+    row(
+        &mut out,
+        differs("total_cents"),
+        "total",
+        money(get(&d.stored, "total_cents").as_ref()),
+        money(get(&d.recomputed, "total_cents").as_ref()),
+    );
+    row(
+        &mut out,
+        differs("finalized_at"),
+        "finalized_at",
+        cell(get(&d.stored, "finalized_at").as_ref()),
+        cell(get(&d.recomputed, "finalized_at").as_ref()),
+    );
     if !d.differences.is_empty() {
         out.push_str("differences:\n");
         for x in &d.differences {
-            out.push_str(&format!("  {}: {} → {}\n", x.field, cell(Some(&x.stored)), cell(Some(&x.recomputed))));
+            out.push_str(&format!(
+                "  {}: {} → {}\n",
+                x.field,
+                cell(Some(&x.stored)),
+                cell(Some(&x.recomputed))
+            ));
         }
     }
     out
@@ -191,13 +251,19 @@ pub fn render(d: &InvoiceDiff) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tally_store::invoices::InvoiceRow;
     use tally_pricing::Pricing;
     use tally_schemas::{BilledUsageV1, Tier};
+    use tally_store::invoices::InvoiceRow;
 
     fn invoice(traces: u64) -> InvoiceV1 {
         let at = "2026-11-03T00:00:00Z".parse().unwrap();
-        Pricing::builtin().invoice("acme", "2026-10", Tier::Starter, BilledUsageV1 { traces, payload_bytes: 1_000 }, Some(at))
+        Pricing::builtin().invoice(
+            "acme",
+            "2026-10",
+            Tier::Starter,
+            BilledUsageV1 { traces, payload_bytes: 1_000 },
+            Some(at),
+        )
     }
 
     fn billed(i: &InvoiceV1) -> BilledInvoice {
@@ -254,6 +320,9 @@ mod tests {
         assert!(fields.contains(&"tier"), "{fields:?}");
         assert!(fields.contains(&"lines[3].quantity"));
         assert_eq!(compare("acme", "2026-10", None, Some(&i)).verdict, Verdict::MissingStored);
-        assert_eq!(compare("acme", "2026-10", Some(&stored), None).verdict, Verdict::MissingRecomputed);
+        assert_eq!(
+            compare("acme", "2026-10", Some(&stored), None).verdict,
+            Verdict::MissingRecomputed
+        );
     }
 }

@@ -51,4 +51,3 @@ async fn main() -> ExitCode {
         }
     }
 }
-

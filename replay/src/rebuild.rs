@@ -17,12 +17,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{bail, Context};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use rdkafka::consumer::Consumer;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Executor, PgPool};
 use tally_projector::project::{coalesce, decode, Decoded};
-use tally_store::projection::{self, LoggedCorrection};
 use tally_schemas::{Topic, UsageUpdateV1};
+use tally_store::projection::{self, LoggedCorrection};
 
 use crate::progress::Progress;
 use crate::source;
@@ -93,9 +93,17 @@ async fn project(
         let consumer = source::consumer(&brokers)?;
         let mut read = 0;
         for (partition, from, high) in ranges {
-            read += source::read_range(&consumer, topic.name(), partition, from, high, |offset, ts, payload| {
-                tx.blocking_send(Item { partition, offset, ts, payload: payload.to_vec() }).is_ok()
-            })?;
+            read += source::read_range(
+                &consumer,
+                topic.name(),
+                partition,
+                from,
+                high,
+                |offset, ts, payload| {
+                    tx.blocking_send(Item { partition, offset, ts, payload: payload.to_vec() })
+                        .is_ok()
+                },
+            )?;
         }
         Ok(read)
     });
@@ -142,7 +150,11 @@ async fn write(
 }
 
 /// `[stored offset, high)` of every partition of `topic`, for the tables `pool` writes.
-async fn ranges_from(pool: &PgPool, brokers: &str, topic: Topic) -> anyhow::Result<Vec<(i32, i64, i64)>> {
+async fn ranges_from(
+    pool: &PgPool,
+    brokers: &str,
+    topic: Topic,
+) -> anyhow::Result<Vec<(i32, i64, i64)>> {
     let brokers = brokers.to_string();
     let highs = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(i32, i64)>> {
         let consumer = source::consumer(&brokers)?;
@@ -208,7 +220,10 @@ pub async fn rebuild(
     let mut tx = pool.begin().await?;
     tx.execute(format!("CREATE SCHEMA {schema}").as_str()).await?;
     for table in READ_MODELS {
-        tx.execute(format!("CREATE TABLE {schema}.{table} (LIKE public.{table} INCLUDING ALL)").as_str()).await?;
+        tx.execute(
+            format!("CREATE TABLE {schema}.{table} (LIKE public.{table} INCLUDING ALL)").as_str(),
+        )
+        .await?;
     }
     tx.commit().await?;
     let new = pool_in(options, &schema).await?;
@@ -234,7 +249,9 @@ pub async fn rebuild(
     let shown = if into.is_some() { schema.clone() } else { "public".to_string() };
     let mut rows = BTreeMap::new();
     for table in READ_MODELS {
-        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {shown}.{table}")).fetch_one(pool).await?;
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {shown}.{table}"))
+            .fetch_one(pool)
+            .await?;
         rows.insert(table.to_string(), n);
     }
     Ok(Rebuilt { schema: shown, replaced, records, rows })

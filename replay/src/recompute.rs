@@ -109,7 +109,13 @@ pub fn replay_partition(
     })?;
     progress.add(since_drain);
     collect(&mut fold, &mut invoices);
-    Ok(PartitionResult { partition: extent.partition, invoices, unfinished: !finished, records, invalid })
+    Ok(PartitionResult {
+        partition: extent.partition,
+        invoices,
+        unfinished: !finished,
+        records,
+        invalid,
+    })
 }
 
 /// What a replay of several partitions found.
@@ -133,8 +139,10 @@ pub fn recompute(
     progress: &Arc<Progress>,
 ) -> anyhow::Result<Recomputed> {
     let probe = source::consumer(brokers)?;
-    let extents: Vec<Extent> =
-        partitions.iter().map(|&p| source::extent(&probe, p, trace_start(period))).collect::<anyhow::Result<_>>()?;
+    let extents: Vec<Extent> = partitions
+        .iter()
+        .map(|&p| source::extent(&probe, p, trace_start(period)))
+        .collect::<anyhow::Result<_>>()?;
     drop(probe);
     for extent in &extents {
         progress.expect(extent.records());
@@ -150,8 +158,11 @@ pub fn recompute(
                 scope.spawn(|| -> anyhow::Result<()> {
                     let consumer = source::consumer(brokers)?;
                     loop {
-                        let Some(extent) = queue.lock().expect("queue lock").pop() else { return Ok(()) };
-                        let result = replay_partition(&consumer, config, period, &extent, progress)?;
+                        let Some(extent) = queue.lock().expect("queue lock").pop() else {
+                            return Ok(());
+                        };
+                        let result =
+                            replay_partition(&consumer, config, period, &extent, progress)?;
                         results.lock().expect("results lock").push(result);
                     }
                 })

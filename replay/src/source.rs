@@ -45,7 +45,9 @@ pub fn consumer(brokers: &str) -> anyhow::Result<BaseConsumer> {
     // A topic this consumer has not seen yet waits for a metadata refresh (about a second)
     // before its first fetch: learn both input logs now.
     for topic in [Topic::BillingEvents, Topic::TraceEvents] {
-        consumer.fetch_metadata(Some(topic.name()), KAFKA_TIMEOUT).with_context(|| format!("reading the metadata of {topic}"))?;
+        consumer
+            .fetch_metadata(Some(topic.name()), KAFKA_TIMEOUT)
+            .with_context(|| format!("reading the metadata of {topic}"))?;
     }
     Ok(consumer)
 }
@@ -77,10 +79,16 @@ impl Extent {
 
 /// Finds the extent of partition `p` for a replay whose trace records begin at log time `from`.
 /// Refuses when retention has removed records the replay needs.
-pub fn extent(consumer: &BaseConsumer, partition: i32, from: DateTime<Utc>) -> anyhow::Result<Extent> {
+pub fn extent(
+    consumer: &BaseConsumer,
+    partition: i32,
+    from: DateTime<Utc>,
+) -> anyhow::Result<Extent> {
     let (billing_low, billing_high) = consumer
         .fetch_watermarks(Topic::BillingEvents.name(), partition, KAFKA_TIMEOUT)
-        .with_context(|| format!("reading the extent of {} partition {partition}", Topic::BillingEvents))?;
+        .with_context(|| {
+            format!("reading the extent of {} partition {partition}", Topic::BillingEvents)
+        })?;
     if billing_low > 0 {
         bail!(
             "{} partition {partition} no longer starts at offset 0 (it starts at {billing_low}): retention removed \
@@ -94,7 +102,8 @@ pub fn extent(consumer: &BaseConsumer, partition: i32, from: DateTime<Utc>) -> a
         .with_context(|| format!("reading the extent of {trace} partition {partition}"))?;
     let mut query = TopicPartitionList::new();
     query.add_partition_offset(trace, partition, Offset::Offset(from.timestamp_millis()))?;
-    let found = consumer.offsets_for_times(query, KAFKA_TIMEOUT).context("looking up offsets by time")?;
+    let found =
+        consumer.offsets_for_times(query, KAFKA_TIMEOUT).context("looking up offsets by time")?;
     let trace_from = match found.find_partition(trace, partition).map(|e| e.offset()) {
         Some(Offset::Offset(o)) => o,
         // No record at or after `from`: nothing of the trace log is needed.
@@ -145,7 +154,9 @@ pub fn read_range(
                 break Ok(read);
             }
             if last_record.elapsed() >= STALL {
-                break Err(anyhow::anyhow!("{topic} partition {partition}: no records for {STALL:?} before offset {high}"));
+                break Err(anyhow::anyhow!(
+                    "{topic} partition {partition}: no records for {STALL:?} before offset {high}"
+                ));
             }
             continue;
         }
@@ -153,7 +164,11 @@ pub fn read_range(
         for message in messages.iter() {
             match message {
                 Fetched::EndOfPartition => break 'reading Ok(read),
-                Fetched::Error(e) => break 'reading Err(anyhow::anyhow!("reading {topic} partition {partition}: {e}")),
+                Fetched::Error(e) => {
+                    break 'reading Err(anyhow::anyhow!(
+                        "reading {topic} partition {partition}: {e}"
+                    ))
+                }
                 Fetched::Record { partition: p, .. } if p != partition => continue,
                 Fetched::Record { offset, timestamp_ms, payload, .. } => {
                     if offset >= high {
@@ -184,7 +199,9 @@ impl Batch {
     fn of(consumer: &BaseConsumer) -> Batch {
         // SAFETY: the client pointer is valid while `consumer` lives, and `Batch` does not
         // outlive the call that borrows it; the queue handle is released in `drop`.
-        let queue = unsafe { rdkafka::bindings::rd_kafka_queue_get_consumer(consumer.client().native_ptr()) };
+        let queue = unsafe {
+            rdkafka::bindings::rd_kafka_queue_get_consumer(consumer.client().native_ptr())
+        };
         Batch { queue }
     }
 
@@ -239,7 +256,8 @@ impl Messages {
                 return Fetched::EndOfPartition;
             }
             if m.err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
-                let text = unsafe { std::ffi::CStr::from_ptr(rdkafka::bindings::rd_kafka_err2str(m.err)) };
+                let text =
+                    unsafe { std::ffi::CStr::from_ptr(rdkafka::bindings::rd_kafka_err2str(m.err)) };
                 return Fetched::Error(text.to_string_lossy().into_owned());
             }
             let payload = if m.payload.is_null() {
@@ -247,12 +265,15 @@ impl Messages {
             } else {
                 unsafe { std::slice::from_raw_parts(m.payload as *const u8, m.len) }
             };
-            let mut kind = rdkafka::bindings::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
+            let mut kind =
+                rdkafka::bindings::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
             let ts = unsafe { rdkafka::bindings::rd_kafka_message_timestamp(ptr, &mut kind) };
             // As rdkafka's `Timestamp::to_millis`, which the aggregator uses: none when
             // unavailable or -1.
-            let timestamp_ms =
-                (kind != rdkafka::bindings::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE && ts != -1).then_some(ts);
+            let timestamp_ms = (kind
+                != rdkafka::bindings::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
+                && ts != -1)
+                .then_some(ts);
             Fetched::Record { partition: m.partition, offset: m.offset, timestamp_ms, payload }
         })
     }
@@ -289,43 +310,65 @@ pub fn read_partition(
     mut each: impl FnMut(Record<'_>) -> bool,
 ) -> anyhow::Result<u64> {
     let mut billing: Vec<Held> = Vec::new();
-    read_range(consumer, Topic::BillingEvents.name(), extent.partition, 0, extent.billing_high, |_, timestamp_ms, payload| {
-        billing.push(Held { timestamp_ms, payload: payload.to_vec() });
-        true
-    })?;
+    read_range(
+        consumer,
+        Topic::BillingEvents.name(),
+        extent.partition,
+        0,
+        extent.billing_high,
+        |_, timestamp_ms, payload| {
+            billing.push(Held { timestamp_ms, payload: payload.to_vec() });
+            true
+        },
+    )?;
     let mut next_billing = 0;
     let mut stopped = false;
     let mut handed = 0u64;
-    read_range(consumer, Topic::TraceEvents.name(), extent.partition, extent.trace_from, extent.trace_high, |_, timestamp_ms, payload| {
-        // Billing records due at or before this record's time go first. A record without a
-        // time (invalid) waits for no one.
-        while let Some(held) = billing.get(next_billing) {
-            let due = match (held.timestamp_ms, timestamp_ms) {
-                (Some(b), Some(t)) => b <= t,
-                (None, _) => true,
-                (Some(_), None) => false,
-            };
-            if !due {
-                break;
+    read_range(
+        consumer,
+        Topic::TraceEvents.name(),
+        extent.partition,
+        extent.trace_from,
+        extent.trace_high,
+        |_, timestamp_ms, payload| {
+            // Billing records due at or before this record's time go first. A record without a
+            // time (invalid) waits for no one.
+            while let Some(held) = billing.get(next_billing) {
+                let due = match (held.timestamp_ms, timestamp_ms) {
+                    (Some(b), Some(t)) => b <= t,
+                    (None, _) => true,
+                    (Some(_), None) => false,
+                };
+                if !due {
+                    break;
+                }
+                next_billing += 1;
+                handed += 1;
+                if !each(Record {
+                    log: Log::Billing,
+                    timestamp_ms: held.timestamp_ms,
+                    payload: &held.payload,
+                }) {
+                    stopped = true;
+                    return false;
+                }
             }
-            next_billing += 1;
             handed += 1;
-            if !each(Record { log: Log::Billing, timestamp_ms: held.timestamp_ms, payload: &held.payload }) {
+            if !each(Record { log: Log::Trace, timestamp_ms, payload }) {
                 stopped = true;
                 return false;
             }
-        }
-        handed += 1;
-        if !each(Record { log: Log::Trace, timestamp_ms, payload }) {
-            stopped = true;
-            return false;
-        }
-        true
-    })?;
+            true
+        },
+    )?;
     if !stopped {
         for held in &billing[next_billing..] {
             handed += 1;
-            if !each(Record { log: Log::Billing, timestamp_ms: held.timestamp_ms, payload: &held.payload }) {
+            if !each(Record {
+                log: Log::Billing,
+                timestamp_ms: held.timestamp_ms,
+                payload: &held.payload,
+            }) {
                 break;
             }
         }
@@ -336,8 +379,10 @@ pub fn read_partition(
 /// The partition count of the trace log (the billing log has as many; the aggregator checks).
 pub fn partitions(consumer: &BaseConsumer) -> anyhow::Result<i32> {
     let topic = Topic::TraceEvents.name();
-    let metadata = consumer.fetch_metadata(Some(topic), KAFKA_TIMEOUT).context("reading topic metadata")?;
-    let count = metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
+    let metadata =
+        consumer.fetch_metadata(Some(topic), KAFKA_TIMEOUT).context("reading topic metadata")?;
+    let count =
+        metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
     if count == 0 {
         bail!("{topic} does not exist on this cluster (is TALLY_NAMESPACE right?)");
     }

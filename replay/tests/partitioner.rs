@@ -21,9 +21,15 @@ fn librdkafka(key: &[u8], partitions: i32) -> i32 {
 
 #[test]
 fn org_ids_land_where_librdkafka_puts_them() {
-    for org in ["acme", "globex", "initech", "umbrella", "hooli", "org00042", "a", "ab", "abc", "abcd"] {
+    for org in
+        ["acme", "globex", "initech", "umbrella", "hooli", "org00042", "a", "ab", "abc", "abcd"]
+    {
         for n in [1, 2, 3, 8, 12, 64] {
-            assert_eq!(partition_for_key(org.as_bytes(), n), librdkafka(org.as_bytes(), n), "{org} of {n}");
+            assert_eq!(
+                partition_for_key(org.as_bytes(), n),
+                librdkafka(org.as_bytes(), n),
+                "{org} of {n}"
+            );
         }
     }
 }

@@ -9,7 +9,20 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A subscription tier. An org that never subscribed is on `starter`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Tier {
     #[default]
@@ -50,7 +63,9 @@ impl std::str::FromStr for Tier {
 }
 
 /// A billed quantity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Metric {
     /// Successful root traces.
@@ -70,7 +85,9 @@ impl Metric {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum LineKind {
     /// The tier's monthly fee.
@@ -181,7 +198,9 @@ pub enum BillingEventRecordV1 {
     Tick,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ThresholdLevel {
     /// At least 90% and less than 100% of the included amount.
@@ -280,22 +299,28 @@ mod tests {
     fn golden_billing_records_round_trip() {
         let change: BillingEventRecordV1 =
             round_trip(include_str!("../examples/billing-event.v1.subscription-changed.json"));
-        assert!(matches!(change, BillingEventRecordV1::SubscriptionChanged(ref c) if c.tier == Tier::Growth));
-        let tick: BillingEventRecordV1 = round_trip(include_str!("../examples/billing-event.v1.tick.json"));
+        assert!(
+            matches!(change, BillingEventRecordV1::SubscriptionChanged(ref c) if c.tier == Tier::Growth)
+        );
+        let tick: BillingEventRecordV1 =
+            round_trip(include_str!("../examples/billing-event.v1.tick.json"));
         assert_eq!(tick, BillingEventRecordV1::Tick);
     }
 
     #[test]
     fn golden_notifications_round_trip() {
-        let n: NotificationV1 = round_trip(include_str!("../examples/notification.v1.threshold.json"));
+        let n: NotificationV1 =
+            round_trip(include_str!("../examples/notification.v1.threshold.json"));
         assert_eq!(n.org_id(), "acme");
-        let n: NotificationV1 = round_trip(include_str!("../examples/notification.v1.invoice-finalized.json"));
+        let n: NotificationV1 =
+            round_trip(include_str!("../examples/notification.v1.invoice-finalized.json"));
         assert_eq!(n.org_id(), "acme");
     }
 
     #[test]
     fn golden_correction_round_trips() {
-        let c: InvoiceCorrectedV1 = round_trip(include_str!("../examples/invoice-corrected.v1.json"));
+        let c: InvoiceCorrectedV1 =
+            round_trip(include_str!("../examples/invoice-corrected.v1.json"));
         assert_eq!(c.org_id, "acme");
         assert_eq!(c.invoice.period, c.period);
     }

@@ -378,7 +378,9 @@ struct Wire<'a> {
 
 /// An optional string borrowed from the record when it has no escapes. (serde borrows a
 /// `Cow<str>` only when it is a field of its own; inside an `Option` it would always copy.)
-fn borrowed_str<'de: 'a, 'a, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cow<'a, str>>, D::Error> {
+fn borrowed_str<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Cow<'a, str>>, D::Error> {
     #[derive(Deserialize)]
     struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
     Ok(Option::<Borrowed<'a>>::deserialize(d)?.map(|b| b.0))
@@ -406,21 +408,23 @@ impl TraceEventRecordV1 {
         let wire = Wire::parse(bytes)?;
         Ok(match wire.kind {
             WireKind::Tick => TraceEventRecordV1::Tick,
-            WireKind::TraceCompleted => TraceEventRecordV1::TraceCompleted(TraceCompletedRecordV1 {
-                event_id: required(wire.event_id, "event_id")?.into_owned(),
-                org_id: required(wire.org_id, "org_id")?.into_owned(),
-                trace_id: required(wire.trace_id, "trace_id")?.into_owned(),
-                span_id: required(wire.span_id, "span_id")?.into_owned(),
-                parent_span_id: wire.parent_span_id.map(Cow::into_owned),
-                operation: required(wire.operation, "operation")?,
-                status: required(wire.status, "status")?,
-                started_at: required(wire.started_at, "started_at")?,
-                ended_at: required(wire.ended_at, "ended_at")?,
-                payload_bytes: required(wire.payload_bytes, "payload_bytes")?,
-                attributes: wire
-                    .attributes
-                    .map(|a| a.into_iter().map(|(k, v)| (k.into_owned(), v.into_owned())).collect()),
-            }),
+            WireKind::TraceCompleted => {
+                TraceEventRecordV1::TraceCompleted(TraceCompletedRecordV1 {
+                    event_id: required(wire.event_id, "event_id")?.into_owned(),
+                    org_id: required(wire.org_id, "org_id")?.into_owned(),
+                    trace_id: required(wire.trace_id, "trace_id")?.into_owned(),
+                    span_id: required(wire.span_id, "span_id")?.into_owned(),
+                    parent_span_id: wire.parent_span_id.map(Cow::into_owned),
+                    operation: required(wire.operation, "operation")?,
+                    status: required(wire.status, "status")?,
+                    started_at: required(wire.started_at, "started_at")?,
+                    ended_at: required(wire.ended_at, "ended_at")?,
+                    payload_bytes: required(wire.payload_bytes, "payload_bytes")?,
+                    attributes: wire.attributes.map(|a| {
+                        a.into_iter().map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
+                    }),
+                })
+            }
         })
     }
 
@@ -505,8 +509,29 @@ mod tests {
             b"\xff".to_vec(),
             br#"{"kind":"trace_completed","event_id":"e\"1","org_id":"acme\u00e9","trace_id":"t","span_id":"s","operation":"llm_call","status":"success","started_at":"2026-11-28T10:15:00Z","ended_at":"2026-11-28T10:15:01Z","payload_bytes":3}"#.to_vec(),
         ];
-        let fields = ["kind", "event_id", "org_id", "trace_id", "span_id", "parent_span_id", "operation", "status", "started_at", "ended_at", "payload_bytes", "attributes"];
-        let odd = [serde_json::json!(null), serde_json::json!(7), serde_json::json!("x"), serde_json::json!({"a": 1}), serde_json::json!(["a"]), serde_json::json!("2026-13-01T00:00:00Z"), serde_json::json!(-1)];
+        let fields = [
+            "kind",
+            "event_id",
+            "org_id",
+            "trace_id",
+            "span_id",
+            "parent_span_id",
+            "operation",
+            "status",
+            "started_at",
+            "ended_at",
+            "payload_bytes",
+            "attributes",
+        ];
+        let odd = [
+            serde_json::json!(null),
+            serde_json::json!(7),
+            serde_json::json!("x"),
+            serde_json::json!({"a": 1}),
+            serde_json::json!(["a"]),
+            serde_json::json!("2026-13-01T00:00:00Z"),
+            serde_json::json!(-1),
+        ];
         for field in fields {
             let mut removed = golden.clone();
             removed.as_object_mut().unwrap().remove(field);
@@ -520,7 +545,10 @@ mod tests {
         let golden_bytes = serde_json::to_vec(&golden).unwrap();
         match TraceEventRecordV1::from_json_borrowed(&golden_bytes).unwrap() {
             TraceEventRecordRef::TraceCompleted(e) => {
-                assert!(matches!((&e.event_id, &e.org_id), (Cow::Borrowed(_), Cow::Borrowed(_))), "strings are not copied");
+                assert!(
+                    matches!((&e.event_id, &e.org_id), (Cow::Borrowed(_), Cow::Borrowed(_))),
+                    "strings are not copied"
+                );
             }
             TraceEventRecordRef::Tick => panic!("a trace event"),
         }
@@ -529,7 +557,10 @@ mod tests {
             let borrowed = TraceEventRecordV1::from_json_borrowed(&case);
             match (owned, borrowed) {
                 (Ok(TraceEventRecordV1::Tick), Ok(TraceEventRecordRef::Tick)) => {}
-                (Ok(TraceEventRecordV1::TraceCompleted(o)), Ok(TraceEventRecordRef::TraceCompleted(b))) => assert_eq!(o.usage_fields(), b),
+                (
+                    Ok(TraceEventRecordV1::TraceCompleted(o)),
+                    Ok(TraceEventRecordRef::TraceCompleted(b)),
+                ) => assert_eq!(o.usage_fields(), b),
                 (Err(_), Err(_)) => {}
                 (o, b) => panic!("{}: owned {o:?}, borrowed {b:?}", String::from_utf8_lossy(&case)),
             }

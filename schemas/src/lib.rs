@@ -11,7 +11,8 @@
 //! - [`event`]: `TraceCompletedV1` as emitters send it, its validation, and the record ingest logs.
 //! - [`usage`]: the usage updates the aggregator publishes.
 //! - [`billing`]: tiers, invoices, subscription changes and notifications.
-//! - [`json_schemas`]: the JSON Schemas published under `docs/schemas/`, generated from these types.
+//! - [`json_schemas`]: the JSON Schemas published under `docs/schemas/`, generated from these
+//!   types.
 //!
 //! Compatibility rule: a published `V1` type only ever gains optional fields; anything else is a
 //! new version with a new type (and, for topics, a new topic name).
@@ -23,14 +24,14 @@ pub mod rfc3339;
 pub mod topics;
 pub mod usage;
 
-pub use event::{
-    FieldError, FieldErrorCode, Operation, Status, TraceCompletedRecordV1, TraceCompletedRef, TraceCompletedV1,
-    TraceEventRecordRef, TraceEventRecordV1,
-};
 pub use billing::{
-    BilledUsageV1, BillingEventRecordV1, InvoiceCorrectedV1, InvoiceFinalizedV1, InvoiceStatusV1, InvoiceV1, LineItemV1,
-    LineKind, Metric, NotificationV1, SubscriptionChangedV1, SubscriptionSource, ThresholdLevel, Tier,
-    UsageThresholdCrossedV1,
+    BilledUsageV1, BillingEventRecordV1, InvoiceCorrectedV1, InvoiceFinalizedV1, InvoiceStatusV1,
+    InvoiceV1, LineItemV1, LineKind, Metric, NotificationV1, SubscriptionChangedV1,
+    SubscriptionSource, ThresholdLevel, Tier, UsageThresholdCrossedV1,
+};
+pub use event::{
+    FieldError, FieldErrorCode, Operation, Status, TraceCompletedRecordV1, TraceCompletedRef,
+    TraceCompletedV1, TraceEventRecordRef, TraceEventRecordV1,
 };
 pub use partition::partition_for_key;
 pub use topics::{namespace, namespaced, set_namespace, Topic};
@@ -53,7 +54,8 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
         ),
         (
             "billing-event-record.v1.json",
-            serde_json::to_value(schemars::schema_for!(BillingEventRecordV1)).expect("schema is json"),
+            serde_json::to_value(schemars::schema_for!(BillingEventRecordV1))
+                .expect("schema is json"),
         ),
         (
             "notification.v1.json",
@@ -65,7 +67,8 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
         ),
         (
             "invoice-corrected.v1.json",
-            serde_json::to_value(schemars::schema_for!(InvoiceCorrectedV1)).expect("schema is json"),
+            serde_json::to_value(schemars::schema_for!(InvoiceCorrectedV1))
+                .expect("schema is json"),
         ),
         (
             "usage-update.v1.json",

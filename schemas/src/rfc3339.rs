@@ -31,9 +31,9 @@ pub fn format(t: &DateTime<Utc>) -> String {
     digits2(&mut buf[17..19], t.second());
     let len = if nanos == 0 {
         19
-    } else if nanos % 1_000_000 == 0 {
+    } else if nanos.is_multiple_of(1_000_000) {
         23
-    } else if nanos % 1_000 == 0 {
+    } else if nanos.is_multiple_of(1_000) {
         26
     } else {
         29
@@ -56,7 +56,13 @@ fn num(bytes: &[u8]) -> Option<u32> {
 /// Parses the common shape `YYYY-MM-DDTHH:MM:SS[.f{1,9}](Z|±HH:MM)`, or returns `None`.
 fn parse_fast(s: &str) -> Option<DateTime<Utc>> {
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let (year, month, day) = (num(&b[0..4])?, num(&b[5..7])?, num(&b[8..10])?);
@@ -88,11 +94,16 @@ fn parse_fast(s: &str) -> Option<DateTime<Utc>> {
                 return None;
             }
             let secs = h * 3600 + m * 60;
-            if *sign == b'-' { -secs } else { secs }
+            if *sign == b'-' {
+                -secs
+            } else {
+                secs
+            }
         }
         _ => return None,
     };
-    let naive = NaiveDate::from_ymd_opt(year as i32, month, day)?.and_hms_nano_opt(hour, minute, second, nanos)?;
+    let naive = NaiveDate::from_ymd_opt(year as i32, month, day)?
+        .and_hms_nano_opt(hour, minute, second, nanos)?;
     let utc = naive.checked_sub_signed(chrono::Duration::seconds(i64::from(offset_secs)))?;
     Some(Utc.from_utc_datetime(&utc))
 }
@@ -152,12 +163,23 @@ mod tests {
     #[test]
     fn odd_inputs_behave_like_chrono() {
         for text in [
-            "2026-11-28T10:15:00Z", "2026-11-28t10:15:00.5z", "2026-11-28 10:15:00+01:00", "2026-02-30T00:00:00Z",
-            "2026-11-28T10:15:00", "2026-11-28T10:15:60Z", "2026-11-28T24:00:00Z", "2026-11-28T10:15:00.Z",
-            "2026-11-28T10:15:00.1234567890Z", "2026-11-28T10:15:00+0100", "not a date", "",
+            "2026-11-28T10:15:00Z",
+            "2026-11-28t10:15:00.5z",
+            "2026-11-28 10:15:00+01:00",
+            "2026-02-30T00:00:00Z",
+            "2026-11-28T10:15:00",
+            "2026-11-28T10:15:60Z",
+            "2026-11-28T24:00:00Z",
+            "2026-11-28T10:15:00.Z",
+            "2026-11-28T10:15:00.1234567890Z",
+            "2026-11-28T10:15:00+0100",
+            "not a date",
+            "",
         ] {
             let ours = parse(text).ok();
-            let chrono = serde_json::from_value::<DateTime<Utc>>(serde_json::Value::String(text.into())).ok();
+            let chrono =
+                serde_json::from_value::<DateTime<Utc>>(serde_json::Value::String(text.into()))
+                    .ok();
             assert_eq!(ours, chrono, "{text}");
         }
     }

@@ -15,7 +15,9 @@ static NAMES: OnceLock<Vec<&'static str>> = OnceLock::new();
 /// Sets this process's namespace. Call it once, before any topic name is used.
 pub fn set_namespace(namespace: &str) -> Result<(), String> {
     if namespace.len() > 40
-        || !namespace.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        || !namespace
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
     {
         return Err(format!("{namespace:?}: at most 40 of a-z, 0-9, '.', '_' and '-'"));
     }
@@ -23,7 +25,11 @@ pub fn set_namespace(namespace: &str) -> Result<(), String> {
         return Err("topic names were used before the namespace was set".into());
     }
     NAMESPACE.set(namespace.to_string()).or_else(|held| {
-        if held == namespace { Ok(()) } else { Err("the namespace is already set".into()) }
+        if held == namespace {
+            Ok(())
+        } else {
+            Err("the namespace is already set".into())
+        }
     })
 }
 
@@ -48,7 +54,8 @@ pub enum Topic {
     /// The aggregator's recoverable state (period totals and dedup chunks), compacted. Partition
     /// `p` holds the state of input partition `p`.
     AggregatorChangelog,
-    /// Subscription changes and other billing facts (written by the api and, later, Stripe webhooks).
+    /// Subscription changes and other billing facts (written by the api and, later, Stripe
+    /// webhooks).
     BillingEvents,
     /// Notifications for downstream notifiers (threshold crossings, finalized invoices).
     Notifications,
@@ -70,7 +77,10 @@ impl Topic {
     /// The topic's name in this process's namespace.
     pub fn name(self) -> &'static str {
         let names = NAMES.get_or_init(|| {
-            Topic::ALL.iter().map(|t| &*Box::leak(namespaced(t.base_name()).into_boxed_str())).collect()
+            Topic::ALL
+                .iter()
+                .map(|t| &*Box::leak(namespaced(t.base_name()).into_boxed_str()))
+                .collect()
         });
         names[Topic::ALL.iter().position(|t| *t == self).expect("every topic is in ALL")]
     }

@@ -50,7 +50,10 @@ impl InvoiceRow {
             pricing_version: self.pricing_version.clone(),
             currency: self.currency.clone(),
             status: InvoiceStatusV1::Final,
-            usage: BilledUsageV1 { traces: positive(self.traces), payload_bytes: positive(self.payload_bytes) },
+            usage: BilledUsageV1 {
+                traces: positive(self.traces),
+                payload_bytes: positive(self.payload_bytes),
+            },
             lines: self.lines.0.clone(),
             total_cents: self.total_cents,
             finalized_at: Some(self.finalized_at),
@@ -98,7 +101,8 @@ struct CorrectionRow {
 /// subquery with one row per corrected (org, period), the correction with the highest
 /// `log_offset` (all of an org's corrections are in one partition). Every reader of corrections
 /// (the api, the billing reporter, replay) selects from it, never from `invoice_corrections`.
-pub const CORRECTIONS_IN_EFFECT: &str = "(SELECT DISTINCT ON (org_id, period) * FROM invoice_corrections \
+pub const CORRECTIONS_IN_EFFECT: &str =
+    "(SELECT DISTINCT ON (org_id, period) * FROM invoice_corrections \
      ORDER BY org_id, period, log_offset DESC)";
 
 /// The invoices in effect, for one org or all (`org = None`) and one period or all
@@ -128,7 +132,9 @@ pub async fn billed_invoices(
     .await?;
     let mut out: BTreeMap<(String, String), BilledInvoice> = stored
         .into_iter()
-        .map(|row| ((row.org_id.clone(), row.period.clone()), BilledInvoice { row, correction: None }))
+        .map(|row| {
+            ((row.org_id.clone(), row.period.clone()), BilledInvoice { row, correction: None })
+        })
         .collect();
     for c in corrected {
         out.insert(

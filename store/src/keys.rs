@@ -20,9 +20,11 @@ pub async fn find_live(pool: &PgPool, key_hash: &str) -> sqlx::Result<Option<Liv
 
 /// The hashes of every unrevoked ingest key (ingest holds them in memory).
 pub async fn live_ingest_hashes(pool: &PgPool) -> sqlx::Result<Vec<String>> {
-    sqlx::query_scalar("SELECT key_hash FROM api_keys WHERE scope = 'ingest' AND revoked_at IS NULL")
-        .fetch_all(pool)
-        .await
+    sqlx::query_scalar(
+        "SELECT key_hash FROM api_keys WHERE scope = 'ingest' AND revoked_at IS NULL",
+    )
+    .fetch_all(pool)
+    .await
 }
 
 /// Stores a new key of `org_id`, by its hash.

@@ -129,11 +129,8 @@ pub async fn list(pool: &PgPool, request: &ListRequest<'_>) -> sqlx::Result<Vec<
     let tier = "coalesce(u.tier, (SELECT e.tier FROM usage_periods e WHERE e.org_id = o.org_id AND e.period < $1
                                   ORDER BY e.period DESC LIMIT 1), 'starter')";
     let key = sort.sql().replace("TIER", tier);
-    let (number_key, text_key) = if sort.numeric() {
-        ("p.k", "NULL::text")
-    } else {
-        ("NULL::bigint", "p.k::text")
-    };
+    let (number_key, text_key) =
+        if sort.numeric() { ("p.k", "NULL::text") } else { ("NULL::bigint", "p.k::text") };
     let after = match (&request.after, sort.numeric()) {
         (None, _) => String::new(),
         (Some(_), true) => {
@@ -189,12 +186,5 @@ pub async fn count_matching(pool: &PgPool, search: Option<&str>) -> sqlx::Result
 
 /// The `ILIKE` pattern that finds `search` anywhere, its wildcards escaped.
 fn like_pattern(search: Option<&str>) -> Option<String> {
-    search.map(|q| {
-        format!(
-            "%{}%",
-            q.replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_")
-        )
-    })
+    search.map(|q| format!("%{}%", q.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")))
 }

@@ -46,9 +46,7 @@ pub async fn period_activity(
 /// The newest update of any usage row.
 pub async fn newest_usage_update(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
     let (newest,): (Option<DateTime<Utc>>,) =
-        sqlx::query_as("SELECT max(updated_at) FROM usage_periods")
-            .fetch_one(pool)
-            .await?;
+        sqlx::query_as("SELECT max(updated_at) FROM usage_periods").fetch_one(pool).await?;
     Ok(newest)
 }
 

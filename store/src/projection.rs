@@ -1,7 +1,7 @@
 //! The projector's SQL: one function per thing it stores.
 
-use sqlx::{PgPool, Postgres, Transaction};
 use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, Transaction};
 use tally_schemas::{InvoiceCorrectedV1, InvoiceV1, PeriodStateV1, Topic, UsageUpdateV1};
 
 fn db_int(v: u64) -> i64 {
@@ -10,17 +10,25 @@ fn db_int(v: u64) -> i64 {
 
 /// The offset the projector resumes from for a partition of `tally.usage.v1` or
 /// `tally.corrections.v1`.
-pub async fn stored_offset(pool: &PgPool, topic: Topic, partition: i32) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar("SELECT next_offset FROM projector_offsets WHERE topic = $1 AND partition = $2")
-        .bind(topic.name())
-        .bind(partition)
-        .fetch_optional(pool)
-        .await
+pub async fn stored_offset(
+    pool: &PgPool,
+    topic: Topic,
+    partition: i32,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT next_offset FROM projector_offsets WHERE topic = $1 AND partition = $2",
+    )
+    .bind(topic.name())
+    .bind(partition)
+    .fetch_optional(pool)
+    .await
 }
 
 /// Every stored offset: (topic, partition) → the next offset to project.
 pub async fn stored_offsets(pool: &PgPool) -> Result<Vec<(String, i32, i64)>, sqlx::Error> {
-    sqlx::query_as("SELECT topic, partition, next_offset FROM projector_offsets").fetch_all(pool).await
+    sqlx::query_as("SELECT topic, partition, next_offset FROM projector_offsets")
+        .fetch_all(pool)
+        .await
 }
 
 /// What a batch did.
@@ -88,7 +96,10 @@ pub async fn write_batch(
 }
 
 /// Stores an update unless an equal or newer version is stored; true when it was stored.
-async fn upsert_usage(tx: &mut Transaction<'_, Postgres>, u: &UsageUpdateV1) -> Result<bool, sqlx::Error> {
+async fn upsert_usage(
+    tx: &mut Transaction<'_, Postgres>,
+    u: &UsageUpdateV1,
+) -> Result<bool, sqlx::Error> {
     let state = match u.state {
         PeriodStateV1::Open => "open",
         PeriodStateV1::Closed => "closed",
@@ -174,7 +185,10 @@ async fn upsert_usage(tx: &mut Transaction<'_, Postgres>, u: &UsageUpdateV1) -> 
     Ok(true)
 }
 
-async fn insert_late_events(tx: &mut Transaction<'_, Postgres>, u: &UsageUpdateV1) -> Result<(), sqlx::Error> {
+async fn insert_late_events(
+    tx: &mut Transaction<'_, Postgres>,
+    u: &UsageUpdateV1,
+) -> Result<(), sqlx::Error> {
     for late in &u.late_events {
         sqlx::query(
             "INSERT INTO late_events (org_id, period, event_id, operation, ended_at, arrived_at, billable, payload_bytes)
@@ -196,7 +210,10 @@ async fn insert_late_events(tx: &mut Transaction<'_, Postgres>, u: &UsageUpdateV
 
 /// Stores a final invoice. It is written once and never changed: a re-delivered or re-projected
 /// finalization finds it there and changes nothing. True when it was stored now.
-async fn insert_invoice(tx: &mut Transaction<'_, Postgres>, invoice: &InvoiceV1) -> Result<bool, sqlx::Error> {
+async fn insert_invoice(
+    tx: &mut Transaction<'_, Postgres>,
+    invoice: &InvoiceV1,
+) -> Result<bool, sqlx::Error> {
     let query = sqlx::query(
         "INSERT INTO invoices (org_id, period, tier, pricing_version, currency, traces, payload_bytes,
              lines, total_cents, finalized_at)
@@ -211,7 +228,10 @@ async fn insert_invoice(tx: &mut Transaction<'_, Postgres>, invoice: &InvoiceV1)
 
 /// Stores a correction. Like an invoice it is never changed; the same correction read again
 /// (a re-projection, a second `replay correct` with the same result) changes nothing.
-async fn insert_correction(tx: &mut Transaction<'_, Postgres>, logged: &LoggedCorrection) -> Result<bool, sqlx::Error> {
+async fn insert_correction(
+    tx: &mut Transaction<'_, Postgres>,
+    logged: &LoggedCorrection,
+) -> Result<bool, sqlx::Error> {
     let c = &logged.correction;
     let invoice = &c.invoice;
     let query = sqlx::query(

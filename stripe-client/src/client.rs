@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::Rng;
-use stripe_client_core::{CustomizedStripeRequest, RequestStrategy, StripeClient, StripeClientErr, StripeMethod};
+use stripe_client_core::{
+    CustomizedStripeRequest, RequestStrategy, StripeClient, StripeClientErr, StripeMethod,
+};
 use tally_common::settings::Secret;
 use tokio::sync::Mutex;
 
@@ -97,7 +99,10 @@ impl StripeHttp {
     pub fn new(base: &str, key: Secret, policy: RetryPolicy) -> StripeHttp {
         let interval = Duration::from_secs(1) / policy.max_rps.max(1);
         StripeHttp {
-            http: reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(30)).build().expect("an HTTP client"),
+            http: reqwest::Client::builder()
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build()
+                .expect("an HTTP client"),
             base: base.trim_end_matches('/').to_string(),
             key,
             pacer: Arc::new(Pacer { interval, next: Mutex::new(Instant::now()) }),
@@ -125,7 +130,9 @@ impl StripeHttp {
         }
         let idempotency_key = match &config.request_strategy {
             Some(RequestStrategy::Idempotent(key)) => Some(key.as_str().to_string()),
-            _ if method == reqwest::Method::POST => Some(format!("tally-{:032x}", rand::rng().random::<u128>())),
+            _ if method == reqwest::Method::POST => {
+                Some(format!("tally-{:032x}", rand::rng().random::<u128>()))
+            }
             _ => None,
         };
         let timeout = config.timeout.unwrap_or(self.policy.timeout);
@@ -135,17 +142,27 @@ impl StripeHttp {
                 tokio::time::sleep(self.backoff(attempt - 1)).await;
             }
             self.pacer.wait().await;
-            let mut builder = self.http.request(method.clone(), &url).bearer_auth(self.key.expose()).timeout(timeout);
+            let mut builder = self
+                .http
+                .request(method.clone(), &url)
+                .bearer_auth(self.key.expose())
+                .timeout(timeout);
             if let Some(key) = &idempotency_key {
                 builder = builder.header("Idempotency-Key", key);
             }
             if let Some(body) = &request.body {
-                builder = builder.header("Content-Type", "application/x-www-form-urlencoded").body(body.clone());
+                builder = builder
+                    .header("Content-Type", "application/x-www-form-urlencoded")
+                    .body(body.clone());
             }
             let response = match builder.send().await {
                 Ok(r) => r,
                 Err(e) => {
-                    last = if e.is_timeout() { "timed out".into() } else { format!("connection error: {e}") };
+                    last = if e.is_timeout() {
+                        "timed out".into()
+                    } else {
+                        format!("connection error: {e}")
+                    };
                     continue;
                 }
             };
@@ -187,7 +204,10 @@ impl StripeHttp {
 impl StripeClient for StripeHttp {
     type Err = StripeCallError;
 
-    fn execute(&self, req: CustomizedStripeRequest) -> impl std::future::Future<Output = Result<Bytes, Self::Err>> + Send {
+    fn execute(
+        &self,
+        req: CustomizedStripeRequest,
+    ) -> impl std::future::Future<Output = Result<Bytes, Self::Err>> + Send {
         let this = self.clone();
         async move { this.call(req).await }
     }

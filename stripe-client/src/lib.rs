@@ -28,7 +28,8 @@ pub struct StripeSettings {
 impl StripeSettings {
     /// The settings, or `None` when `TALLY_STRIPE_SECRET_KEY` is unset (Stripe not configured).
     pub fn from_env_optional() -> Result<Option<StripeSettings>, SettingError> {
-        let Some(key) = std::env::var("TALLY_STRIPE_SECRET_KEY").ok().filter(|k| !k.is_empty()) else {
+        let Some(key) = std::env::var("TALLY_STRIPE_SECRET_KEY").ok().filter(|k| !k.is_empty())
+        else {
             return Ok(None);
         };
         let settings = StripeSettings {
@@ -37,23 +38,32 @@ impl StripeSettings {
             max_rps: var_or("TALLY_STRIPE_MAX_RPS", "20")?,
             timeout: std::time::Duration::from_millis(var_or("TALLY_STRIPE_TIMEOUT_MS", "20000")?),
         };
-        if !(settings.api_base.starts_with("https://") || settings.api_base.starts_with("http://")) {
-            return Err(SettingError { name: "TALLY_STRIPE_API_BASE", message: "must be an http(s) URL".into() });
+        if !(settings.api_base.starts_with("https://") || settings.api_base.starts_with("http://"))
+        {
+            return Err(SettingError {
+                name: "TALLY_STRIPE_API_BASE",
+                message: "must be an http(s) URL".into(),
+            });
         }
         if settings.max_rps == 0 {
-            return Err(SettingError { name: "TALLY_STRIPE_MAX_RPS", message: "must be at least 1".into() });
+            return Err(SettingError {
+                name: "TALLY_STRIPE_MAX_RPS",
+                message: "must be at least 1".into(),
+            });
         }
         Ok(Some(settings))
     }
 
     /// The settings; `TALLY_STRIPE_SECRET_KEY` is required.
     pub fn from_env() -> Result<StripeSettings, SettingError> {
-        Self::from_env_optional()?.ok_or(SettingError { name: "TALLY_STRIPE_SECRET_KEY", message: "is required".into() })
+        Self::from_env_optional()?
+            .ok_or(SettingError { name: "TALLY_STRIPE_SECRET_KEY", message: "is required".into() })
     }
 
     /// Tally's Stripe client for these settings.
     pub fn client(&self) -> StripeHttp {
-        let policy = RetryPolicy { max_rps: self.max_rps, timeout: self.timeout, ..Default::default() };
+        let policy =
+            RetryPolicy { max_rps: self.max_rps, timeout: self.timeout, ..Default::default() };
         StripeHttp::new(&self.api_base, self.secret_key.clone(), policy)
     }
 }

@@ -8,17 +8,23 @@ use tally_schemas::{
     TraceCompletedRecordV1,
 };
 
-use crate::decision::Decision;
 use super::thresholds::threshold_usage;
-use tally_pricing::levels_reached;
+use crate::decision::Decision;
 use proptest::prelude::*;
+use tally_pricing::levels_reached;
 use tally_schemas::{InvoiceStatusV1, Status, SubscriptionSource};
 
 fn at(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
-fn event(id: &str, org: &str, ended_at: DateTime<Utc>, payload_bytes: u64, operation: Operation) -> TraceCompletedRecordV1 {
+fn event(
+    id: &str,
+    org: &str,
+    ended_at: DateTime<Utc>,
+    payload_bytes: u64,
+    operation: Operation,
+) -> TraceCompletedRecordV1 {
     TraceCompletedRecordV1 {
         event_id: id.into(),
         org_id: org.into(),
@@ -58,11 +64,18 @@ fn the_tier_at_the_end_prices_the_period_and_the_invoice_waits_for_the_billing_l
     let mut fold = Fold::new(FoldConfig::default());
     let nov: Period = "2026-11".parse().unwrap();
     for i in 0..101_500u32 {
-        fold.apply_event(&event(&format!("e{i}"), "acme", at("2026-11-10T00:00:00Z"), 10, Operation::LlmCall), at("2026-11-10T00:00:01Z"));
+        fold.apply_event(
+            &event(&format!("e{i}"), "acme", at("2026-11-10T00:00:00Z"), 10, Operation::LlmCall),
+            at("2026-11-10T00:00:01Z"),
+        );
     }
     assert_eq!(fold.get("acme", nov).unwrap().tier, Tier::Starter);
     fold.apply_subscription(&change("acme", Tier::Growth), at("2026-11-20T00:00:00Z"));
-    assert_eq!(fold.get("acme", nov).unwrap().tier, Tier::Growth, "an open period follows the tier now");
+    assert_eq!(
+        fold.get("acme", nov).unwrap().tier,
+        Tier::Growth,
+        "an open period follows the tier now"
+    );
     let changes = fold.drain_changes();
     assert_eq!(changes.last().unwrap().update.as_ref().unwrap().tier, Tier::Growth);
     // Recorded after November ended: it prices December, not November.
@@ -74,7 +87,10 @@ fn the_tier_at_the_end_prices_the_period_and_the_invoice_waits_for_the_billing_l
     // The trace log closes November (end + 48 h), but a billing log that has not passed its end
     // could still hold a change: the invoice waits.
     let mut fold2 = Fold::new(FoldConfig::default());
-    fold2.apply_event(&event("x", "acme", at("2026-11-10T00:00:00Z"), 10, Operation::LlmCall), at("2026-11-10T00:00:01Z"));
+    fold2.apply_event(
+        &event("x", "acme", at("2026-11-10T00:00:00Z"), 10, Operation::LlmCall),
+        at("2026-11-10T00:00:01Z"),
+    );
     fold2.apply_billing_tick(at("2026-11-29T00:00:00Z"));
     fold2.apply_tick(at("2026-12-03T00:00:00Z"));
     let snap = fold2.get("acme", nov).unwrap();
@@ -96,7 +112,10 @@ fn the_tier_at_the_end_prices_the_period_and_the_invoice_waits_for_the_billing_l
     let issued = invoices(&changes);
     assert_eq!(issued.len(), 1, "{issued:?}");
     let invoice = &issued[0];
-    assert_eq!((invoice.org_id.as_str(), invoice.period.as_str(), invoice.tier), ("acme", "2026-11", Tier::Growth));
+    assert_eq!(
+        (invoice.org_id.as_str(), invoice.period.as_str(), invoice.tier),
+        ("acme", "2026-11", Tier::Growth)
+    );
     assert_eq!(invoice.usage.traces, 101_500);
     assert_eq!(invoice.total_cents, 50_000, "101,500 traces are within growth's 250,000");
     let finalized: Vec<_> = notifications(&changes)
@@ -106,7 +125,10 @@ fn the_tier_at_the_end_prices_the_period_and_the_invoice_waits_for_the_billing_l
     assert_eq!(finalized.len(), 1);
     // Nothing changes a final invoice: later changes, late events, more ticks.
     fold.apply_subscription(&change("acme", Tier::Starter), at("2026-12-04T00:00:00Z"));
-    fold.apply_event(&event("late", "acme", at("2026-11-30T00:00:00Z"), 10, Operation::LlmCall), at("2026-12-04T00:00:00Z"));
+    fold.apply_event(
+        &event("late", "acme", at("2026-11-30T00:00:00Z"), 10, Operation::LlmCall),
+        at("2026-12-04T00:00:00Z"),
+    );
     fold.apply_tick(at("2026-12-04T00:00:01Z"));
     fold.apply_billing_tick(at("2026-12-04T00:00:01Z"));
     let changes = fold.drain_changes();
@@ -140,7 +162,10 @@ fn each_threshold_is_notified_once() {
     // A bigger tier lowers the percentage; crossing 90% of it again is not a new notification.
     fold.apply_subscription(&change("acme", Tier::Growth), at("2026-11-11T00:00:00Z"));
     for i in 12..24 {
-        fold.apply_event(&event(&format!("e{i}"), "acme", t, GB, Operation::Embedding), at("2026-11-11T00:00:01Z"));
+        fold.apply_event(
+            &event(&format!("e{i}"), "acme", t, GB, Operation::Embedding),
+            at("2026-11-11T00:00:01Z"),
+        );
     }
     assert!(notifications(&fold.drain_changes()).is_empty());
     // Jumping past both thresholds in one record notifies both, lowest first.
@@ -153,7 +178,13 @@ fn each_threshold_is_notified_once() {
             _ => unreachable!(),
         })
         .collect();
-    assert_eq!(levels, [("globex".into(), ThresholdLevel::Approaching), ("globex".into(), ThresholdLevel::Exceeded)]);
+    assert_eq!(
+        levels,
+        [
+            ("globex".into(), ThresholdLevel::Approaching),
+            ("globex".into(), ThresholdLevel::Exceeded)
+        ]
+    );
 }
 
 /// One record of either log, with its log time.
@@ -178,10 +209,14 @@ fn apply(fold: &mut Fold, rec: &Rec) {
 
 fn gen_logs() -> impl Strategy<Value = (Vec<Rec>, Vec<Rec>)> {
     let base = at("2026-10-20T00:00:00Z");
-    let trace = prop::collection::vec((0u32..6, 0i64..3_600 * 24 * 45, 0u8..3, 1u64..3_000_000_000, 0u8..4), 0..120);
+    let trace = prop::collection::vec(
+        (0u32..6, 0i64..3_600 * 24 * 45, 0u8..3, 1u64..3_000_000_000, 0u8..4),
+        0..120,
+    );
     // The billing log runs on for months past the trace log, as when an aggregator catches up
     // and reads the small billing log far ahead.
-    let billing = prop::collection::vec((0u32..6, 0i64..3_600 * 24 * 160, 0usize..4, any::<bool>()), 0..25);
+    let billing =
+        prop::collection::vec((0u32..6, 0i64..3_600 * 24 * 160, 0usize..4, any::<bool>()), 0..25);
     (trace, billing).prop_map(move |(trace, billing)| {
         // Arrival times increase along each log, as in a partition written by synchronised clocks.
         let mut trace: Vec<_> = trace;
@@ -192,7 +227,12 @@ fn gen_logs() -> impl Strategy<Value = (Vec<Rec>, Vec<Rec>)> {
             .map(|(i, (org, secs, lag_days, bytes, op))| {
                 let arrival = base + Duration::seconds(secs);
                 let ended = arrival - Duration::days(lag_days as i64) - Duration::hours(1);
-                let op = [Operation::LlmCall, Operation::ToolCall, Operation::Retrieval, Operation::Embedding][op as usize];
+                let op = [
+                    Operation::LlmCall,
+                    Operation::ToolCall,
+                    Operation::Retrieval,
+                    Operation::Embedding,
+                ][op as usize];
                 // Every fifth event is a re-delivery of the one before.
                 let id = if i % 5 == 4 { format!("e{}", i - 1) } else { format!("e{i}") };
                 Rec::Trace(event(&id, &format!("org{org}"), ended, bytes, op), arrival)
@@ -207,7 +247,11 @@ fn gen_logs() -> impl Strategy<Value = (Vec<Rec>, Vec<Rec>)> {
             .into_iter()
             .map(|(org, secs, tier, tick)| {
                 let t = base + Duration::seconds(secs);
-                if tick { Rec::BillingTick(t) } else { Rec::Sub(change(&format!("org{org}"), Tier::ALL[tier]), t) }
+                if tick {
+                    Rec::BillingTick(t)
+                } else {
+                    Rec::Sub(change(&format!("org{org}"), Tier::ALL[tier]), t)
+                }
             })
             .collect();
         billing_log.push(Rec::BillingTick(base + Duration::days(161)));
@@ -238,7 +282,10 @@ impl Persisted {
                 self.periods.remove(&change.key);
                 continue;
             }
-            let entry = self.periods.entry(change.key.clone()).or_insert_with(|| (change.snapshot.clone(), Vec::new()));
+            let entry = self
+                .periods
+                .entry(change.key.clone())
+                .or_insert_with(|| (change.snapshot.clone(), Vec::new()));
             entry.0 = change.snapshot.clone();
             if change.fingerprints_cleared {
                 entry.1.clear();
@@ -261,14 +308,20 @@ impl Persisted {
 
 /// As [`run`], also restarting from the persisted state wherever `restarts` says: what a crashed
 /// and restarted aggregator would do.
-fn run_with_restarts(trace: &[Rec], billing: &[Rec], picks: &[bool], restarts: &[bool]) -> Vec<InvoiceV1> {
+fn run_with_restarts(
+    trace: &[Rec],
+    billing: &[Rec],
+    picks: &[bool],
+    restarts: &[bool],
+) -> Vec<InvoiceV1> {
     let mut fold = Fold::new(FoldConfig::default());
     let mut persisted = Persisted::default();
     let (mut i, mut j) = (0, 0);
     let mut issued = Vec::new();
     let mut k = 0;
     while i < trace.len() || j < billing.len() {
-        let take_trace = j == billing.len() || (i < trace.len() && picks.get(k).copied().unwrap_or(true));
+        let take_trace =
+            j == billing.len() || (i < trace.len() && picks.get(k).copied().unwrap_or(true));
         if take_trace {
             apply(&mut fold, &trace[i]);
             i += 1;
@@ -359,24 +412,36 @@ fn late_events_alone_issue_no_invoice_unless_a_subscription_claims_the_period() 
         fold.apply_billing_tick(at("2026-11-04T00:00:00Z"));
         fold.apply_tick(at("2026-11-04T00:00:00Z"));
         // October closed on Nov 3: an October event for an org never seen is late.
-        let outcome = fold.apply_event(&event("l1", "acme", at("2026-10-31T10:00:00Z"), 10, Operation::LlmCall), at("2026-11-04T00:00:01Z"));
+        let outcome = fold.apply_event(
+            &event("l1", "acme", at("2026-10-31T10:00:00Z"), 10, Operation::LlmCall),
+            at("2026-11-04T00:00:01Z"),
+        );
         assert_eq!(outcome, Decision::Late);
         if subscribed {
             // Recorded (late) in the billing log before October ended: October is invoiced.
             let mut lagging = Fold::new(FoldConfig::default());
             lagging.apply_tick(at("2026-11-04T00:00:00Z"));
-            lagging.apply_event(&event("l1", "acme", at("2026-10-31T10:00:00Z"), 10, Operation::LlmCall), at("2026-11-04T00:00:01Z"));
+            lagging.apply_event(
+                &event("l1", "acme", at("2026-10-31T10:00:00Z"), 10, Operation::LlmCall),
+                at("2026-11-04T00:00:01Z"),
+            );
             lagging.apply_subscription(&change("acme", Tier::Growth), at("2026-10-20T00:00:00Z"));
             lagging.apply_billing_tick(at("2026-11-04T00:00:00Z"));
             let issued = invoices(&lagging.drain_changes());
             assert_eq!(issued.len(), 1);
-            assert_eq!((issued[0].tier, issued[0].usage.traces, issued[0].total_cents), (Tier::Growth, 0, 50_000));
+            assert_eq!(
+                (issued[0].tier, issued[0].usage.traces, issued[0].total_cents),
+                (Tier::Growth, 0, 50_000)
+            );
         } else {
             fold.apply_billing_tick(at("2026-11-05T00:00:00Z"));
             fold.apply_tick(at("2026-11-05T00:00:00Z"));
             let changes = fold.drain_changes();
             assert!(invoices(&changes).is_empty(), "no usage, no subscription: no invoice");
-            assert_eq!(fold.get("acme", "2026-10".parse().unwrap()).unwrap().totals.not_billed.late, 1);
+            assert_eq!(
+                fold.get("acme", "2026-10".parse().unwrap()).unwrap().totals.not_billed.late,
+                1
+            );
         }
     }
 }
@@ -388,7 +453,10 @@ fn late_events_alone_issue_no_invoice_unless_a_subscription_claims_the_period() 
 fn a_billing_log_read_far_ahead_of_the_trace_log_keeps_the_tiers_open_periods_need() {
     let mut fold = Fold::new(FoldConfig::default());
     let jan: Period = "2026-01".parse().unwrap();
-    fold.apply_event(&event("e1", "acme", at("2026-01-10T00:00:00Z"), 10, Operation::LlmCall), at("2026-01-10T00:00:01Z"));
+    fold.apply_event(
+        &event("e1", "acme", at("2026-01-10T00:00:00Z"), 10, Operation::LlmCall),
+        at("2026-01-10T00:00:01Z"),
+    );
     fold.apply_subscription(&change("acme", Tier::Growth), at("2026-01-05T00:00:00Z"));
     fold.apply_subscription(&change("acme", Tier::Enterprise), at("2026-02-10T00:00:00Z"));
     // Four months ahead of the trace log.
@@ -413,7 +481,12 @@ fn a_subscribed_org_is_invoiced_for_every_month_even_when_the_billing_log_lags_b
             // The trace log runs on to mid-April before the billing log's next records are read.
             trace(&mut fold);
         }
-        for t in ["2026-02-01T00:00:01Z", "2026-03-01T00:00:01Z", "2026-04-01T00:00:01Z", "2026-04-15T00:00:00Z"] {
+        for t in [
+            "2026-02-01T00:00:01Z",
+            "2026-03-01T00:00:01Z",
+            "2026-04-01T00:00:01Z",
+            "2026-04-15T00:00:00Z",
+        ] {
             fold.apply_billing_tick(at(t));
         }
         if !trace_first {
@@ -422,8 +495,10 @@ fn a_subscribed_org_is_invoiced_for_every_month_even_when_the_billing_log_lags_b
         let issued = invoices(&fold.drain_changes());
         issued.iter().map(|i| (i.period.clone(), i.tier, i.total_cents)).collect::<Vec<_>>()
     };
-    let expected: Vec<(String, Tier, i64)> =
-        ["2026-01", "2026-02", "2026-03"].iter().map(|p| (p.to_string(), Tier::Growth, 50_000)).collect();
+    let expected: Vec<(String, Tier, i64)> = ["2026-01", "2026-02", "2026-03"]
+        .iter()
+        .map(|p| (p.to_string(), Tier::Growth, 50_000))
+        .collect();
     assert_eq!(run(false), expected, "the logs read in time order");
     // February's end is more than 35 days behind the trace log when the billing log enters it:
     // it is invoiced all the same.

@@ -13,7 +13,11 @@ impl Fold {
     /// When a period must next be looked at: its close while open, its purge once closed and
     /// finalized (never before: its invoice must be issued first). After `end + MAX_EVENT_AGE`
     /// ingest accepts no event for it, so its state can go.
-    pub(super) fn deadline_of(config: &FoldConfig, period: Period, snapshot: &PeriodSnapshot) -> DateTime<Utc> {
+    pub(super) fn deadline_of(
+        config: &FoldConfig,
+        period: Period,
+        snapshot: &PeriodSnapshot,
+    ) -> DateTime<Utc> {
         let closes_at = period.closes_at(config.grace);
         if snapshot.closed_at.is_none() {
             closes_at
@@ -29,7 +33,8 @@ impl Fold {
         let billing = self.billing_watermark;
         for (org_id, periods) in self.orgs.iter_mut() {
             for (period, state) in periods.iter_mut() {
-                if state.purged || watermark < Self::deadline_of(&config, *period, &state.snapshot) {
+                if state.purged || watermark < Self::deadline_of(&config, *period, &state.snapshot)
+                {
                     continue;
                 }
                 if state.snapshot.closed_at.is_none() {
@@ -53,7 +58,8 @@ impl Fold {
             }
         }
         for (org_id, periods) in self.orgs.iter_mut() {
-            let gone: Vec<Period> = periods.iter().filter(|(_, s)| s.purged).map(|(p, _)| *p).collect();
+            let gone: Vec<Period> =
+                periods.iter().filter(|(_, s)| s.purged).map(|(p, _)| *p).collect();
             for period in gone {
                 let state = periods.remove(&period).expect("just listed");
                 self.purged.push((PeriodKey { org_id: org_id.clone(), period }, state));

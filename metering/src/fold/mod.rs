@@ -79,7 +79,6 @@ pub struct PeriodKey {
     pub period: Period,
 }
 
-
 /// The two watermarks of a partition: the newest record time seen in each log.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Watermarks {
@@ -130,7 +129,12 @@ impl Fold {
         watermark: Option<DateTime<Utc>>,
         periods: impl IntoIterator<Item = (PeriodKey, PeriodSnapshot, Vec<u128>)>,
     ) -> Self {
-        Fold::restore_all(config, Watermarks { trace: watermark, billing: None }, Vec::new(), periods)
+        Fold::restore_all(
+            config,
+            Watermarks { trace: watermark, billing: None },
+            Vec::new(),
+            periods,
+        )
     }
 
     /// Rebuilds a fold from everything persisted: both watermarks, the subscription histories and
@@ -207,9 +211,6 @@ impl Fold {
     pub fn apply_billing_tick(&mut self, at: DateTime<Utc>) {
         self.advance_billing(at);
     }
-
-    /// Applies a subscription change recorded at `at` (its billing-log timestamp). It takes
-    /// effect at `max(at, billing watermark)` and reprices every period of the org that has not
 
     fn advance(&mut self, arrival: DateTime<Utc>) {
         if self.watermark.is_none_or(|w| arrival > w) {

@@ -54,7 +54,6 @@ impl PeriodSnapshot {
     pub fn billed(&self) -> BilledUsageV1 {
         BilledUsageV1 { traces: self.totals.traces, payload_bytes: self.totals.payload_bytes }
     }
-
 }
 
 #[derive(Debug)]
@@ -89,7 +88,6 @@ impl PeriodState {
             purged: false,
         }
     }
-
 
     /// Records that the period changed at `at`: a new version, and `updated_at` moves on (it
     /// never goes back). Returns whether this is the first change since the last drain, so the

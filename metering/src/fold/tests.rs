@@ -5,8 +5,8 @@ use chrono::{DateTime, Duration, Utc};
 use tally_schemas::{Operation, OperationUsageV1, TraceCompletedRecordV1};
 
 use crate::decision::Decision;
-use std::collections::HashSet;
 use proptest::prelude::*;
+use std::collections::HashSet;
 use tally_schemas::Status;
 
 fn at(s: &str) -> DateTime<Utc> {
@@ -55,7 +55,10 @@ fn counts_each_reason_once() {
     let snap = fold.get("acme", nov()).unwrap();
     assert_eq!(snap.totals.traces, 2);
     assert_eq!(snap.totals.payload_bytes, 107);
-    assert_eq!(snap.totals.by_operation[&Operation::ToolCall], OperationUsageV1 { traces: 1, payload_bytes: 7 });
+    assert_eq!(
+        snap.totals.by_operation[&Operation::ToolCall],
+        OperationUsageV1 { traces: 1, payload_bytes: 7 }
+    );
     assert_eq!(snap.totals.not_billed.child_span, 1);
     assert_eq!(snap.totals.not_billed.not_success, 1);
     assert_eq!(snap.totals.not_billed.duplicate, 1);
@@ -127,7 +130,8 @@ fn a_period_closes_only_once_even_when_purged_at_the_same_time() {
     let changes = fold.drain_changes();
     assert_eq!(changes.len(), 1);
     assert!(changes[0].purged);
-    let invoice = changes[0].update.as_ref().unwrap().invoice.as_ref().expect("finalized on the way out");
+    let invoice =
+        changes[0].update.as_ref().unwrap().invoice.as_ref().expect("finalized on the way out");
     assert_eq!(invoice.usage.traces, 1);
     assert_eq!(changes[0].update.as_ref().unwrap().state, tally_schemas::PeriodStateV1::Closed);
 }
@@ -145,10 +149,20 @@ fn purge_then_event_does_not_depend_on_batch_boundaries() {
             changes.extend(fold.drain_changes());
         }
         // A record stamped a little earlier by another ingest clock, after the purge.
-        assert_eq!(fold.apply_event(&event("b", "acme", "2026-10-31T00:00:00Z"), at("2026-12-05T23:59:00Z")), Decision::Late);
+        assert_eq!(
+            fold.apply_event(
+                &event("b", "acme", "2026-10-31T00:00:00Z"),
+                at("2026-12-05T23:59:00Z")
+            ),
+            Decision::Late
+        );
         changes.extend(fold.drain_changes());
         let last = changes.last().unwrap().clone();
-        (fold.periods().into_iter().map(|(k, s)| (k, s.clone())).collect::<Vec<_>>(), last.snapshot, changes.iter().filter(|c| c.purged).count())
+        (
+            fold.periods().into_iter().map(|(k, s)| (k, s.clone())).collect::<Vec<_>>(),
+            last.snapshot,
+            changes.iter().filter(|c| c.purged).count(),
+        )
     };
     assert_eq!(run(true), run(false));
 }
@@ -165,8 +179,9 @@ struct Gen {
 }
 
 fn gen_event() -> impl Strategy<Value = Gen> {
-    (0u8..4, any::<bool>(), 0u8..3, 0usize..6, 1u32..31, 0u64..5000)
-        .prop_map(|(org, root, status, op, day, payload)| Gen { org, root, status, op, day, payload })
+    (0u8..4, any::<bool>(), 0u8..3, 0usize..6, 1u32..31, 0u64..5000).prop_map(
+        |(org, root, status, op, day, payload)| Gen { org, root, status, op, day, payload },
+    )
 }
 
 fn materialise(i: usize, g: &Gen) -> TraceCompletedRecordV1 {
@@ -203,7 +218,10 @@ fn observed(fold: &Fold) -> BTreeMap<String, (u64, u64, u64, u64)> {
         .into_iter()
         .map(|(k, s)| {
             let t = &s.totals;
-            (k.org_id, (t.traces, t.payload_bytes, t.not_billed.child_span, t.not_billed.not_success))
+            (
+                k.org_id,
+                (t.traces, t.payload_bytes, t.not_billed.child_span, t.not_billed.not_success),
+            )
         })
         .collect()
 }

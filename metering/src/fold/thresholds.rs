@@ -16,14 +16,22 @@ pub(super) fn threshold_usage(level: ThresholdLevel, included: u64) -> u64 {
         ThresholdLevel::Exceeded if included == 0 => 1,
         ThresholdLevel::Exceeded => included,
         // the least u with 10·u ≥ 9·included
-        ThresholdLevel::Approaching => u64::try_from((9 * included as u128).div_ceil(10)).expect("below included"),
+        ThresholdLevel::Approaching => {
+            u64::try_from((9 * included as u128).div_ceil(10)).expect("below included")
+        }
     }
 }
 
 impl PeriodState {
     /// Notifies each threshold of the period's tier that usage has reached and that was not
     /// notified before. Only while the period is open: a closed period's usage is final.
-    pub(super) fn check_thresholds(&mut self, pricing: &Pricing, key_org: &str, period: Period, at: DateTime<Utc>) {
+    pub(super) fn check_thresholds(
+        &mut self,
+        pricing: &Pricing,
+        key_org: &str,
+        period: Period,
+        at: DateTime<Utc>,
+    ) {
         self.next_thresholds = None;
         if self.snapshot.closed_at.is_some() {
             return;
@@ -37,18 +45,20 @@ impl PeriodState {
                     continue;
                 }
                 self.snapshot.notified.push((metric, level));
-                self.pending_notifications.push(NotificationV1::UsageThresholdCrossed(UsageThresholdCrossedV1 {
-                    org_id: key_org.to_string(),
-                    period: period.to_string(),
-                    metric,
-                    level,
-                    tier: self.snapshot.tier,
-                    used,
-                    included,
-                    percent_used: percent_used_basis_points(used, included)
-                        .map_or_else(|| "100.00".to_string(), basis_points_decimal),
-                    crossed_at: at,
-                }));
+                self.pending_notifications.push(NotificationV1::UsageThresholdCrossed(
+                    UsageThresholdCrossedV1 {
+                        org_id: key_org.to_string(),
+                        period: period.to_string(),
+                        metric,
+                        level,
+                        tier: self.snapshot.tier,
+                        used,
+                        included,
+                        percent_used: percent_used_basis_points(used, included)
+                            .map_or_else(|| "100.00".to_string(), basis_points_decimal),
+                        crossed_at: at,
+                    },
+                ));
             }
         }
     }

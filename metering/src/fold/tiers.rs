@@ -37,7 +37,8 @@ impl Fold {
         // can be read months ahead of the trace log, whose periods still need their tiers.
         // Before any trace record there is nothing to measure from, and nothing is dropped.
         if let Some(trace_time) = self.watermark {
-            let horizon = effective.min(trace_time) - MAX_EVENT_AGE - self.config.grace - Duration::days(62);
+            let horizon =
+                effective.min(trace_time) - MAX_EVENT_AGE - self.config.grace - Duration::days(62);
             let keep_from = history.iter().rposition(|(t, _)| *t < horizon).unwrap_or(0);
             history.drain(..keep_from);
         }

@@ -12,12 +12,20 @@ use crate::rules::{classify, Classification};
 
 impl Fold {
     /// Applies one trace event that arrived at `arrival` (its record timestamp).
-    pub fn apply_event(&mut self, event: &TraceCompletedRecordV1, arrival: DateTime<Utc>) -> Decision {
+    pub fn apply_event(
+        &mut self,
+        event: &TraceCompletedRecordV1,
+        arrival: DateTime<Utc>,
+    ) -> Decision {
         self.apply_event_ref(&event.usage_fields(), arrival)
     }
 
     /// [`Fold::apply_event`] on the fields that decide usage, borrowed from the record.
-    pub fn apply_event_ref(&mut self, event: &TraceCompletedRef<'_>, arrival: DateTime<Utc>) -> Decision {
+    pub fn apply_event_ref(
+        &mut self,
+        event: &TraceCompletedRef<'_>,
+        arrival: DateTime<Utc>,
+    ) -> Decision {
         self.advance(arrival);
         let watermark = self.watermark.expect("advance sets the watermark");
         let period = Period::containing(event.ended_at);
@@ -72,7 +80,12 @@ impl Fold {
 impl PeriodState {
     /// Counts one delivery's decision in the period's totals (and, billed, in its per-operation
     /// and daily usage); a late one is also listed, to publish with the next update.
-    pub(super) fn count(&mut self, decision: Decision, event: &TraceCompletedRef<'_>, arrival: DateTime<Utc>) {
+    pub(super) fn count(
+        &mut self,
+        decision: Decision,
+        event: &TraceCompletedRef<'_>,
+        arrival: DateTime<Utc>,
+    ) {
         let snapshot = &mut self.snapshot;
         let totals = &mut snapshot.totals;
         match decision {

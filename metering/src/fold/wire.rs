@@ -20,7 +20,11 @@ impl PeriodSnapshot {
             org_id: key.org_id.clone(),
             period: key.period.to_string(),
             version: self.version,
-            state: if self.closed_at.is_some() { PeriodStateV1::Closed } else { PeriodStateV1::Open },
+            state: if self.closed_at.is_some() {
+                PeriodStateV1::Closed
+            } else {
+                PeriodStateV1::Open
+            },
             totals: self.totals.clone(),
             daily: self
                 .daily
@@ -73,7 +77,11 @@ impl Fold {
         purged.sort_by(|a, b| a.0.cmp(&b.0));
         for (key, mut state) in purged {
             let update = state.dirty.then(|| {
-                state.snapshot.to_update(&key, std::mem::take(&mut state.pending_late), state.pending_invoice.take())
+                state.snapshot.to_update(
+                    &key,
+                    std::mem::take(&mut state.pending_late),
+                    state.pending_invoice.take(),
+                )
             });
             changes.push(PeriodChange {
                 key,
@@ -89,7 +97,11 @@ impl Fold {
             let Some(periods) = self.orgs.get_mut(&key.org_id) else { continue };
             let Some(state) = periods.get_mut(&key.period) else { continue };
             let update = state.dirty.then(|| {
-                state.snapshot.to_update(&key, std::mem::take(&mut state.pending_late), state.pending_invoice.take())
+                state.snapshot.to_update(
+                    &key,
+                    std::mem::take(&mut state.pending_late),
+                    state.pending_invoice.take(),
+                )
             });
             changes.push(PeriodChange {
                 key: key.clone(),
@@ -116,5 +128,4 @@ impl Fold {
             })
             .collect()
     }
-
 }

@@ -50,7 +50,8 @@ impl Args {
     }
 
     pub(crate) fn required(&self, name: &str) -> Result<String, Failure> {
-        self.flag(name)?.ok_or_else(|| failure("invalid_arguments", format!("{name} is required\n{USAGE}")))
+        self.flag(name)?
+            .ok_or_else(|| failure("invalid_arguments", format!("{name} is required\n{USAGE}")))
     }
 
     pub(crate) fn has(&self, name: &str) -> bool {
@@ -58,9 +59,9 @@ impl Args {
     }
 
     pub(crate) fn period(&self) -> Result<Period, Failure> {
-        self.required("--period")?
-            .parse()
-            .map_err(|e: tally_metering::period::ParsePeriodError| failure("invalid_period", e.to_string()))
+        self.required("--period")?.parse().map_err(|e: tally_metering::period::ParsePeriodError| {
+            failure("invalid_period", e.to_string())
+        })
     }
 
     /// Refuses flags the command does not know, so a typo never runs a different command.
@@ -73,10 +74,12 @@ impl Args {
             } else if switches.contains(&a) || a == "--json" {
                 i += 1;
             } else {
-                return Err(failure("invalid_arguments", format!("unknown argument {a:?} for {}\n{USAGE}", self.command)));
+                return Err(failure(
+                    "invalid_arguments",
+                    format!("unknown argument {a:?} for {}\n{USAGE}", self.command),
+                ));
             }
         }
         Ok(())
     }
 }
-

@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use serde_json::json;
-use tally_store::invoices::billed_invoices;
 use tally_replay::correct;
 use tally_replay::diff::{self, InvoiceDiff, Verdict};
+use tally_store::invoices::billed_invoices;
 
 use super::args::{failure, Args, Conclusion, Failure};
 use super::{pool, run_recompute, setup, Setup};
@@ -21,8 +21,11 @@ pub(crate) async fn invoice(args: &Args, correct: bool) -> Result<Conclusion, Fa
     let period = args.period()?;
     let ctx = setup(args)?;
     let pool = pool(&ctx.common).await?;
-    let (recomputed, partitions, seconds) = run_recompute(&ctx, period, Some(&org), 1, args.json).await?;
-    let stored = billed_invoices(&pool, Some(&org), Some(&period.to_string())).await.map_err(anyhow::Error::from)?;
+    let (recomputed, partitions, seconds) =
+        run_recompute(&ctx, period, Some(&org), 1, args.json).await?;
+    let stored = billed_invoices(&pool, Some(&org), Some(&period.to_string()))
+        .await
+        .map_err(anyhow::Error::from)?;
     let stored = stored.get(&(org.clone(), period.to_string()));
     let fresh = recomputed.invoices.get(&org);
     if stored.is_none() && fresh.is_none() {
@@ -41,7 +44,11 @@ pub(crate) async fn invoice(args: &Args, correct: bool) -> Result<Conclusion, Fa
         } else {
             print!("{}", diff::render(&d));
         }
-        return Ok(if d.verdict == Verdict::Identical { Conclusion::Identical } else { Conclusion::Different });
+        return Ok(if d.verdict == Verdict::Identical {
+            Conclusion::Identical
+        } else {
+            Conclusion::Different
+        });
     }
     apply_correction(args, &ctx, &pool, d, stored.map(|b| b.invoice()), fresh.cloned()).await
 }
@@ -76,7 +83,8 @@ pub(crate) async fn apply_correction(
         (Verdict::Differs, Some(s), Some(f)) => (s, f),
         _ => return Err(failure("replay_failed", "inconsistent comparison")),
     };
-    let reason = args.flag("--reason")?.unwrap_or_else(|| "recomputed from the log (replay correct)".into());
+    let reason =
+        args.flag("--reason")?.unwrap_or_else(|| "recomputed from the log (replay correct)".into());
     let delta = invoice.total_cents - replaces.total_cents;
     let record = correct::correction(replaces, invoice, &reason, chrono::Utc::now());
     let (partition, offset) = correct::append(&ctx.common.kafka_brokers, &record).await?;
@@ -120,4 +128,3 @@ pub(crate) async fn apply_correction(
         _ => Ok(Conclusion::Identical),
     }
 }
-

@@ -23,16 +23,22 @@ pub(crate) struct Setup {
 
 pub(crate) fn setup(args: &Args) -> Result<Setup, Failure> {
     let mut common = Common::from_env().map_err(|e| failure("invalid_setting", e.to_string()))?;
-    tally_schemas::set_namespace(&common.namespace).map_err(|m| failure("invalid_setting", format!("TALLY_NAMESPACE: {m}")))?;
+    tally_schemas::set_namespace(&common.namespace)
+        .map_err(|m| failure("invalid_setting", format!("TALLY_NAMESPACE: {m}")))?;
     if let Some(file) = args.flag("--pricing")? {
         common.pricing_file = PricingPath(Some(file.into()));
     }
-    let pricing = common.pricing_file.load(tally_pricing::Pricing::configured).map_err(|e| failure("invalid_pricing", e.to_string()))?;
+    let pricing = common
+        .pricing_file
+        .load(tally_pricing::Pricing::configured)
+        .map_err(|e| failure("invalid_pricing", e.to_string()))?;
     Ok(Setup { config: FoldConfig { grace: common.grace, pricing }, common })
 }
 
 pub(crate) async fn pool(common: &Common) -> Result<sqlx::PgPool, Failure> {
-    tally_store::connect(&common.database_url, 4).await.map_err(|e| failure("database_unavailable", e.to_string()))
+    tally_store::connect(&common.database_url, 4)
+        .await
+        .map_err(|e| failure("database_unavailable", e.to_string()))
 }
 
 /// Recomputes `period` on a blocking thread, with the progress bar: from `org`'s partition, or
@@ -74,7 +80,14 @@ pub(crate) async fn run_recompute(
             partitions,
             seconds,
             human((recomputed.records as f64 / seconds.max(1e-9)) as u64),
-            if recomputed.invalid > 0 { format!("; {} undecodable records skipped, as the aggregator skips them", recomputed.invalid) } else { String::new() }
+            if recomputed.invalid > 0 {
+                format!(
+                    "; {} undecodable records skipped, as the aggregator skips them",
+                    recomputed.invalid
+                )
+            } else {
+                String::new()
+            }
         );
     }
     if !recomputed.unfinished.is_empty() {
@@ -91,4 +104,3 @@ pub(crate) async fn run_recompute(
     }
     Ok((recomputed, partitions, seconds))
 }
-

@@ -5,9 +5,14 @@ use tally_replay::diff::{InvoiceDiff, Verdict};
 
 pub(crate) fn verify_table(period: &Period, diffs: &[InvoiceDiff]) -> String {
     let money = |v: &Option<serde_json::Value>| {
-        v.as_ref().and_then(|v| v["total_cents"].as_i64()).map_or("-".to_string(), tally_pricing::dollars)
+        v.as_ref()
+            .and_then(|v| v["total_cents"].as_i64())
+            .map_or("-".to_string(), tally_pricing::dollars)
     };
-    let mut out = format!("verify {period}\n{:<28} {:>14} {:>14}  {:<20} {}\n", "org", "stored", "recomputed", "result", "differences");
+    let mut out = format!(
+        "verify {period}\n{:<28} {:>14} {:>14}  {:<20} {}\n",
+        "org", "stored", "recomputed", "result", "differences"
+    );
     for d in diffs {
         let verdict = match d.verdict {
             Verdict::Identical => "identical",
@@ -28,7 +33,11 @@ pub(crate) fn verify_table(period: &Period, diffs: &[InvoiceDiff]) -> String {
         ));
     }
     let different = diffs.iter().filter(|d| d.verdict != Verdict::Identical).count();
-    out.push_str(&format!("{} orgs: {} identical, {} different\n", diffs.len(), diffs.len() - different, different));
+    out.push_str(&format!(
+        "{} orgs: {} identical, {} different\n",
+        diffs.len(),
+        diffs.len() - different,
+        different
+    ));
     out
 }
-

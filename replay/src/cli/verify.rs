@@ -1,8 +1,8 @@
 //! `replay verify`.
 
 use serde_json::json;
-use tally_store::invoices::billed_invoices;
 use tally_replay::diff::{self, InvoiceDiff, Verdict};
+use tally_store::invoices::billed_invoices;
 
 use super::args::{failure, Args, Conclusion, Failure};
 use super::{pool, render, run_recompute, setup};
@@ -12,19 +12,33 @@ pub(crate) async fn verify(args: &Args) -> Result<Conclusion, Failure> {
     args.check_known(&["--period", "--pricing", "--threads"], &[])?;
     let period = args.period()?;
     let threads: usize = match args.flag("--threads")? {
-        Some(n) => n.parse().ok().filter(|n| (1..=64).contains(n)).ok_or_else(|| failure("invalid_arguments", "--threads: 1-64"))?,
+        Some(n) => n
+            .parse()
+            .ok()
+            .filter(|n| (1..=64).contains(n))
+            .ok_or_else(|| failure("invalid_arguments", "--threads: 1-64"))?,
         None => std::thread::available_parallelism().map_or(2, |n| n.get()),
     };
     let ctx = setup(args)?;
     let pool = pool(&ctx.common).await?;
     let (recomputed, _, seconds) = run_recompute(&ctx, period, None, threads, args.json).await?;
-    let stored = billed_invoices(&pool, None, Some(&period.to_string())).await.map_err(anyhow::Error::from)?;
-    let mut orgs: Vec<String> = stored.keys().map(|(o, _)| o.clone()).chain(recomputed.invoices.keys().cloned()).collect();
+    let stored = billed_invoices(&pool, None, Some(&period.to_string()))
+        .await
+        .map_err(anyhow::Error::from)?;
+    let mut orgs: Vec<String> =
+        stored.keys().map(|(o, _)| o.clone()).chain(recomputed.invoices.keys().cloned()).collect();
     orgs.sort();
     orgs.dedup();
     let diffs: Vec<InvoiceDiff> = orgs
         .iter()
-        .map(|org| diff::compare(org, &period.to_string(), stored.get(&(org.clone(), period.to_string())), recomputed.invoices.get(org)))
+        .map(|org| {
+            diff::compare(
+                org,
+                &period.to_string(),
+                stored.get(&(org.clone(), period.to_string())),
+                recomputed.invoices.get(org),
+            )
+        })
         .collect();
     let different = diffs.iter().filter(|d| d.verdict != Verdict::Identical).count();
     if args.json {
@@ -50,4 +64,3 @@ pub(crate) async fn verify(args: &Args) -> Result<Conclusion, Failure> {
     }
     Ok(if different == 0 { Conclusion::Identical } else { Conclusion::Different })
 }
-

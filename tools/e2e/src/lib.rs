@@ -21,7 +21,8 @@ pub mod stripe;
 pub const SERVICES: [&str; 4] = ["api", "aggregator", "projector", "ingest"];
 /// Every service a stack can run: the pipeline's, and the billing reporter (which needs Stripe
 /// settings, so a test starts it with [`Stack::start_service`]).
-pub const ALL_SERVICES: [&str; 5] = ["api", "aggregator", "projector", "ingest", "billing-reporter"];
+pub const ALL_SERVICES: [&str; 5] =
+    ["api", "aggregator", "projector", "ingest", "billing-reporter"];
 
 pub fn kafka_brokers() -> String {
     std::env::var("TALLY_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into())
@@ -42,9 +43,9 @@ pub fn binary(name: &str) -> PathBuf {
 }
 
 pub fn logs_dir() -> PathBuf {
-    let dir = std::env::var("TALLY_TEST_LOGS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tally/test/logs"));
+    let dir = std::env::var("TALLY_TEST_LOGS").map(PathBuf::from).unwrap_or_else(|_| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tally/test/logs")
+    });
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -78,7 +79,10 @@ impl Stack {
 
     /// Starts some of the services, with extra environment variables. A test that writes its own
     /// log times runs without ingest (whose ticks carry the wall clock) in a namespace of its own.
-    pub async fn start_services(services: &[&'static str], extra: &[(&str, &str)]) -> anyhow::Result<Stack> {
+    pub async fn start_services(
+        services: &[&'static str],
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<Stack> {
         let admin_token = format!("test-admin-{:032x}", rand::random::<u128>());
         let mut addrs = HashMap::new();
         for service in ALL_SERVICES {
@@ -102,8 +106,14 @@ impl Stack {
             ("NO_COLOR".into(), "1".into()),
         ];
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let mut stack =
-            Stack { admin_token, addrs, env, children: HashMap::new(), extra: HashMap::new(), restarts: HashMap::new() };
+        let mut stack = Stack {
+            admin_token,
+            addrs,
+            env,
+            children: HashMap::new(),
+            extra: HashMap::new(),
+            restarts: HashMap::new(),
+        };
         for &service in services {
             stack.spawn(service)?;
             stack.wait_ready(service).await?;
@@ -119,7 +129,9 @@ impl Stack {
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .spawn()
-            .with_context(|| format!("starting {} (run `make build` first)", binary(service).display()))?;
+            .with_context(|| {
+                format!("starting {} (run `make build` first)", binary(service).display())
+            })?;
         self.children.insert(service, child);
         Ok(())
     }
@@ -140,8 +152,13 @@ impl Stack {
                     return Ok(());
                 }
             }
-            if let Some(status) = self.children.get_mut(service).and_then(|c| c.try_wait().ok().flatten()) {
-                bail!("{service} exited with {status} before it was ready (see {}/{service}.log)", logs_dir().display());
+            if let Some(status) =
+                self.children.get_mut(service).and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "{service} exited with {status} before it was ready (see {}/{service}.log)",
+                    logs_dir().display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -164,7 +181,11 @@ impl Stack {
     }
 
     /// Starts another instance of `service` (aggregator or projector) with its own instance id.
-    pub async fn start_instance(&mut self, service: &'static str, instance: u32) -> anyhow::Result<()> {
+    pub async fn start_instance(
+        &mut self,
+        service: &'static str,
+        instance: u32,
+    ) -> anyhow::Result<()> {
         let addr = format!("127.0.0.1:{}", free_port());
         let addr_var = format!("TALLY_{}_ADDR", service.to_ascii_uppercase());
         let log = std::fs::OpenOptions::new()
@@ -205,10 +226,16 @@ impl Stack {
     }
 
     /// Waits up to `timeout` for `service` to exit on its own; its exit status, if it did.
-    pub async fn wait_exit(&mut self, service: &'static str, timeout: Duration) -> Option<std::process::ExitStatus> {
+    pub async fn wait_exit(
+        &mut self,
+        service: &'static str,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if let Some(status) = self.children.get_mut(service).and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) =
+                self.children.get_mut(service).and_then(|c| c.try_wait().ok().flatten())
+            {
                 self.children.remove(service);
                 return Some(status);
             }
@@ -220,15 +247,22 @@ impl Stack {
     /// `GET /readyz` of `service`: its status code (0 when it did not answer) and body.
     pub async fn readyz(&self, service: &'static str) -> (u16, String) {
         let url = format!("http://{}/readyz", self.addrs[service]);
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
+        let client =
+            reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
         match client.get(&url).send().await {
             Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
             Err(_) => (0, String::new()),
         }
     }
 
-    /// Waits up to `timeout` until `/readyz` of `service` answers `status`; fails with the last answer.
-    pub async fn wait_readyz(&self, service: &'static str, status: u16, timeout: Duration) -> anyhow::Result<String> {
+    /// Waits up to `timeout` until `/readyz` of `service` answers `status`; fails with the last
+    /// answer.
+    pub async fn wait_readyz(
+        &self,
+        service: &'static str,
+        status: u16,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
             let (got, body) = self.readyz(service).await;
@@ -253,7 +287,8 @@ impl Stack {
 
     /// The last line `service` wrote to its log.
     pub fn last_log_line(&self, service: &'static str) -> String {
-        let text = std::fs::read_to_string(logs_dir().join(format!("{service}.log"))).unwrap_or_default();
+        let text =
+            std::fs::read_to_string(logs_dir().join(format!("{service}.log"))).unwrap_or_default();
         text.lines().last().unwrap_or_default().to_string()
     }
 
@@ -331,7 +366,8 @@ pub async fn assert_usage_eventually_resent(
             let usage = api.usage(org, period).await?;
             let got = observed(&usage);
             let extra = got.duplicate.wrapping_sub(want.duplicate);
-            let billed_exact = tally_loadgen::Expected { duplicate: want.duplicate, ..got.clone() } == *want;
+            let billed_exact =
+                tally_loadgen::Expected { duplicate: want.duplicate, ..got.clone() } == *want;
             if !billed_exact || extra > resent {
                 diffs.push(format!("{org} {period}:\n  want {want:?}\n  got  {got:?}"));
             }
@@ -356,10 +392,12 @@ pub struct Broker {
 
 impl Broker {
     pub fn test() -> Broker {
-        let home = std::env::var("TALLY_TEST_HOME")
-            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../.tally/test").to_string());
+        let home = std::env::var("TALLY_TEST_HOME").unwrap_or_else(|_| {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../.tally/test").to_string()
+        });
         let port = kafka_brokers().rsplit(':').next().unwrap_or("19092").to_string();
-        let controller_port = std::env::var("TALLY_TEST_KAFKA_CONTROLLER_PORT").unwrap_or_else(|_| "19093".into());
+        let controller_port =
+            std::env::var("TALLY_TEST_KAFKA_CONTROLLER_PORT").unwrap_or_else(|_| "19093".into());
         Broker { home, port, controller_port }
     }
 
@@ -376,7 +414,11 @@ impl Broker {
             .output()
             .await?;
         if !output.status.success() {
-            bail!("scripts/kafka.sh {command}: {}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+            bail!(
+                "scripts/kafka.sh {command}: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
         Ok(())
     }
@@ -388,19 +430,27 @@ impl Broker {
 
     /// SIGKILL: the broker gets no chance to finish anything.
     pub async fn kill9(&self) -> anyhow::Result<()> {
-        let pid = std::fs::read_to_string(format!("{}/run/kafka.pid", self.home)).context("the test broker's pid file")?;
-        let status = tokio::process::Command::new("kill").args(["-KILL", pid.trim()]).status().await?;
+        let pid = std::fs::read_to_string(format!("{}/run/kafka.pid", self.home))
+            .context("the test broker's pid file")?;
+        let status =
+            tokio::process::Command::new("kill").args(["-KILL", pid.trim()]).status().await?;
         anyhow::ensure!(status.success(), "kill -KILL {}", pid.trim());
         // Wait until the process is gone, so the ports are free for the next start.
         let proc = format!("/proc/{}/stat", pid.trim());
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::fs::read_to_string(&proc).is_ok_and(|stat| !stat.rsplit(") ").next().unwrap_or("").starts_with('Z')) {
+        while std::fs::read_to_string(&proc)
+            .is_ok_and(|stat| !stat.rsplit(") ").next().unwrap_or("").starts_with('Z'))
+        {
             anyhow::ensure!(Instant::now() < deadline, "the killed broker is still running");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // A zombie JVM's last threads can still hold the listener: wait for the port too.
         while tokio::net::TcpStream::connect(format!("127.0.0.1:{}", self.port)).await.is_ok() {
-            anyhow::ensure!(Instant::now() < deadline, "the killed broker's port 127.0.0.1:{} is still open", self.port);
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the killed broker's port 127.0.0.1:{} is still open",
+                self.port
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(())

@@ -13,8 +13,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tally_schemas::{
-    BillingEventRecordV1, Operation, Status, SubscriptionChangedV1, SubscriptionSource, Tier, Topic,
-    TraceCompletedRecordV1, TraceEventRecordV1,
+    BillingEventRecordV1, Operation, Status, SubscriptionChangedV1, SubscriptionSource, Tier,
+    Topic, TraceCompletedRecordV1, TraceEventRecordV1,
 };
 
 /// A writer of records into a namespace's trace and billing logs.
@@ -34,7 +34,8 @@ impl LogWriter {
             .set("partitioner", "murmur2_random")
             .create()?;
         let writer = LogWriter { namespace: namespace.to_string(), producer, partitions: 0 };
-        let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+        let consumer: BaseConsumer =
+            ClientConfig::new().set("bootstrap.servers", brokers).create()?;
         let topic = writer.topic(Topic::TraceEvents);
         let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
         let partitions = metadata.topics().first().map_or(0, |t| t.partitions().len()) as i32;
@@ -46,21 +47,41 @@ impl LogWriter {
         format!("{}{}", self.namespace, topic.base_name())
     }
 
-    async fn send(&self, topic: Topic, key: Option<&str>, partition: Option<i32>, payload: Vec<u8>, at: DateTime<Utc>) -> anyhow::Result<()> {
+    async fn send(
+        &self,
+        topic: Topic,
+        key: Option<&str>,
+        partition: Option<i32>,
+        payload: Vec<u8>,
+        at: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
         let name = self.topic(topic);
-        let mut record = FutureRecord::<str, Vec<u8>>::to(&name).payload(&payload).timestamp(at.timestamp_millis());
+        let mut record = FutureRecord::<str, Vec<u8>>::to(&name)
+            .payload(&payload)
+            .timestamp(at.timestamp_millis());
         if let Some(key) = key {
             record = record.key(key);
         }
         if let Some(p) = partition {
             record = record.partition(p);
         }
-        self.producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).context("writing to the log")?;
+        self.producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .context("writing to the log")?;
         Ok(())
     }
 
     /// A successful root trace of `payload_bytes`, arrived at `arrival`.
-    pub async fn trace(&self, org: &str, event_id: &str, ended_at: DateTime<Utc>, payload_bytes: u64, arrival: DateTime<Utc>) -> anyhow::Result<()> {
+    pub async fn trace(
+        &self,
+        org: &str,
+        event_id: &str,
+        ended_at: DateTime<Utc>,
+        payload_bytes: u64,
+        arrival: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
         let record = TraceEventRecordV1::TraceCompleted(TraceCompletedRecordV1 {
             event_id: event_id.into(),
             org_id: org.into(),
@@ -80,14 +101,33 @@ impl LogWriter {
     /// Ticks at `at` in every partition of the trace log and of the billing log.
     pub async fn tick_all(&self, at: DateTime<Utc>) -> anyhow::Result<()> {
         for p in 0..self.partitions {
-            self.send(Topic::TraceEvents, None, Some(p), serde_json::to_vec(&TraceEventRecordV1::Tick)?, at).await?;
-            self.send(Topic::BillingEvents, None, Some(p), serde_json::to_vec(&BillingEventRecordV1::Tick)?, at).await?;
+            self.send(
+                Topic::TraceEvents,
+                None,
+                Some(p),
+                serde_json::to_vec(&TraceEventRecordV1::Tick)?,
+                at,
+            )
+            .await?;
+            self.send(
+                Topic::BillingEvents,
+                None,
+                Some(p),
+                serde_json::to_vec(&BillingEventRecordV1::Tick)?,
+                at,
+            )
+            .await?;
         }
         Ok(())
     }
 
     /// A subscription change recorded at `at`, as the api records one.
-    pub async fn subscription(&self, org: &str, tier: Tier, at: DateTime<Utc>) -> anyhow::Result<()> {
+    pub async fn subscription(
+        &self,
+        org: &str,
+        tier: Tier,
+        at: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
         let record = BillingEventRecordV1::SubscriptionChanged(SubscriptionChangedV1 {
             change_id: format!("sub-{org}-{tier}-{}", at.timestamp_millis()),
             org_id: org.into(),
@@ -110,7 +150,11 @@ pub fn read_topic(brokers: &str, topic: &str) -> anyhow::Result<Vec<(String, Vec
         .set("enable.partition.eof", "true")
         .create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions: Vec<i32> = metadata.topics().first().map(|t| t.partitions().iter().map(|p| p.id()).collect()).unwrap_or_default();
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .first()
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
     let mut tpl = TopicPartitionList::new();
     let mut remaining = 0;
     for &p in &partitions {

@@ -37,10 +37,20 @@ impl Stripe {
     }
 
     /// Stripe's summary of `customer` on `meter` over the period.
-    pub async fn summary(&self, meter: &str, customer: &str, period: Period) -> anyhow::Result<u64> {
+    pub async fn summary(
+        &self,
+        meter: &str,
+        customer: &str,
+        period: Period,
+    ) -> anyhow::Result<u64> {
         let (start, end) = (period.start().timestamp(), period.end().timestamp());
         let page = self.get(&format!("/v1/billing/meters/{meter}/event_summaries?customer={customer}&start_time={start}&end_time={end}")).await?;
-        Ok(page["data"].as_array().into_iter().flatten().map(|s| s["aggregated_value"].as_f64().unwrap_or(0.0) as u64).sum())
+        Ok(page["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| s["aggregated_value"].as_f64().unwrap_or(0.0) as u64)
+            .sum())
     }
 }
 
@@ -65,4 +75,3 @@ pub fn reporter_command(stack: &Stack, args: &[&str]) -> anyhow::Result<(i32, St
         .output()?;
     Ok((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned()))
 }
-

@@ -17,7 +17,12 @@ struct Client {
 }
 
 impl Client {
-    async fn post(&self, key: Option<&str>, body: Vec<u8>, headers: &[(&str, &str)]) -> (StatusCode, Value) {
+    async fn post(
+        &self,
+        key: Option<&str>,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
         let mut request = self.http.post(&self.url).body(body);
         if let Some(key) = key {
             request = request.bearer_auth(key);
@@ -49,33 +54,42 @@ async fn bad_input_is_refused_clearly_and_harms_nothing() -> anyhow::Result<()> 
     api.ensure_org(&org, "Bad input org").await?;
     let key = api.create_key(&org, "ingest").await?;
     let read_key = api.create_key(&org, "read").await?;
-    let ingest = Client { http: reqwest::Client::new(), url: format!("{}/v1/events", stack.ingest_url()) };
+    let ingest =
+        Client { http: reqwest::Client::new(), url: format!("{}/v1/events", stack.ingest_url()) };
     let now = chrono::Utc::now();
     let ev = |id: &str| {
-        let mut e = event(id, &org, "t1", &format!("s-{id}"), None, Operation::ToolCall, "success", now);
+        let mut e =
+            event(id, &org, "t1", &format!("s-{id}"), None, Operation::ToolCall, "success", now);
         e["payload_bytes"] = 1000.into();
         e
     };
 
     // What was accepted first must survive everything below untouched.
-    let (status, body) = ingest.post(Some(&key), serde_json::to_vec(&json!([ev("ok-1"), ev("ok-2")]))?, &[]).await;
+    let (status, body) =
+        ingest.post(Some(&key), serde_json::to_vec(&json!([ev("ok-1"), ev("ok-2")]))?, &[]).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["accepted"], 2);
 
     // Keys.
     let (status, body) = ingest.post(None, b"[]".to_vec(), &[]).await;
     assert_eq!((status, code(&body)), (StatusCode::UNAUTHORIZED, "unauthorized"));
-    let (status, body) = ingest.post(Some("tally_ingest_nope"), serde_json::to_vec(&ev("x"))?, &[]).await;
+    let (status, body) =
+        ingest.post(Some("tally_ingest_nope"), serde_json::to_vec(&ev("x"))?, &[]).await;
     assert_eq!((status, code(&body)), (StatusCode::UNAUTHORIZED, "unauthorized"));
     let (status, body) = ingest.post(Some(&read_key), serde_json::to_vec(&ev("x"))?, &[]).await;
-    assert_eq!((status, code(&body)), (StatusCode::UNAUTHORIZED, "unauthorized"), "a read key cannot send");
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNAUTHORIZED, "unauthorized"),
+        "a read key cannot send"
+    );
 
     // Not JSON at all.
     let (status, body) = ingest.post(Some(&key), b"{this is not json".to_vec(), &[]).await;
     assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "invalid_json"));
     let (status, body) = ingest.post(Some(&key), b"".to_vec(), &[]).await;
     assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "empty_body"));
-    let (status, body) = ingest.post(Some(&key), b"not gzip".to_vec(), &[("content-encoding", "gzip")]).await;
+    let (status, body) =
+        ingest.post(Some(&key), b"not gzip".to_vec(), &[("content-encoding", "gzip")]).await;
     assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "invalid_gzip"));
 
     // Per-event rejections in a batch; the valid event in it is still accepted.
@@ -96,17 +110,37 @@ async fn bad_input_is_refused_clearly_and_harms_nothing() -> anyhow::Result<()> 
     other_org["org_id"] = "no-such-org-anywhere".into();
     let mut both = ev("bad-both");
     both["payload"] = json!({"a": 1});
-    let batch = json!([wrong_type, unknown_field, missing, bad_op, too_old, future, other_org, both, 42, ev("ok-3")]);
+    let batch = json!([
+        wrong_type,
+        unknown_field,
+        missing,
+        bad_op,
+        too_old,
+        future,
+        other_org,
+        both,
+        42,
+        ev("ok-3")
+    ]);
     let (status, body) = ingest.post(Some(&key), serde_json::to_vec(&batch)?, &[]).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!((body["accepted"].as_u64(), body["rejected"].as_u64()), (Some(1), Some(9)));
     let results = body["results"].as_array().unwrap();
-    let codes: Vec<&str> = results.iter().map(|r| r["error"]["code"].as_str().unwrap_or("accepted")).collect();
+    let codes: Vec<&str> =
+        results.iter().map(|r| r["error"]["code"].as_str().unwrap_or("accepted")).collect();
     assert_eq!(
         codes,
         [
-            "invalid_field", "unknown_field", "missing_field", "invalid_field", "out_of_window",
-            "out_of_window", "unknown_org", "invalid_field", "malformed_event", "accepted"
+            "invalid_field",
+            "unknown_field",
+            "missing_field",
+            "invalid_field",
+            "out_of_window",
+            "out_of_window",
+            "unknown_org",
+            "invalid_field",
+            "malformed_event",
+            "accepted"
         ]
     );
     assert_eq!(results[0]["event_id"], "bad-type", "a rejection names the event it is about");
@@ -115,7 +149,11 @@ async fn bad_input_is_refused_clearly_and_harms_nothing() -> anyhow::Result<()> 
     // NDJSON, gzip-compressed, with a broken line.
     let ndjson = format!("{}\n{{broken\n{}\n", ev("ok-4"), ev("ok-5"));
     let (status, body) = ingest
-        .post(Some(&key), gzip(ndjson.as_bytes()), &[("content-type", "application/x-ndjson"), ("content-encoding", "gzip")])
+        .post(
+            Some(&key),
+            gzip(ndjson.as_bytes()),
+            &[("content-type", "application/x-ndjson"), ("content-encoding", "gzip")],
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!((body["accepted"].as_u64(), body["rejected"].as_u64()), (Some(2), Some(1)));
@@ -135,14 +173,16 @@ async fn bad_input_is_refused_clearly_and_harms_nothing() -> anyhow::Result<()> 
     assert_eq!((status, code(&body)), (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"));
 
     // Re-sending accepted events is a success for the client and counts nothing twice.
-    let (status, body) = ingest.post(Some(&key), serde_json::to_vec(&json!([ev("ok-1"), ev("ok-2")]))?, &[]).await;
+    let (status, body) =
+        ingest.post(Some(&key), serde_json::to_vec(&json!([ev("ok-1"), ev("ok-2")]))?, &[]).await;
     assert_eq!((status, body["accepted"].as_u64()), (StatusCode::OK, Some(2)));
 
     // Exactly the five valid events, each once, two re-deliveries, nothing else.
     let period = tally_metering::Period::containing(now).to_string();
     let mut want = Expected { traces: 5, payload_bytes: 5000, duplicate: 2, ..Default::default() };
     want.by_operation.insert(Operation::ToolCall, (5, 5000));
-    assert_usage_eventually(&api, &[((org.clone(), period), want)].into(), Duration::from_secs(30)).await?;
+    assert_usage_eventually(&api, &[((org.clone(), period), want)].into(), Duration::from_secs(30))
+        .await?;
     Ok(())
 }
 
@@ -184,7 +224,8 @@ async fn api_errors_have_statuses_and_codes() -> anyhow::Result<()> {
     };
 
     // A period with no events answers zeros, not 404; a read key sees its own org.
-    let (s, body) = get(format!("{base}/v1/orgs/{a}/usage?period=2026-01"), Some(read_a.clone())).await;
+    let (s, body) =
+        get(format!("{base}/v1/orgs/{a}/usage?period=2026-01"), Some(read_a.clone())).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(body["traces"], 0);
     assert_eq!(body["period"]["id"], "2026-01");
@@ -198,26 +239,39 @@ async fn api_errors_have_statuses_and_codes() -> anyhow::Result<()> {
     assert_eq!((s, code(&body)), (StatusCode::UNAUTHORIZED, "unauthorized"));
     let (s, body) = get(format!("{base}/v1/orgs/{a}/usage"), Some(ingest_a)).await;
     assert_eq!((s, code(&body)), (StatusCode::FORBIDDEN, "forbidden"));
-    let (s, body) = get(format!("{base}/v1/orgs/{a}/usage?period=2026-13"), Some(admin.clone())).await;
+    let (s, body) =
+        get(format!("{base}/v1/orgs/{a}/usage?period=2026-13"), Some(admin.clone())).await;
     assert_eq!((s, code(&body)), (StatusCode::BAD_REQUEST, "invalid_period"));
     let (s, body) = get(format!("{base}/v1/orgs/nobody-{a}/usage"), Some(admin.clone())).await;
     assert_eq!((s, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
-    let (s, body) = get(format!("{base}/v1/orgs/{a}/usage/daily?from=2026-11-05&to=2026-11-01"), Some(admin.clone())).await;
+    let (s, body) = get(
+        format!("{base}/v1/orgs/{a}/usage/daily?from=2026-11-05&to=2026-11-01"),
+        Some(admin.clone()),
+    )
+    .await;
     assert_eq!((s, code(&body)), (StatusCode::BAD_REQUEST, "invalid_query"));
 
     // Admin endpoints.
-    let (s, body) = post(format!("{base}/v1/orgs"), Some(read_a.clone()), r#"{"org_id":"x1","name":"X"}"#).await;
+    let (s, body) =
+        post(format!("{base}/v1/orgs"), Some(read_a.clone()), r#"{"org_id":"x1","name":"X"}"#)
+            .await;
     assert_eq!((s, code(&body)), (StatusCode::FORBIDDEN, "forbidden"));
-    let create_a: &'static str = Box::leak(format!(r#"{{"org_id":"{a}","name":"Again"}}"#).into_boxed_str());
+    let create_a: &'static str =
+        Box::leak(format!(r#"{{"org_id":"{a}","name":"Again"}}"#).into_boxed_str());
     let (s, body) = post(format!("{base}/v1/orgs"), Some(admin.clone()), create_a).await;
     assert_eq!((s, code(&body)), (StatusCode::CONFLICT, "org_exists"));
-    let (s, body) = post(format!("{base}/v1/orgs"), Some(admin.clone()), r#"{"org_id":"bad id!","name":"X"}"#).await;
+    let (s, body) =
+        post(format!("{base}/v1/orgs"), Some(admin.clone()), r#"{"org_id":"bad id!","name":"X"}"#)
+            .await;
     assert_eq!((s, code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"));
     let (s, body) = post(format!("{base}/v1/orgs"), Some(admin.clone()), r#"{"org_id":"#).await;
     assert_eq!((s, code(&body)), (StatusCode::BAD_REQUEST, "invalid_json"));
-    let (s, body) = post(format!("{base}/v1/orgs/{a}/keys"), Some(admin.clone()), r#"{"scope":"root"}"#).await;
+    let (s, body) =
+        post(format!("{base}/v1/orgs/{a}/keys"), Some(admin.clone()), r#"{"scope":"root"}"#).await;
     assert_eq!((s, code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"));
-    let (s, body) = post(format!("{base}/v1/orgs/nobody-{a}/keys"), Some(admin.clone()), r#"{"scope":"read"}"#).await;
+    let (s, body) =
+        post(format!("{base}/v1/orgs/nobody-{a}/keys"), Some(admin.clone()), r#"{"scope":"read"}"#)
+            .await;
     assert_eq!((s, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
     Ok(())
 }

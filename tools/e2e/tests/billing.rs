@@ -20,8 +20,16 @@ async fn get(url: &str, token: &str) -> anyhow::Result<(u16, Value)> {
     Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
 }
 
-async fn send_json(method: reqwest::Method, url: &str, token: Option<&str>, body: &str) -> anyhow::Result<(u16, Value)> {
-    let mut request = reqwest::Client::new().request(method, url).header("content-type", "application/json").body(body.to_string());
+async fn send_json(
+    method: reqwest::Method,
+    url: &str,
+    token: Option<&str>,
+    body: &str,
+) -> anyhow::Result<(u16, Value)> {
+    let mut request = reqwest::Client::new()
+        .request(method, url)
+        .header("content-type", "application/json")
+        .body(body.to_string());
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
@@ -64,18 +72,31 @@ async fn drafts_follow_usage_and_tier_changes() -> anyhow::Result<()> {
     let period = Period::containing(ended).to_string();
     let events: Vec<Value> = (0..120)
         .map(|i| {
-            let mut e = tally_loadgen::generate::event(&format!("{org}-e{i}"), &org, &format!("t{i}"), "root", None, Operation::LlmCall, "success", ended);
+            let mut e = tally_loadgen::generate::event(
+                &format!("{org}-e{i}"),
+                &org,
+                &format!("t{i}"),
+                "root",
+                None,
+                Operation::LlmCall,
+                "success",
+                ended,
+            );
             e["payload_bytes"] = json!(100_000_000u64);
             e
         })
         .collect();
     Sender::new(&stack.ingest_url(), &ingest_key).send_all(&events, 60, 1).await?;
-    let usage = api.wait_for_usage(&org, &period, Duration::from_secs(60), |u| u["traces"] == 120).await?;
+    let usage =
+        api.wait_for_usage(&org, &period, Duration::from_secs(60), |u| u["traces"] == 120).await?;
     assert_eq!(usage["traces"], 120, "{usage}");
     assert_eq!(usage["tier"], "starter");
     assert_eq!(usage["included"], json!({"traces": 100_000, "payload_bytes": 10 * GB}));
     assert_eq!(usage["percent_used"], json!({"traces": 0.12, "payload_bytes": 120.0}));
-    assert_eq!(usage["warnings"], json!([{"metric": "payload_bytes", "level": "exceeded", "percent_used": 120.0}]));
+    assert_eq!(
+        usage["warnings"],
+        json!([{"metric": "payload_bytes", "level": "exceeded", "percent_used": 120.0}])
+    );
     // 25,000 base + 2,000,000,000 bytes × 0.00000005 = 100.
     let cost = &usage["cost"];
     assert_eq!(cost["currency"], "usd");
@@ -84,7 +105,15 @@ async fn drafts_follow_usage_and_tier_changes() -> anyhow::Result<()> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|l| (l["kind"].clone(), l["metric"].clone(), l["quantity"].clone(), l["unit_amount_decimal"].clone(), l["amount_cents"].clone()))
+        .map(|l| {
+            (
+                l["kind"].clone(),
+                l["metric"].clone(),
+                l["quantity"].clone(),
+                l["unit_amount_decimal"].clone(),
+                l["amount_cents"].clone(),
+            )
+        })
         .collect();
     assert_eq!(
         lines,
@@ -92,15 +121,25 @@ async fn drafts_follow_usage_and_tier_changes() -> anyhow::Result<()> {
             (json!("base"), Value::Null, json!(1), json!("25000"), json!(25_000)),
             (json!("included"), json!("traces"), json!(120), json!("0"), json!(0)),
             (json!("included"), json!("payload_bytes"), json!(10 * GB), json!("0"), json!(0)),
-            (json!("overage"), json!("payload_bytes"), json!(2 * GB), json!("0.00000005"), json!(100)),
+            (
+                json!("overage"),
+                json!("payload_bytes"),
+                json!(2 * GB),
+                json!("0.00000005"),
+                json!(100)
+            ),
         ]
     );
 
     // The invoice endpoints show the same draft to the org's read key.
-    let (status, invoice) = get(&format!("{base}/v1/orgs/{org}/invoices/{period}"), &read_key).await?;
+    let (status, invoice) =
+        get(&format!("{base}/v1/orgs/{org}/invoices/{period}"), &read_key).await?;
     assert_eq!(status, 200, "{invoice}");
     let invoice: InvoiceV1 = serde_json::from_value(invoice)?;
-    assert_eq!((invoice.status, invoice.total_cents, invoice.tier), (tally_schemas::InvoiceStatusV1::Draft, 25_100, Tier::Starter));
+    assert_eq!(
+        (invoice.status, invoice.total_cents, invoice.tier),
+        (tally_schemas::InvoiceStatusV1::Draft, 25_100, Tier::Starter)
+    );
     assert_eq!(serde_json::to_value(&invoice.lines)?, cost["lines"]);
     assert_eq!(invoice.pricing_version, "2026-11");
     let (_, list) = get(&format!("{base}/v1/orgs/{org}/invoices"), &read_key).await?;
@@ -108,8 +147,13 @@ async fn drafts_follow_usage_and_tier_changes() -> anyhow::Result<()> {
     assert_eq!(list["invoices"][0]["status"], "draft");
 
     // The estimator prices the same usage with the same code.
-    let (status, estimate) =
-        send_json(reqwest::Method::POST, &format!("{base}/v1/pricing/estimate"), None, &json!({"traces": 120, "payload_bytes": 12 * GB}).to_string()).await?;
+    let (status, estimate) = send_json(
+        reqwest::Method::POST,
+        &format!("{base}/v1/pricing/estimate"),
+        None,
+        &json!({"traces": 120, "payload_bytes": 12 * GB}).to_string(),
+    )
+    .await?;
     assert_eq!(status, 200, "{estimate}");
     assert_eq!(estimate["estimates"][0]["tier"], "starter");
     assert_eq!(estimate["estimates"][0]["total_cents"], 25_100);
@@ -119,14 +163,28 @@ async fn drafts_follow_usage_and_tier_changes() -> anyhow::Result<()> {
 
     // Thresholds crossed on the way: 90% and 100% of the payload, once each.
     let notified = notifications_of(Topic::Notifications.name(), &org)?;
-    assert_eq!(threshold_keys(&notified), [(Metric::PayloadBytes, ThresholdLevel::Approaching), (Metric::PayloadBytes, ThresholdLevel::Exceeded)]);
+    assert_eq!(
+        threshold_keys(&notified),
+        [
+            (Metric::PayloadBytes, ThresholdLevel::Approaching),
+            (Metric::PayloadBytes, ThresholdLevel::Exceeded)
+        ]
+    );
 
     // A tier change reprices the open period.
-    let (status, body) = send_json(reqwest::Method::PUT, &format!("{base}/v1/orgs/{org}/subscription"), Some(&admin), r#"{"tier": "growth"}"#).await?;
+    let (status, body) = send_json(
+        reqwest::Method::PUT,
+        &format!("{base}/v1/orgs/{org}/subscription"),
+        Some(&admin),
+        r#"{"tier": "growth"}"#,
+    )
+    .await?;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["tier"], "growth");
     assert_eq!(body["source"], "admin_api");
-    let usage = api.wait_for_usage(&org, &period, Duration::from_secs(60), |u| u["tier"] == "growth").await?;
+    let usage = api
+        .wait_for_usage(&org, &period, Duration::from_secs(60), |u| u["tier"] == "growth")
+        .await?;
     assert_eq!(usage["tier"], "growth", "{usage}");
     assert_eq!(usage["cost"]["total_cents"], 50_000);
     assert_eq!(usage["percent_used"]["payload_bytes"], 48.0);
@@ -139,29 +197,50 @@ async fn drafts_follow_usage_and_tier_changes() -> anyhow::Result<()> {
 
     // Bad requests are refused with a code, and change nothing.
     let url = format!("{base}/v1/orgs/{org}/subscription");
-    let (status, body) = send_json(reqwest::Method::PUT, &url, Some(&admin), r#"{"tier": "platinum"}"#).await?;
+    let (status, body) =
+        send_json(reqwest::Method::PUT, &url, Some(&admin), r#"{"tier": "platinum"}"#).await?;
     assert_eq!((status, body["error"]["code"].as_str()), (422, Some("invalid_tier")));
-    let (status, body) = send_json(reqwest::Method::PUT, &url, Some(&admin), r#"{"tier": "#).await?;
+    let (status, body) =
+        send_json(reqwest::Method::PUT, &url, Some(&admin), r#"{"tier": "#).await?;
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_json")));
-    let (status, _) = send_json(reqwest::Method::PUT, &url, Some(&read_key), r#"{"tier": "enterprise"}"#).await?;
-    assert_eq!(status, 403);
     let (status, _) =
-        send_json(reqwest::Method::PUT, &format!("{base}/v1/orgs/{}/subscription", unique("nobody-")), Some(&admin), r#"{"tier": "growth"}"#).await?;
+        send_json(reqwest::Method::PUT, &url, Some(&read_key), r#"{"tier": "enterprise"}"#).await?;
+    assert_eq!(status, 403);
+    let (status, _) = send_json(
+        reqwest::Method::PUT,
+        &format!("{base}/v1/orgs/{}/subscription", unique("nobody-")),
+        Some(&admin),
+        r#"{"tier": "growth"}"#,
+    )
+    .await?;
     assert_eq!(status, 404);
-    let (status, body) = send_json(reqwest::Method::POST, &format!("{base}/v1/pricing/estimate"), None, r#"{"traces": -1, "payload_bytes": 0}"#).await?;
+    let (status, body) = send_json(
+        reqwest::Method::POST,
+        &format!("{base}/v1/pricing/estimate"),
+        None,
+        r#"{"traces": -1, "payload_bytes": 0}"#,
+    )
+    .await?;
     assert_eq!((status, body["error"]["code"].as_str()), (422, Some("invalid_field")));
     let (status, body) = get(&format!("{base}/v1/orgs/{org}/invoices/2020-01"), &read_key).await?;
     assert_eq!((status, body["error"]["code"].as_str()), (404, Some("invoice_not_found")));
     let (status, body) = get(&format!("{base}/v1/orgs/{org}/invoices/2026-13"), &read_key).await?;
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_period")));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(api.usage(&org, &period).await?["tier"], "growth", "refused changes recorded nothing");
+    assert_eq!(
+        api.usage(&org, &period).await?["tier"],
+        "growth",
+        "refused changes recorded nothing"
+    );
 
     // The price list is public.
     let pricing: Value = reqwest::get(format!("{base}/v1/pricing")).await?.json().await?;
     assert_eq!(pricing["version"], "2026-11");
     let tiers = pricing["tiers"].as_array().unwrap();
-    assert_eq!(tiers.iter().map(|t| t["base_fee_cents"].as_i64().unwrap()).collect::<Vec<_>>(), [25_000, 50_000, 100_000, 300_000]);
+    assert_eq!(
+        tiers.iter().map(|t| t["base_fee_cents"].as_i64().unwrap()).collect::<Vec<_>>(),
+        [25_000, 50_000, 100_000, 300_000]
+    );
     assert_eq!(tiers[3]["traces"]["bands"].as_array().unwrap().len(), 3);
     assert!(tiers[3]["features"].as_array().unwrap().contains(&json!("scim")));
     Ok(())
@@ -171,7 +250,12 @@ fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
-async fn final_invoice(base: &str, admin: &str, org: &str, period: &str) -> anyhow::Result<Option<InvoiceV1>> {
+async fn final_invoice(
+    base: &str,
+    admin: &str,
+    org: &str,
+    period: &str,
+) -> anyhow::Result<Option<InvoiceV1>> {
     let (status, body) = get(&format!("{base}/v1/orgs/{org}/invoices/{period}"), admin).await?;
     if status != 200 || body["status"] != "final" {
         return Ok(None);
@@ -184,8 +268,11 @@ async fn final_invoice(base: &str, admin: &str, org: &str, period: &str) -> anyh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_period_close_finalizes_each_invoice_once_across_crashes() -> anyhow::Result<()> {
     let namespace = unique("e2e-close-");
-    let mut stack =
-        Stack::start_services(&["api", "aggregator", "projector"], &[("TALLY_NAMESPACE", namespace.as_str())]).await?;
+    let mut stack = Stack::start_services(
+        &["api", "aggregator", "projector"],
+        &[("TALLY_NAMESPACE", namespace.as_str())],
+    )
+    .await?;
     let api = stack.api();
     let base = stack.api_url();
     let admin = stack.admin_token.clone();
@@ -200,14 +287,35 @@ async fn a_period_close_finalizes_each_invoice_once_across_crashes() -> anyhow::
     log.subscription(&b, Tier::Growth, t("2026-09-10T09:00:00Z")).await?;
     let arrival = t("2026-09-15T10:00:00Z");
     for i in 0..120u32 {
-        log.trace(&a, &format!("{a}-{i}"), arrival, 100_000_000, arrival + chrono::Duration::milliseconds(i as i64)).await?;
+        log.trace(
+            &a,
+            &format!("{a}-{i}"),
+            arrival,
+            100_000_000,
+            arrival + chrono::Duration::milliseconds(i as i64),
+        )
+        .await?;
     }
     for i in 0..10u32 {
         // re-deliveries: counted once
-        log.trace(&a, &format!("{a}-{i}"), arrival, 100_000_000, arrival + chrono::Duration::seconds(1)).await?;
+        log.trace(
+            &a,
+            &format!("{a}-{i}"),
+            arrival,
+            100_000_000,
+            arrival + chrono::Duration::seconds(1),
+        )
+        .await?;
     }
     for i in 0..300u32 {
-        log.trace(&b, &format!("{b}-{i}"), arrival, 100_000_000, arrival + chrono::Duration::milliseconds(i as i64)).await?;
+        log.trace(
+            &b,
+            &format!("{b}-{i}"),
+            arrival,
+            100_000_000,
+            arrival + chrono::Duration::milliseconds(i as i64),
+        )
+        .await?;
     }
     log.tick_all(t("2026-09-30T23:00:00Z")).await?;
     // After September's end, C moves to enterprise: that prices October, not September.
@@ -237,7 +345,14 @@ async fn a_period_close_finalizes_each_invoice_once_across_crashes() -> anyhow::
     tokio::time::sleep(Duration::from_millis(500)).await;
     stack.kill9("projector");
     // A late event and more time: neither may change a final invoice.
-    log.trace(&a, &format!("{a}-late"), t("2026-09-30T12:00:00Z"), 100_000_000, t("2026-10-03T00:05:00Z")).await?;
+    log.trace(
+        &a,
+        &format!("{a}-late"),
+        t("2026-09-30T12:00:00Z"),
+        100_000_000,
+        t("2026-10-03T00:05:00Z"),
+    )
+    .await?;
     log.tick_all(t("2026-10-04T00:00:00Z")).await?;
     stack.restart("projector").await?;
     stack.kill9("aggregator");
@@ -251,20 +366,45 @@ async fn a_period_close_finalizes_each_invoice_once_across_crashes() -> anyhow::
                 finals.insert(org.clone(), invoice);
             }
         }
-        anyhow::ensure!(Instant::now() < deadline, "final invoices after 90 s: {:?}", finals.keys());
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "final invoices after 90 s: {:?}",
+            finals.keys()
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     // A: starter, 12 GB: 25,000 + 2 GB × 50 = 25,100. B: growth, 30 GB: 50,000 + 5 GB × 45 =
     // 50,225. C: business, no usage: 100,000.
-    let summary: Vec<(Tier, u64, u64, i64)> =
-        [&a, &b, &c].iter().map(|o| { let i = &finals[*o]; (i.tier, i.usage.traces, i.usage.payload_bytes, i.total_cents) }).collect();
-    assert_eq!(summary, [(Tier::Starter, 120, 12 * GB, 25_100), (Tier::Growth, 300, 30 * GB, 50_225), (Tier::Business, 0, 0, 100_000)]);
+    let summary: Vec<(Tier, u64, u64, i64)> = [&a, &b, &c]
+        .iter()
+        .map(|o| {
+            let i = &finals[*o];
+            (i.tier, i.usage.traces, i.usage.payload_bytes, i.total_cents)
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (Tier::Starter, 120, 12 * GB, 25_100),
+            (Tier::Growth, 300, 30 * GB, 50_225),
+            (Tier::Business, 0, 0, 100_000)
+        ]
+    );
     for invoice in finals.values() {
-        assert_eq!(invoice.finalized_at, Some(t("2026-10-03T00:00:00Z")), "end of September plus the grace");
+        assert_eq!(
+            invoice.finalized_at,
+            Some(t("2026-10-03T00:00:00Z")),
+            "end of September plus the grace"
+        );
         assert_eq!(invoice.pricing_version, "2026-11");
     }
-    let usage = api.wait_for_usage(&a, "2026-09", Duration::from_secs(30), |u| u["not_billed"]["late"] == 1).await?;
-    assert_eq!((usage["not_billed"]["late"].as_u64(), usage["not_billed"]["duplicate"].as_u64()), (Some(1), Some(10)));
+    let usage = api
+        .wait_for_usage(&a, "2026-09", Duration::from_secs(30), |u| u["not_billed"]["late"] == 1)
+        .await?;
+    assert_eq!(
+        (usage["not_billed"]["late"].as_u64(), usage["not_billed"]["duplicate"].as_u64()),
+        (Some(1), Some(10))
+    );
     assert_eq!(usage["period"]["state"], "closed");
     assert_eq!(usage["cost"]["status"], "final");
     // C's October exists on enterprise, as a draft.
@@ -275,7 +415,13 @@ async fn a_period_close_finalizes_each_invoice_once_across_crashes() -> anyhow::
         .iter()
         .map(|i| (i["period"].clone(), i["status"].clone(), i["tier"].clone()))
         .collect();
-    assert_eq!(periods, [(json!("2026-10"), json!("draft"), json!("enterprise")), (json!("2026-09"), json!("final"), json!("business"))]);
+    assert_eq!(
+        periods,
+        [
+            (json!("2026-10"), json!("draft"), json!("enterprise")),
+            (json!("2026-09"), json!("final"), json!("business"))
+        ]
+    );
 
     // Exactly one InvoiceFinalized per org, equal to the stored invoice; each threshold once.
     let topic = log.topic(Topic::Notifications);
@@ -292,7 +438,10 @@ async fn a_period_close_finalizes_each_invoice_once_across_crashes() -> anyhow::
         let expected = if org == &c {
             vec![]
         } else {
-            vec![(Metric::PayloadBytes, ThresholdLevel::Approaching), (Metric::PayloadBytes, ThresholdLevel::Exceeded)]
+            vec![
+                (Metric::PayloadBytes, ThresholdLevel::Approaching),
+                (Metric::PayloadBytes, ThresholdLevel::Exceeded),
+            ]
         };
         assert_eq!(threshold_keys(&notified), expected, "thresholds of {org}");
     }

@@ -9,7 +9,10 @@ use rand::{Rng, SeedableRng};
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
-use tally_e2e::{assert_usage_eventually, assert_usage_eventually_resent, kafka_brokers, unique, Broker, Stack, SERVICES};
+use tally_e2e::{
+    assert_usage_eventually, assert_usage_eventually_resent, kafka_brokers, unique, Broker, Stack,
+    SERVICES,
+};
 use tally_loadgen::generate::event;
 use tally_loadgen::send::Sender;
 use tally_loadgen::{Expected, WorkloadSpec};
@@ -44,7 +47,11 @@ async fn usage_is_exact_across_broker_restarts_and_kills() -> anyhow::Result<()>
 
     // The workload in 80 slices, a second apart, so that events flow through every restart.
     let sender = Sender::new(&stack.ingest_url(), &key);
-    let slices: Vec<Vec<Value>> = workload.deliveries.chunks(workload.deliveries.len().div_ceil(80)).map(<[Value]>::to_vec).collect();
+    let slices: Vec<Vec<Value>> = workload
+        .deliveries
+        .chunks(workload.deliveries.len().div_ceil(80))
+        .map(<[Value]>::to_vec)
+        .collect();
     let flow = tokio::spawn({
         let sender = sender.clone();
         async move {
@@ -64,7 +71,11 @@ async fn usage_is_exact_across_broker_restarts_and_kills() -> anyhow::Result<()>
         // Some restarts come right after the last one, while the stages are still rejoining their
         // groups and restoring state; others once they have been folding and committing again
         // for a while, so the broker goes away inside a batch or a commit.
-        let pause = if rng.random_bool(0.5) { rng.random_range(200..1500) } else { rng.random_range(8000..16000) };
+        let pause = if rng.random_bool(0.5) {
+            rng.random_range(200..1500)
+        } else {
+            rng.random_range(8000..16000)
+        };
         tokio::time::sleep(Duration::from_millis(pause)).await;
         if round % 2 == 0 {
             broker.stop().await?;
@@ -74,7 +85,11 @@ async fn usage_is_exact_across_broker_restarts_and_kills() -> anyhow::Result<()>
             tokio::time::sleep(Duration::from_millis(rng.random_range(0..3000))).await;
         }
         broker.start().await?;
-        eprintln!("broker restart {} ({}) done", round + 1, if round % 2 == 0 { "graceful" } else { "SIGKILL" });
+        eprintln!(
+            "broker restart {} ({}) done",
+            round + 1,
+            if round % 2 == 0 { "graceful" } else { "SIGKILL" }
+        );
     }
     let last_restart = Instant::now();
     flow.await??;
@@ -82,7 +97,13 @@ async fn usage_is_exact_across_broker_restarts_and_kills() -> anyhow::Result<()>
 
     // A request that timed out may have reached the log before the client resent it: its events
     // are then re-deliveries (not billed), at most 500 for each resend. Billed usage is exact.
-    assert_usage_eventually_resent(&api, &workload.expected, retries * 500, Duration::from_secs(180)).await?;
+    assert_usage_eventually_resent(
+        &api,
+        &workload.expected,
+        retries * 500,
+        Duration::from_secs(180),
+    )
+    .await?;
     eprintln!("usage exact {:?} after the last restart", last_restart.elapsed());
     for service in SERVICES {
         assert!(stack.running(service), "{service} is still the process the test started");
@@ -102,12 +123,23 @@ struct OneOrg {
 }
 
 impl OneOrg {
-    async fn new(stack: &Stack, prefix: &str, operation: Operation, bytes: u64) -> anyhow::Result<OneOrg> {
+    async fn new(
+        stack: &Stack,
+        prefix: &str,
+        operation: Operation,
+        bytes: u64,
+    ) -> anyhow::Result<OneOrg> {
         let api = stack.api();
         let id = unique(prefix);
         api.ensure_org(&id, "Broker faults test org").await?;
         let key = api.create_key(&id, "ingest").await?;
-        Ok(OneOrg { sender: Sender::new(&stack.ingest_url(), &key), id, operation, bytes, now: chrono::Utc::now() })
+        Ok(OneOrg {
+            sender: Sender::new(&stack.ingest_url(), &key),
+            id,
+            operation,
+            bytes,
+            now: chrono::Utc::now(),
+        })
     }
 
     /// Events `from..from + n`, sent until ingest accepted them.
@@ -115,7 +147,16 @@ impl OneOrg {
         let events: Vec<Value> = (from..from + n)
             .map(|i| {
                 let id = &self.id;
-                let mut e = event(&format!("{id}-e{i}"), id, &format!("t{i}"), "s", None, self.operation, "success", self.now);
+                let mut e = event(
+                    &format!("{id}-e{i}"),
+                    id,
+                    &format!("t{i}"),
+                    "s",
+                    None,
+                    self.operation,
+                    "success",
+                    self.now,
+                );
                 e["payload_bytes"] = json!(self.bytes);
                 e
             })
@@ -145,7 +186,8 @@ fn fence_the_aggregator() -> anyhow::Result<()> {
 /// counting exactly. Fenced again and again within minutes (a twin instance with the same
 /// `TALLY_INSTANCE_ID`), the aggregator exits non-zero with one clear line instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fenced_aggregator_replaces_its_producer_and_exits_when_a_twin_keeps_fencing_it() -> anyhow::Result<()> {
+async fn a_fenced_aggregator_replaces_its_producer_and_exits_when_a_twin_keeps_fencing_it(
+) -> anyhow::Result<()> {
     let mut stack = Stack::start_with(&[("TALLY_TICK_INTERVAL_SECS", "1")]).await?;
     let api = stack.api();
     let org = OneOrg::new(&stack, "fence-", Operation::ToolCall, 7).await?;
@@ -157,7 +199,11 @@ async fn a_fenced_aggregator_replaces_its_producer_and_exits_when_a_twin_keeps_f
     tokio::task::spawn_blocking(fence_the_aggregator).await??;
     org.send(100, 100).await?;
     assert_usage_eventually(&api, &org.expect(200), Duration::from_secs(60)).await?;
-    assert_eq!(stack.metric("aggregator", rebuilds).await, Some(1.0), "the fenced producer was replaced once");
+    assert_eq!(
+        stack.metric("aggregator", rebuilds).await,
+        Some(1.0),
+        "the fenced producer was replaced once"
+    );
     assert!(stack.running("aggregator"));
     stack.wait_readyz("aggregator", 200, Duration::from_secs(30)).await?;
 
@@ -184,7 +230,8 @@ async fn a_fenced_aggregator_replaces_its_producer_and_exits_when_a_twin_keeps_f
 /// locked table; every Kafka stage while the broker is away. Nothing is lost meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_fails_while_a_stage_cannot_progress() -> anyhow::Result<()> {
-    let mut stack = Stack::start_with(&[("TALLY_STALL_SECS", "5"), ("TALLY_TICK_INTERVAL_SECS", "1")]).await?;
+    let mut stack =
+        Stack::start_with(&[("TALLY_STALL_SECS", "5"), ("TALLY_TICK_INTERVAL_SECS", "1")]).await?;
     let api = stack.api();
     let org = OneOrg::new(&stack, "stall-", Operation::Retrieval, 3).await?;
     // The pipeline works (every stage holds its partitions): the first events are counted.
@@ -197,7 +244,9 @@ async fn readyz_fails_while_a_stage_cannot_progress() -> anyhow::Result<()> {
     // The projector hangs on PostgreSQL: a session holds its offsets table locked.
     let pool = sqlx::PgPool::connect(&tally_e2e::database_url()).await?;
     let mut lock = pool.begin().await?;
-    sqlx::query("LOCK TABLE projector_offsets IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await?;
+    sqlx::query("LOCK TABLE projector_offsets IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await?;
     org.send(25, 25).await?;
     // The bound is 5 s; the loop stamps every turn, so the verdict needs no watcher.
     let started = Instant::now();
@@ -215,7 +264,9 @@ async fn readyz_fails_while_a_stage_cannot_progress() -> anyhow::Result<()> {
     // timeout plus a tick: 25 s with room to spare.
     let started = Instant::now();
     for service in ["aggregator", "projector", "ingest"] {
-        let reason = stack.wait_readyz(service, 503, Duration::from_secs(25).saturating_sub(started.elapsed())).await?;
+        let reason = stack
+            .wait_readyz(service, 503, Duration::from_secs(25).saturating_sub(started.elapsed()))
+            .await?;
         eprintln!("{service} not ready {:?} after the broker died: {reason}", started.elapsed());
     }
     let late = tokio::spawn(async move {
@@ -233,7 +284,11 @@ async fn readyz_fails_while_a_stage_cannot_progress() -> anyhow::Result<()> {
     assert_usage_eventually_resent(&api, &org.expect(100), resent, Duration::from_secs(60)).await?;
     for service in SERVICES {
         let sample = format!("tally_stage_ready{{stage=\"{service}\"}}");
-        assert_eq!(stack.metric(service, &sample).await, Some(1.0), "{service} exports that it is ready");
+        assert_eq!(
+            stack.metric(service, &sample).await,
+            Some(1.0),
+            "{service} exports that it is ready"
+        );
     }
     Ok(())
 }

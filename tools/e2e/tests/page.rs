@@ -4,8 +4,8 @@
 //! webhooks; portal links are single-use, short-lived and tamper-proof; one org's session reads
 //! nothing of another's; no secret appears in a URL; axe-core finds no serious violation.
 //!
-//! This test prepares the stack and the data, then runs `tools/e2e/browser/page.test.mjs`, which drives
-//! the browser and compares every figure with the api's own answer.
+//! This test prepares the stack and the data, then runs `tools/e2e/browser/page.test.mjs`, which
+//! drives the browser and compares every figure with the api's own answer.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -33,7 +33,16 @@ fn root_events(org: &str, n: usize, bytes: u64, tag: &str) -> Vec<Value> {
         .map(|i| {
             let op = Operation::ALL[i % Operation::ALL.len()];
             let ended_at = start + Span::seconds(span * (i as i64 + 1) / (n as i64 + 1));
-            let mut e = event(&format!("{tag}-{org}-{i}"), org, &format!("t-{tag}-{i}"), &format!("s-{i}"), None, op, "success", ended_at);
+            let mut e = event(
+                &format!("{tag}-{org}-{i}"),
+                org,
+                &format!("t-{tag}-{i}"),
+                &format!("s-{i}"),
+                None,
+                op,
+                "success",
+                ended_at,
+            );
             let share = bytes / n as u64 + u64::from((i as u64) < bytes % n as u64);
             e["payload_bytes"] = share.into();
             e
@@ -53,7 +62,12 @@ async fn the_page_shows_what_the_api_says() -> anyhow::Result<()> {
     let (code, out) = reporter_command(&stack, &["setup-stripe"])?;
     assert_eq!(code, 0, "setup-stripe: {out}");
     let base = stack.api_url();
-    stripe.standin("webhook", json!({"url": format!("{base}/v1/stripe/webhooks"), "secret": webhook_secret})).await?;
+    stripe
+        .standin(
+            "webhook",
+            json!({"url": format!("{base}/v1/stripe/webhooks"), "secret": webhook_secret}),
+        )
+        .await?;
     let api = stack.api();
 
     // The orgs: `near` past 90% of its included payload, `over` past 100%, `buyer` without a
@@ -61,7 +75,9 @@ async fn the_page_shows_what_the_api_says() -> anyhow::Result<()> {
     let prefix = unique("page-");
     let org = |name: &str| format!("{prefix}-{name}");
     let (near, over, buyer) = (org("near"), org("over"), org("buyer"));
-    for (id, name) in [(&near, "Near Limits Ltd"), (&over, "Over Quota Inc"), (&buyer, "Buyer & Co")] {
+    for (id, name) in
+        [(&near, "Near Limits Ltd"), (&over, "Over Quota Inc"), (&buyer, "Buyer & Co")]
+    {
         api.ensure_org(id, name).await?;
     }
     let quiet: Vec<String> = (0..QUIET_ORGS).map(|i| org(&format!("quiet-{i:02}"))).collect();
@@ -84,14 +100,32 @@ async fn the_page_shows_what_the_api_says() -> anyhow::Result<()> {
     events.extend(root_events(&over, 20, 10_500_000_000 / 300 * 20, "a").into_iter().take(20));
     for i in 0..25 {
         let ended_at = Utc::now() - Span::minutes(1);
-        events.push(event(&format!("child-{over}-{i}"), &over, &format!("t-a-{i}"), &format!("c-{i}"), Some("s-0"), Operation::ToolCall, "success", ended_at));
+        events.push(event(
+            &format!("child-{over}-{i}"),
+            &over,
+            &format!("t-a-{i}"),
+            &format!("c-{i}"),
+            Some("s-0"),
+            Operation::ToolCall,
+            "success",
+            ended_at,
+        ));
     }
     // Late: events of the previous period, which closed at its end (no grace in this stack),
     // within ingest's 35-day window.
     let closed = Period::containing(Utc::now()).prev();
     let late_at = closed.start().max(Utc::now() - Span::days(34)) + Span::minutes(1);
     for i in 0..3 {
-        let mut e = event(&format!("late-{near}-{i}"), &near, &format!("t-late-{i}"), "s-0", None, Operation::LlmCall, "success", late_at);
+        let mut e = event(
+            &format!("late-{near}-{i}"),
+            &near,
+            &format!("t-late-{i}"),
+            "s-0",
+            None,
+            Operation::LlmCall,
+            "success",
+            late_at,
+        );
         e["payload_bytes"] = 1000.into();
         events.push(e);
     }
@@ -100,14 +134,25 @@ async fn the_page_shows_what_the_api_says() -> anyhow::Result<()> {
 
     let period = Period::containing(Utc::now()).to_string();
     let (near_traces, over_traces) = (240u64, 300u64);
-    api.wait_for_usage(&near, &period, Duration::from_secs(60), |u| u["traces"] == near_traces).await?;
-    api.wait_for_usage(&over, &period, Duration::from_secs(60), |u| u["traces"] == over_traces && u["not_billed"]["child_span"] == 25).await?;
+    api.wait_for_usage(&near, &period, Duration::from_secs(60), |u| u["traces"] == near_traces)
+        .await?;
+    api.wait_for_usage(&over, &period, Duration::from_secs(60), |u| {
+        u["traces"] == over_traces && u["not_billed"]["child_span"] == 25
+    })
+    .await?;
     for id in quiet.iter().chain([&buyer]) {
-        api.wait_for_usage(id, &period, Duration::from_secs(60), |u| u["traces"].as_u64().unwrap_or(0) > 0).await?;
+        api.wait_for_usage(id, &period, Duration::from_secs(60), |u| {
+            u["traces"].as_u64().unwrap_or(0) > 0
+        })
+        .await?;
     }
-    api.wait_for_usage(&near, &closed.to_string(), Duration::from_secs(60), |u| u["not_billed"]["late"] == 3).await?;
+    api.wait_for_usage(&near, &closed.to_string(), Duration::from_secs(60), |u| {
+        u["not_billed"]["late"] == 3
+    })
+    .await?;
 
-    // `over` is a subscribed customer (on starter) before the browser starts: it changes tier there.
+    // `over` is a subscribed customer (on starter) before the browser starts: it changes tier
+    // there.
     let http = reqwest::Client::new();
     let session: Value = http
         .post(format!("{base}/v1/orgs/{over}/checkout"))
@@ -117,15 +162,26 @@ async fn the_page_shows_what_the_api_says() -> anyhow::Result<()> {
         .await?
         .json()
         .await?;
-    let session_id = session["session_id"].as_str().ok_or_else(|| anyhow::anyhow!("no checkout session: {session}"))?;
+    let session_id = session["session_id"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no checkout session: {session}"))?;
     stripe.standin(&format!("checkout/sessions/{session_id}/complete"), json!({})).await?;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let s: Value = http.get(format!("{base}/v1/orgs/{over}/subscription")).bearer_auth(&over_read_key).send().await?.json().await?;
+        let s: Value = http
+            .get(format!("{base}/v1/orgs/{over}/subscription"))
+            .bearer_auth(&over_read_key)
+            .send()
+            .await?
+            .json()
+            .await?;
         if s["stripe"]["status"] == "active" {
             break;
         }
-        anyhow::ensure!(std::time::Instant::now() < deadline, "the checkout webhook did not link {over}: {s}");
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the checkout webhook did not link {over}: {s}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
@@ -150,7 +206,11 @@ async fn the_page_shows_what_the_api_says() -> anyhow::Result<()> {
         .kill_on_drop(true)
         .spawn()?;
     let status = tokio::time::timeout(Duration::from_secs(600), child.wait()).await??;
-    assert!(status.success(), "the browser test failed ({status}); its output is above, screenshots in {}", config["results"]);
+    assert!(
+        status.success(),
+        "the browser test failed ({status}); its output is above, screenshots in {}",
+        config["results"]
+    );
 
     // A session lasts only while the read key it was opened with holds: revoked in PostgreSQL,
     // the key and its session stop working within the api's 5 s memory of them.
@@ -169,14 +229,27 @@ async fn the_page_shows_what_the_api_says() -> anyhow::Result<()> {
         .to_string();
     let current = |cookie: String| {
         let (http, base) = (http.clone(), base.clone());
-        async move { anyhow::Ok(http.get(format!("{base}/v1/sessions/current")).header("cookie", cookie).send().await?.status().as_u16()) }
+        async move {
+            anyhow::Ok(
+                http.get(format!("{base}/v1/sessions/current"))
+                    .header("cookie", cookie)
+                    .send()
+                    .await?
+                    .status()
+                    .as_u16(),
+            )
+        }
     };
     assert_eq!(current(cookie.clone()).await?, 200);
     let pool = sqlx::PgPool::connect(&tally_e2e::database_url()).await?;
-    sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE org_id = $1 AND scope = 'read'").bind(&near).execute(&pool).await?;
+    sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE org_id = $1 AND scope = 'read'")
+        .bind(&near)
+        .execute(&pool)
+        .await?;
     tokio::time::sleep(Duration::from_millis(5_500)).await;
     assert_eq!(current(cookie).await?, 401, "the revoked key's session is over");
-    let bearer = http.get(format!("{base}/v1/orgs/{near}/usage")).bearer_auth(&near_read_key).send().await?;
+    let bearer =
+        http.get(format!("{base}/v1/orgs/{near}/usage")).bearer_auth(&near_read_key).send().await?;
     assert_eq!(bearer.status(), 401, "the revoked key is refused");
     Ok(())
 }

@@ -34,13 +34,17 @@ async fn generated_workload_ends_in_exact_usage() -> anyhow::Result<()> {
     let workload = spec.generate();
     assert!(workload.deliveries.len() >= 110_000);
     // The workload must cover what this test promises.
-    let periods: std::collections::BTreeSet<_> = workload.expected.keys().map(|(_, p)| p.clone()).collect();
+    let periods: std::collections::BTreeSet<_> =
+        workload.expected.keys().map(|(_, p)| p.clone()).collect();
     assert!(periods.len() >= 2, "events on both sides of a month boundary: {periods:?}");
     assert!(workload.expected.values().any(|e| e.late > 0), "a late event");
 
     let sender = Sender::new(&stack.ingest_url(), &key);
     sender.send_all(&workload.deliveries, 1_000, 4).await?;
-    assert_eq!(sender.accepted.load(std::sync::atomic::Ordering::Relaxed), workload.deliveries.len() as u64);
+    assert_eq!(
+        sender.accepted.load(std::sync::atomic::Ordering::Relaxed),
+        workload.deliveries.len() as u64
+    );
 
     assert_usage_eventually(&api, &workload.expected, Duration::from_secs(120)).await?;
 
@@ -49,7 +53,12 @@ async fn generated_workload_ends_in_exact_usage() -> anyhow::Result<()> {
     for ((org, period), want) in &workload.expected {
         let p: tally_metering::Period = period.parse()?;
         let daily: serde_json::Value = client
-            .get(format!("{}/v1/orgs/{org}/usage/daily?from={}&to={}", stack.api_url(), p.first_day(), p.last_day()))
+            .get(format!(
+                "{}/v1/orgs/{org}/usage/daily?from={}&to={}",
+                stack.api_url(),
+                p.first_day(),
+                p.last_day()
+            ))
             .bearer_auth(&stack.admin_token)
             .send()
             .await?
@@ -59,7 +68,11 @@ async fn generated_workload_ends_in_exact_usage() -> anyhow::Result<()> {
         assert_eq!(rows.len() as i64, ((p.last_day() - p.first_day()).num_days() + 1) * 6);
         let traces: u64 = rows.iter().map(|r| r["traces"].as_u64().unwrap()).sum();
         let bytes: u64 = rows.iter().map(|r| r["payload_bytes"].as_u64().unwrap()).sum();
-        assert_eq!((traces, bytes), (want.traces, want.payload_bytes), "daily history of {org} {period}");
+        assert_eq!(
+            (traces, bytes),
+            (want.traces, want.payload_bytes),
+            "daily history of {org} {period}"
+        );
 
         let late: serde_json::Value = client
             .get(format!("{}/v1/orgs/{org}/late-events?period={period}", stack.api_url()))
@@ -68,7 +81,11 @@ async fn generated_workload_ends_in_exact_usage() -> anyhow::Result<()> {
             .await?
             .json()
             .await?;
-        assert_eq!(late["late_events"].as_array().unwrap().len() as u64, want.late, "late events of {org} {period}");
+        assert_eq!(
+            late["late_events"].as_array().unwrap().len() as u64,
+            want.late,
+            "late events of {org} {period}"
+        );
     }
     Ok(())
 }

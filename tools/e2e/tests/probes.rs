@@ -14,10 +14,24 @@ async fn every_service_has_probes_and_metrics() -> anyhow::Result<()> {
     let org = unique("probe-");
     api.ensure_org(&org, "Probes").await?;
     let key = api.create_key(&org, "ingest").await?;
-    let mut e = event(&format!("{org}-1"), &org, "t", "s", None, Operation::Embedding, "success", chrono::Utc::now());
+    let mut e = event(
+        &format!("{org}-1"),
+        &org,
+        "t",
+        "s",
+        None,
+        Operation::Embedding,
+        "success",
+        chrono::Utc::now(),
+    );
     e["payload_bytes"] = 5.into();
     let http = reqwest::Client::new();
-    let r = http.post(format!("{}/v1/events", stack.ingest_url())).bearer_auth(&key).json(&e).send().await?;
+    let r = http
+        .post(format!("{}/v1/events", stack.ingest_url()))
+        .bearer_auth(&key)
+        .json(&e)
+        .send()
+        .await?;
     assert!(r.status().is_success());
     let period = tally_metering::Period::containing(chrono::Utc::now()).to_string();
     api.wait_for_usage(&org, &period, Duration::from_secs(30), |u| u["traces"] == 1).await?;

@@ -18,8 +18,15 @@ use tally_schemas::{InvoiceV1, NotificationV1, Tier, Topic};
 const GB: u64 = 1_000_000_000;
 const PERIOD: &str = "2026-09";
 /// Every read model the projector writes (replay/src/rebuild.rs).
-const READ_MODELS: [&str; 7] =
-    ["usage_periods", "usage_by_operation", "usage_daily", "late_events", "invoices", "invoice_corrections", "projector_offsets"];
+const READ_MODELS: [&str; 7] = [
+    "usage_periods",
+    "usage_by_operation",
+    "usage_daily",
+    "late_events",
+    "invoices",
+    "invoice_corrections",
+    "projector_offsets",
+];
 
 fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
@@ -32,7 +39,8 @@ async fn own_database() -> anyhow::Result<(String, String)> {
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await?;
     admin.close().await;
     let base = database_url();
-    let url = format!("{}/{name}", &base[..base.rfind('/').expect("a database url names a database")]);
+    let url =
+        format!("{}/{name}", &base[..base.rfind('/').expect("a database url names a database")]);
     Ok((name, url))
 }
 
@@ -44,7 +52,9 @@ struct Run {
 
 impl Run {
     fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("replay printed no JSON ({e}): {}\n{}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!("replay printed no JSON ({e}): {}\n{}", self.stdout, self.stderr)
+        })
     }
 }
 
@@ -67,14 +77,18 @@ async fn replay(namespace: &str, db: &str, args: &[&str]) -> anyhow::Result<Run>
 
 /// Every row of every read model in `schema`, as sorted JSON texts per table. Only the
 /// projection's own wall-clock columns are left out.
-async fn read_models(pool: &PgPool, schema: &str) -> anyhow::Result<BTreeMap<&'static str, Vec<String>>> {
+async fn read_models(
+    pool: &PgPool,
+    schema: &str,
+) -> anyhow::Result<BTreeMap<&'static str, Vec<String>>> {
     let mut out = BTreeMap::new();
     for table in READ_MODELS {
         let wall_clock = if table == "projector_offsets" { " - 'updated_at'" } else { "" };
-        let mut rows: Vec<String> =
-            sqlx::query_scalar(&format!("SELECT (to_jsonb(t) - 'projected_at'{wall_clock})::text FROM {schema}.{table} t"))
-                .fetch_all(pool)
-                .await?;
+        let mut rows: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT (to_jsonb(t) - 'projected_at'{wall_clock})::text FROM {schema}.{table} t"
+        ))
+        .fetch_all(pool)
+        .await?;
         rows.sort();
         out.insert(table, rows);
     }
@@ -84,7 +98,10 @@ async fn read_models(pool: &PgPool, schema: &str) -> anyhow::Result<BTreeMap<&'s
 async fn wait_invoices(pool: &PgPool, n: i64) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let have: i64 = sqlx::query_scalar("SELECT count(*) FROM invoices WHERE period = $1").bind(PERIOD).fetch_one(pool).await?;
+        let have: i64 = sqlx::query_scalar("SELECT count(*) FROM invoices WHERE period = $1")
+            .bind(PERIOD)
+            .fetch_one(pool)
+            .await?;
         if have == n {
             return Ok(());
         }
@@ -94,7 +111,8 @@ async fn wait_invoices(pool: &PgPool, n: i64) -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_agrees_with_the_live_pipeline_finds_an_altered_invoice_corrects_it_and_rebuilds() -> anyhow::Result<()> {
+async fn replay_agrees_with_the_live_pipeline_finds_an_altered_invoice_corrects_it_and_rebuilds(
+) -> anyhow::Result<()> {
     let namespace = unique("e2e-replay-");
     let (db_name, db) = own_database().await?;
     let mut stack = Stack::start_services(
@@ -126,41 +144,92 @@ async fn replay_agrees_with_the_live_pipeline_finds_an_altered_invoice_corrects_
             // D's events end a little before they arrive; some are retried (duplicates).
             let ended = arrival - chrono::Duration::seconds(30);
             log.trace(&d, &format!("{d}-{day}-{i}"), ended, 1_000 + i as u64, arrival).await?;
-            log.trace(&d, &format!("{d}-{day}-{i}"), ended, 1_000 + i as u64, arrival + chrono::Duration::seconds(2)).await?;
+            log.trace(
+                &d,
+                &format!("{d}-{day}-{i}"),
+                ended,
+                1_000 + i as u64,
+                arrival + chrono::Duration::seconds(2),
+            )
+            .await?;
         }
     }
     // A's retries of the 3rd, days later: duplicates.
     for i in 0..10u32 {
-        log.trace(&a, &format!("{a}-3-{i}"), t("2026-09-03T10:00:00Z"), 100_000_000, t("2026-09-04T08:00:00Z")).await?;
+        log.trace(
+            &a,
+            &format!("{a}-3-{i}"),
+            t("2026-09-03T10:00:00Z"),
+            100_000_000,
+            t("2026-09-04T08:00:00Z"),
+        )
+        .await?;
     }
     log.tick_all(t("2026-09-30T23:00:00Z")).await?;
     // October begins: C moves to enterprise (prices October, not September), A sends events of
     // October and one of September's last day, inside the grace.
     log.subscription(&c, Tier::Enterprise, t("2026-10-01T00:00:30Z")).await?;
-    log.trace(&a, &format!("{a}-oct-1"), t("2026-10-01T08:00:00Z"), 5_000, t("2026-10-01T08:00:01Z")).await?;
-    log.trace(&a, &format!("{a}-sep-30"), t("2026-09-30T23:59:00Z"), 100_000_000, t("2026-10-02T12:00:00Z")).await?;
+    log.trace(
+        &a,
+        &format!("{a}-oct-1"),
+        t("2026-10-01T08:00:00Z"),
+        5_000,
+        t("2026-10-01T08:00:01Z"),
+    )
+    .await?;
+    log.trace(
+        &a,
+        &format!("{a}-sep-30"),
+        t("2026-09-30T23:59:00Z"),
+        100_000_000,
+        t("2026-10-02T12:00:00Z"),
+    )
+    .await?;
     // The close (end plus 48 hours), then a late event of September: not billed.
     log.tick_all(t("2026-10-03T00:00:01Z")).await?;
-    log.trace(&a, &format!("{a}-late"), t("2026-09-30T12:00:00Z"), 100_000_000, t("2026-10-03T00:05:00Z")).await?;
+    log.trace(
+        &a,
+        &format!("{a}-late"),
+        t("2026-09-30T12:00:00Z"),
+        100_000_000,
+        t("2026-10-03T00:05:00Z"),
+    )
+    .await?;
     log.tick_all(t("2026-10-04T00:00:00Z")).await?;
     wait_invoices(&pool, 4).await?;
 
     // 1. The live pipeline and replay agree, invoice by invoice, byte for byte with what the
     //    aggregator published when it finalized each one.
-    let notified: BTreeMap<String, InvoiceV1> = read_topic(&kafka_brokers(), &log.topic(Topic::Notifications))?
-        .into_iter()
-        .filter_map(|(_, payload)| match serde_json::from_slice::<NotificationV1>(&payload).ok()? {
-            NotificationV1::InvoiceFinalized(f) if f.invoice.period == PERIOD => Some((f.invoice.org_id.clone(), f.invoice)),
-            _ => None,
-        })
-        .collect();
+    let notified: BTreeMap<String, InvoiceV1> =
+        read_topic(&kafka_brokers(), &log.topic(Topic::Notifications))?
+            .into_iter()
+            .filter_map(|(_, payload)| {
+                match serde_json::from_slice::<NotificationV1>(&payload).ok()? {
+                    NotificationV1::InvoiceFinalized(f) if f.invoice.period == PERIOD => {
+                        Some((f.invoice.org_id.clone(), f.invoice))
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
     assert_eq!(notified.len(), 4, "{notified:?}");
     for org in [&a, &b, &c, &d] {
-        let run = replay(&namespace, &db, &["invoice", "--org", org, "--period", PERIOD, "--json"]).await?;
+        let run = replay(&namespace, &db, &["invoice", "--org", org, "--period", PERIOD, "--json"])
+            .await?;
         let out = run.json();
-        assert_eq!((run.code, &out["verdict"]), (0, &Value::from("identical")), "{org}: {}\n{}", run.stdout, run.stderr);
+        assert_eq!(
+            (run.code, &out["verdict"]),
+            (0, &Value::from("identical")),
+            "{org}: {}\n{}",
+            run.stdout,
+            run.stderr
+        );
         let recomputed: InvoiceV1 = serde_json::from_value(out["recomputed"].clone())?;
-        assert_eq!(serde_json::to_vec(&recomputed)?, serde_json::to_vec(&notified[org.as_str()])?, "{org}");
+        assert_eq!(
+            serde_json::to_vec(&recomputed)?,
+            serde_json::to_vec(&notified[org.as_str()])?,
+            "{org}"
+        );
         assert!(run.stderr.is_empty(), "--json prints nothing else: {}", run.stderr);
     }
     let summary: Vec<(Tier, u64, u64, i64)> = [&a, &b, &c, &d]
@@ -182,12 +251,30 @@ async fn replay_agrees_with_the_live_pipeline_finds_an_altered_invoice_corrects_
     assert!(run.stdout.contains("4 orgs: 4 identical, 0 different"), "{}", run.stdout);
 
     // Errors: a period the log has not finalized yet, an org with no invoice, a bad period.
-    let run = replay(&namespace, &db, &["invoice", "--org", &a, "--period", "2026-10", "--json"]).await?;
-    assert_eq!((run.code, &run.json()["error"]["code"]), (2, &Value::from("period_not_final")), "{}", run.stdout);
-    let run = replay(&namespace, &db, &["invoice", "--org", "nobody-here", "--period", PERIOD, "--json"]).await?;
-    assert_eq!((run.code, &run.json()["error"]["code"]), (2, &Value::from("invoice_not_found")), "{}", run.stdout);
+    let run =
+        replay(&namespace, &db, &["invoice", "--org", &a, "--period", "2026-10", "--json"]).await?;
+    assert_eq!(
+        (run.code, &run.json()["error"]["code"]),
+        (2, &Value::from("period_not_final")),
+        "{}",
+        run.stdout
+    );
+    let run =
+        replay(&namespace, &db, &["invoice", "--org", "nobody-here", "--period", PERIOD, "--json"])
+            .await?;
+    assert_eq!(
+        (run.code, &run.json()["error"]["code"]),
+        (2, &Value::from("invoice_not_found")),
+        "{}",
+        run.stdout
+    );
     let run = replay(&namespace, &db, &["verify", "--period", "2026-13", "--json"]).await?;
-    assert_eq!((run.code, &run.json()["error"]["code"]), (2, &Value::from("invalid_period")), "{}", run.stdout);
+    assert_eq!(
+        (run.code, &run.json()["error"]["code"]),
+        (2, &Value::from("invalid_period")),
+        "{}",
+        run.stdout
+    );
 
     // 2. A stored invoice altered in PostgreSQL: verify names exactly that org and that line.
     let altered = sqlx::query(
@@ -203,7 +290,8 @@ async fn replay_agrees_with_the_live_pipeline_finds_an_altered_invoice_corrects_
     let out = run.json();
     assert_eq!(run.code, 1, "{}", run.stdout);
     assert_eq!((out["identical"].as_u64(), out["different"].as_u64()), (Some(3), Some(1)));
-    let different: Vec<&Value> = out["results"].as_array().unwrap().iter().filter(|r| r["verdict"] != "identical").collect();
+    let different: Vec<&Value> =
+        out["results"].as_array().unwrap().iter().filter(|r| r["verdict"] != "identical").collect();
     assert_eq!(different.len(), 1);
     assert_eq!(different[0]["org_id"], b.as_str());
     assert_eq!(different[0]["verdict"], "differs");
@@ -222,7 +310,12 @@ async fn replay_agrees_with_the_live_pipeline_finds_an_altered_invoice_corrects_
     assert!(!run.stdout.contains("! line 1") && !run.stdout.contains("! total"), "{}", run.stdout);
 
     // 3. `replay correct` appends a correction; the projector applies it; verify agrees again.
-    let run = replay(&namespace, &db, &["correct", "--org", &b, "--period", PERIOD, "--reason", "e2e: altered row", "--json"]).await?;
+    let run = replay(
+        &namespace,
+        &db,
+        &["correct", "--org", &b, "--period", PERIOD, "--reason", "e2e: altered row", "--json"],
+    )
+    .await?;
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let correction = run.json()["correction"].clone();
     assert_eq!(correction["projected"], true, "{correction}");
@@ -251,7 +344,11 @@ async fn replay_agrees_with_the_live_pipeline_finds_an_altered_invoice_corrects_
     let run = replay(&namespace, &db, &["rebuild", "--into", "rebuild_check"]).await?;
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let quantity = "SELECT (lines->1->>'quantity')::bigint FROM {schema}.invoices WHERE org_id = $1 AND period = $2";
-    let rebuilt: i64 = sqlx::query_scalar(&quantity.replace("{schema}", "rebuild_check")).bind(&b).bind(PERIOD).fetch_one(&pool).await?;
+    let rebuilt: i64 = sqlx::query_scalar(&quantity.replace("{schema}", "rebuild_check"))
+        .bind(&b)
+        .bind(PERIOD)
+        .fetch_one(&pool)
+        .await?;
     assert_eq!(rebuilt, 160);
     sqlx::query("UPDATE invoices SET lines = jsonb_set(lines, '{1,quantity}', '160') WHERE org_id = $1 AND period = $2")
         .bind(&b)
@@ -267,20 +364,34 @@ async fn replay_agrees_with_the_live_pipeline_finds_an_altered_invoice_corrects_
     sqlx::query(&format!("TRUNCATE {lost}")).execute(&pool).await?;
     let run = replay(&namespace, &db, &["rebuild", "--json"]).await?;
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
-    assert!(run.json()["replaced"].as_str().is_some_and(|s| s.starts_with("tally_replaced_")), "{}", run.stdout);
+    assert!(
+        run.json()["replaced"].as_str().is_some_and(|s| s.starts_with("tally_replaced_")),
+        "{}",
+        run.stdout
+    );
     assert_eq!(read_models(&pool, "public").await?, live);
     let run = replay(&namespace, &db, &["verify", "--period", PERIOD]).await?;
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     // The live projector carries on in the swapped-in tables.
     stack.restart("projector").await?;
-    log.trace(&a, &format!("{a}-oct-2"), t("2026-10-04T08:00:00Z"), 5_000, t("2026-10-04T08:00:01Z")).await?;
-    let usage = api.wait_for_usage(&a, "2026-10", Duration::from_secs(60), |u| u["traces"] == 2).await?;
+    log.trace(
+        &a,
+        &format!("{a}-oct-2"),
+        t("2026-10-04T08:00:00Z"),
+        5_000,
+        t("2026-10-04T08:00:01Z"),
+    )
+    .await?;
+    let usage =
+        api.wait_for_usage(&a, "2026-10", Duration::from_secs(60), |u| u["traces"] == 2).await?;
     assert_eq!(usage["traces"], 2, "{usage}");
 
     drop(stack);
     pool.close().await;
     if let Ok(admin) = PgPool::connect(&database_url()).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")).execute(&admin).await;
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
+            .execute(&admin)
+            .await;
     }
     Ok(())
 }

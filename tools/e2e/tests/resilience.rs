@@ -25,12 +25,17 @@ fn run_to_failure(name: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
 
 #[test]
 fn services_without_kafka_or_postgres_exit_with_one_clear_line() {
-    let free_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let free_port =
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let kafka_down: Vec<_> = ["ingest", "aggregator", "projector"]
         .into_iter()
         .map(|name| {
             std::thread::spawn(move || {
-                let env = [("TALLY_KAFKA_BROKERS", "127.0.0.1:1"), ("TALLY_AGGREGATOR_ADDR", "127.0.0.1:0"), ("TALLY_PROJECTOR_ADDR", "127.0.0.1:0")];
+                let env = [
+                    ("TALLY_KAFKA_BROKERS", "127.0.0.1:1"),
+                    ("TALLY_AGGREGATOR_ADDR", "127.0.0.1:0"),
+                    ("TALLY_PROJECTOR_ADDR", "127.0.0.1:0"),
+                ];
                 (name, run_to_failure(name, &env))
             })
         })
@@ -39,7 +44,10 @@ fn services_without_kafka_or_postgres_exit_with_one_clear_line() {
         let (name, (code, stderr)) = handle.join().unwrap();
         assert_eq!(code, Some(1), "{name}: {stderr}");
         let last = stderr.lines().last().unwrap_or_default();
-        assert!(last.starts_with(&format!("{name}: kafka: cannot reach Kafka at 127.0.0.1:1")), "{name}: {stderr}");
+        assert!(
+            last.starts_with(&format!("{name}: kafka: cannot reach Kafka at 127.0.0.1:1")),
+            "{name}: {stderr}"
+        );
     }
     let url = format!("postgres://tally:s3cret-password@127.0.0.1:{free_port}/tally");
     for name in ["api", "ingest", "projector"] {
@@ -55,7 +63,10 @@ fn services_without_kafka_or_postgres_exit_with_one_clear_line() {
         );
         assert_eq!(code, Some(1), "{name}: {stderr}");
         let last = stderr.lines().last().unwrap_or_default();
-        assert!(last.contains(&format!("cannot reach PostgreSQL at 127.0.0.1:{free_port}/tally")), "{name}: {stderr}");
+        assert!(
+            last.contains(&format!("cannot reach PostgreSQL at 127.0.0.1:{free_port}/tally")),
+            "{name}: {stderr}"
+        );
         assert!(!stderr.contains("s3cret"), "{name} printed the database password: {stderr}");
     }
 }
@@ -65,9 +76,14 @@ struct Paused(i32);
 
 impl Paused {
     fn broker() -> Paused {
-        let home = std::env::var("TALLY_TEST_HOME")
-            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../.tally/test").to_string());
-        let pid: i32 = std::fs::read_to_string(format!("{home}/run/kafka.pid")).expect("test broker pid").trim().parse().unwrap();
+        let home = std::env::var("TALLY_TEST_HOME").unwrap_or_else(|_| {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../.tally/test").to_string()
+        });
+        let pid: i32 = std::fs::read_to_string(format!("{home}/run/kafka.pid"))
+            .expect("test broker pid")
+            .trim()
+            .parse()
+            .unwrap();
         assert!(Command::new("kill").args(["-STOP", &pid.to_string()]).status().unwrap().success());
         Paused(pid)
     }
@@ -89,13 +105,27 @@ async fn when_kafka_stalls_ingest_answers_503_and_a_retry_counts_once() -> anyho
     let now = chrono::Utc::now();
     let batch: Vec<_> = (0..3)
         .map(|i| {
-            let mut e = event(&format!("{org}-e{i}"), &org, "t", &format!("s{i}"), None, Operation::LlmCall, "success", now);
+            let mut e = event(
+                &format!("{org}-e{i}"),
+                &org,
+                "t",
+                &format!("s{i}"),
+                None,
+                Operation::LlmCall,
+                "success",
+                now,
+            );
             e["payload_bytes"] = 10.into();
             e
         })
         .collect();
     let http = reqwest::Client::new();
-    let send = || http.post(format!("{}/v1/events", stack.ingest_url())).bearer_auth(&key).json(&json!(batch)).send();
+    let send = || {
+        http.post(format!("{}/v1/events", stack.ingest_url()))
+            .bearer_auth(&key)
+            .json(&json!(batch))
+            .send()
+    };
 
     {
         let _paused = Paused::broker();
@@ -120,8 +150,12 @@ async fn when_kafka_stalls_ingest_answers_503_and_a_retry_counts_once() -> anyho
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let period = tally_metering::Period::containing(now).to_string();
-    let got = api.wait_for_usage(&org, &period, Duration::from_secs(60), |u| u["traces"] == 3).await?;
-    assert_eq!(got["traces"], 3, "each event once, whether or not the stalled attempt reached the log");
+    let got =
+        api.wait_for_usage(&org, &period, Duration::from_secs(60), |u| u["traces"] == 3).await?;
+    assert_eq!(
+        got["traces"], 3,
+        "each event once, whether or not the stalled attempt reached the log"
+    );
     let mut want = Expected { traces: 3, payload_bytes: 30, ..Default::default() };
     want.by_operation.insert(Operation::LlmCall, (3, 30));
     // Duplicates depend on whether the stalled write landed; billed usage does not.
@@ -143,12 +177,21 @@ async fn projector_refuses_read_models_ahead_of_the_log() -> anyhow::Result<()> 
     let brokers = tally_e2e::kafka_brokers();
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let addr = format!("127.0.0.1:{port}");
-    let env = [("TALLY_DATABASE_URL", url.as_str()), ("TALLY_KAFKA_BROKERS", brokers.as_str()), ("TALLY_PROJECTOR_ADDR", addr.as_str())];
+    let env = [
+        ("TALLY_DATABASE_URL", url.as_str()),
+        ("TALLY_KAFKA_BROKERS", brokers.as_str()),
+        ("TALLY_PROJECTOR_ADDR", addr.as_str()),
+    ];
 
     // A first start migrates the new database.
-    let mut first = Command::new(binary("projector")).envs(env).stderr(std::process::Stdio::null()).spawn()?;
+    let mut first =
+        Command::new(binary("projector")).envs(env).stderr(std::process::Stdio::null()).spawn()?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while reqwest::get(format!("http://{addr}/readyz")).await.map(|r| r.status().is_success()).unwrap_or(false) == false {
+    while !reqwest::get(format!("http://{addr}/readyz"))
+        .await
+        .map(|r| r.status().is_success())
+        .unwrap_or(false)
+    {
         assert!(Instant::now() < deadline, "projector ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -163,6 +206,9 @@ async fn projector_refuses_read_models_ahead_of_the_log() -> anyhow::Result<()> 
     let (code, stderr) = run_to_failure("projector", &env);
     sqlx::query(&format!("DROP DATABASE {db} WITH (FORCE)")).execute(&admin).await?;
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("the read models are ahead of tally.usage.v1 (partition 0"), "{stderr}");
+    assert!(
+        stderr.contains("the read models are ahead of tally.usage.v1 (partition 0"),
+        "{stderr}"
+    );
     Ok(())
 }

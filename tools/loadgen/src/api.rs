@@ -15,7 +15,10 @@ pub struct Api {
 impl Api {
     pub fn new(base: &str, admin_token: &str) -> Api {
         Api {
-            client: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("http client"),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("http client"),
             base: base.trim_end_matches('/').to_string(),
             admin_token: admin_token.to_string(),
         }
@@ -81,11 +84,15 @@ impl Api {
                 .send()
                 .await;
             let failure = match sent {
-                Ok(response) if response.status().is_success() => return Ok(response.json().await?),
+                Ok(response) if response.status().is_success() => {
+                    return Ok(response.json().await?)
+                }
                 Ok(response) if response.status().is_client_error() => {
                     bail!("usage of {org_id} {period}: {}", response.status())
                 }
-                Ok(response) => anyhow::anyhow!("usage of {org_id} {period}: {}", response.status()),
+                Ok(response) => {
+                    anyhow::anyhow!("usage of {org_id} {period}: {}", response.status())
+                }
                 Err(e) => anyhow::Error::new(e).context(format!("usage of {org_id} {period}")),
             };
             if Instant::now() > deadline {

@@ -98,12 +98,14 @@ async fn phase(
     let stop_at = started + Duration::from_secs(secs);
     let tasks: Vec<_> = (0..CONCURRENCY)
         .map(|_| {
-            let (sender, next, unique, maker) = (sender.clone(), next.clone(), unique.clone(), maker.clone());
+            let (sender, next, unique, maker) =
+                (sender.clone(), next.clone(), unique.clone(), maker.clone());
             tokio::spawn(async move {
                 while Instant::now() < stop_at {
                     let batch_no = next.fetch_add(1, Ordering::Relaxed);
                     if rate > 0 {
-                        let due = started + Duration::from_secs_f64(batch_no as f64 * BATCH as f64 / rate as f64);
+                        let due = started
+                            + Duration::from_secs_f64(batch_no as f64 * BATCH as f64 / rate as f64);
                         tokio::time::sleep_until(due.into()).await;
                     }
                     let (body, fresh) = maker.body(batch_no * (BATCH as u64 * 9 / 10));
@@ -133,7 +135,9 @@ async fn phase(
             break;
         }
         if total > target {
-            bail!("{name}: the API shows {total} traces, more than the {target} sent: counted twice");
+            bail!(
+                "{name}: the API shows {total} traces, more than the {target} sent: counted twice"
+            );
         }
         if Instant::now() > deadline {
             bail!("{name}: the API shows {total} of {target} traces after 10 minutes");
@@ -153,7 +157,13 @@ async fn total_traces(api: &Api, orgs: &[String]) -> anyhow::Result<u64> {
 }
 
 /// Probe events, one at a time, while load runs: accepted by ingest → visible in the API.
-async fn freshness(ep: &Endpoints, key: &str, probe_org: &str, run: &str, until: Instant) -> anyhow::Result<Vec<f64>> {
+async fn freshness(
+    ep: &Endpoints,
+    key: &str,
+    probe_org: &str,
+    run: &str,
+    until: Instant,
+) -> anyhow::Result<Vec<f64>> {
     let sender = Sender::new(&ep.ingest_url, key);
     let period = Period::containing(chrono::Utc::now()).to_string();
     let mut seen = ep.api.usage(probe_org, &period).await?["traces"].as_u64().unwrap_or(0);
@@ -220,9 +230,11 @@ async fn raw_kafka(brokers: &str, maker: &BodyMaker, count: u64) -> anyhow::Resu
     // The same bytes ingest writes: one event's record, about 330 bytes.
     let (sample, _) = maker.body(0);
     let first: serde_json::Value = serde_json::from_str::<serde_json::Value>(&sample)?[0].clone();
-    let record = serde_json::to_vec(&serde_json::json!({"kind": "trace_completed", "event_id": first["event_id"],
+    let record = serde_json::to_vec(
+        &serde_json::json!({"kind": "trace_completed", "event_id": first["event_id"],
         "org_id": first["org_id"], "trace_id": first["trace_id"], "span_id": first["span_id"], "operation": "llm_call",
-        "status": "success", "started_at": first["started_at"], "ended_at": first["ended_at"], "payload_bytes": 1024}))?;
+        "status": "success", "started_at": first["started_at"], "ended_at": first["ended_at"], "payload_bytes": 1024}),
+    )?;
     let started = Instant::now();
     let mut inflight = Vec::with_capacity(10_000);
     for i in 0..count {
@@ -297,19 +309,39 @@ pub async fn run(endpoints: anyhow::Result<Endpoints>) -> anyhow::Result<()> {
     let kib = serde_json::to_string(&tally_loadgen::generate::payload(&mut rng, 1024))?;
 
     println!("tally bench: run {run}; {ORGS} orgs, batches of {BATCH}, {CONCURRENCY} concurrent requests, 10% re-deliveries");
-    let precomputed = Arc::new(BodyMaker { run: format!("{run}-a"), orgs: orgs.clone(), ended_at: ended_at.clone(), inline_payload: None });
+    let precomputed = Arc::new(BodyMaker {
+        run: format!("{run}-a"),
+        orgs: orgs.clone(),
+        ended_at: ended_at.clone(),
+        inline_payload: None,
+    });
     let mut phases = Vec::new();
     println!("phase 1: {secs} s at full speed, precomputed payload_bytes ...");
-    phases.push(phase("precomputed payload_bytes", &ep, &key, precomputed.clone(), secs, 0, 0).await?);
+    phases.push(
+        phase("precomputed payload_bytes", &ep, &key, precomputed.clone(), secs, 0, 0).await?,
+    );
     report(&phases[0]);
     let baseline = total_traces(&ep.api, &orgs).await?;
-    println!("phase 2: {inline_secs} s at full speed, 1 KiB inline payloads ({} bytes of JSON) ...", kib.len());
-    let inline = Arc::new(BodyMaker { run: format!("{run}-b"), orgs: orgs.clone(), ended_at: ended_at.clone(), inline_payload: Some(kib) });
+    println!(
+        "phase 2: {inline_secs} s at full speed, 1 KiB inline payloads ({} bytes of JSON) ...",
+        kib.len()
+    );
+    let inline = Arc::new(BodyMaker {
+        run: format!("{run}-b"),
+        orgs: orgs.clone(),
+        ended_at: ended_at.clone(),
+        inline_payload: Some(kib),
+    });
     phases.push(phase("1 KiB inline payloads", &ep, &key, inline, inline_secs, 0, baseline).await?);
     report(&phases[1]);
     let baseline = total_traces(&ep.api, &orgs).await?;
     println!("phase 3: {fresh_secs} s paced at {fresh_rate} events/s, with freshness probes ...");
-    let paced = Arc::new(BodyMaker { run: format!("{run}-c"), orgs: orgs.clone(), ended_at, inline_payload: None });
+    let paced = Arc::new(BodyMaker {
+        run: format!("{run}-c"),
+        orgs: orgs.clone(),
+        ended_at,
+        inline_payload: None,
+    });
     let until = Instant::now() + Duration::from_secs(fresh_secs);
     let (load, samples) = tokio::join!(
         phase("paced load", &ep, &key, paced, fresh_secs, fresh_rate, baseline),
@@ -320,7 +352,8 @@ pub async fn run(endpoints: anyhow::Result<Endpoints>) -> anyhow::Result<()> {
     samples.sort_by(f64::total_cmp);
     println!("phase 4: raw Kafka, the same records, no processing ...");
     let raw_count = phases[0].deliveries.min(2_000_000);
-    let (raw_produce, raw_consume) = raw_kafka(&brokers, &precomputed, raw_count).await.context("raw kafka")?;
+    let (raw_produce, raw_consume) =
+        raw_kafka(&brokers, &precomputed, raw_count).await.context("raw kafka")?;
 
     println!();
     println!("| phase | unique events | deliveries | ingest accepted/s | end to end (deliveries/s, until visible in the API) |");

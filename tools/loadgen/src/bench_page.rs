@@ -54,10 +54,14 @@ fn org(i: u64) -> String {
 async fn prepare(ep: &Endpoints, orgs: u64) -> anyhow::Result<()> {
     let started = Instant::now();
     for chunk in (0..orgs).collect::<Vec<_>>().chunks(64) {
-        join_all(chunk.iter().map(|&i| async move { ep.api.ensure_org(&org(i), &format!("Bench org {i}")).await }))
-            .await
-            .into_iter()
-            .collect::<anyhow::Result<Vec<()>>>()?;
+        join_all(
+            chunk.iter().map(|&i| async move {
+                ep.api.ensure_org(&org(i), &format!("Bench org {i}")).await
+            }),
+        )
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<Vec<()>>>()?;
     }
     println!("bench-page: {orgs} orgs registered in {:.1} s", started.elapsed().as_secs_f64());
     let period = Period::containing(chrono::Utc::now());
@@ -82,7 +86,12 @@ async fn prepare(ep: &Endpoints, orgs: u64) -> anyhow::Result<()> {
             let want = i % 97 + 1;
             let period = period.clone();
             async move {
-                let usage = ep.api.wait_for_usage(&org(i), &period, Duration::from_secs(300), |u| u["traces"].as_u64() == Some(want)).await?;
+                let usage = ep
+                    .api
+                    .wait_for_usage(&org(i), &period, Duration::from_secs(300), |u| {
+                        u["traces"].as_u64() == Some(want)
+                    })
+                    .await?;
                 if usage["traces"].as_u64() != Some(want) {
                     bail!("org {} shows {} traces, not {want}", org(i), usage["traces"]);
                 }
@@ -91,7 +100,11 @@ async fn prepare(ep: &Endpoints, orgs: u64) -> anyhow::Result<()> {
         });
         join_all(waits).await.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
     }
-    println!("bench-page: {} events sent and folded in {:.1} s", events.len(), started.elapsed().as_secs_f64());
+    println!(
+        "bench-page: {} events sent and folded in {:.1} s",
+        events.len(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -109,7 +122,13 @@ async fn list_latency(ep: &Endpoints, requests: u64) -> anyhow::Result<(String, 
     let mut cursors: Vec<String> = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let page: Value = client.get(url(cursor.as_deref())).bearer_auth(&ep.admin_token).send().await?.json().await?;
+        let page: Value = client
+            .get(url(cursor.as_deref()))
+            .bearer_auth(&ep.admin_token)
+            .send()
+            .await?
+            .json()
+            .await?;
         match page["next_cursor"].as_str() {
             Some(c) => {
                 cursors.push(c.to_string());
@@ -123,7 +142,11 @@ async fn list_latency(ep: &Endpoints, requests: u64) -> anyhow::Result<(String, 
     let (mut first, mut deep) = (Vec::new(), Vec::new());
     for n in 0..requests {
         let deep_page = n % 2 == 1 && !cursors.is_empty();
-        let target = if deep_page { url(Some(&cursors[(n as usize * 7919) % cursors.len()])) } else { url(None) };
+        let target = if deep_page {
+            url(Some(&cursors[(n as usize * 7919) % cursors.len()]))
+        } else {
+            url(None)
+        };
         let t = Instant::now();
         let r = client.get(target).bearer_auth(&ep.admin_token).send().await?;
         if !r.status().is_success() {
@@ -134,7 +157,11 @@ async fn list_latency(ep: &Endpoints, requests: u64) -> anyhow::Result<(String, 
         if body["orgs"].as_array().map_or(0, Vec::len) != 50 {
             bail!("a page of the list did not hold 50 orgs");
         }
-        if deep_page { deep.push(ms) } else { first.push(ms) };
+        if deep_page {
+            deep.push(ms)
+        } else {
+            first.push(ms)
+        };
     }
     Ok((summary(first), format!("{} ({} pages in the list)", summary(deep), cursors.len() + 2)))
 }
@@ -155,16 +182,25 @@ async fn usage_latency(ep: &Endpoints, orgs: u64, rate: u64, secs: u64) -> anyho
     for n in 0..total {
         let due = start + interval * n as u32;
         tokio::time::sleep_until(due.into()).await;
-        let (client, keys, base, period) = (client.clone(), keys.clone(), ep.api_url.clone(), period.clone());
+        let (client, keys, base, period) =
+            (client.clone(), keys.clone(), ep.api_url.clone(), period.clone());
         handles.push(tokio::spawn(async move {
             let (org, key) = &keys[(n % keys.len() as u64) as usize];
             let sent = Instant::now();
-            let r = client.get(format!("{base}/v1/orgs/{org}/usage?period={period}")).bearer_auth(key).send().await;
+            let r = client
+                .get(format!("{base}/v1/orgs/{org}/usage?period={period}"))
+                .bearer_auth(key)
+                .send()
+                .await;
             let ok = match r {
                 Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
                 _ => false,
             };
-            (sent.elapsed().as_secs_f64() * 1000.0, sent.duration_since(due).as_secs_f64() * 1000.0, ok)
+            (
+                sent.elapsed().as_secs_f64() * 1000.0,
+                sent.duration_since(due).as_secs_f64() * 1000.0,
+                ok,
+            )
         }));
     }
     let mut ms = Vec::with_capacity(handles.len());
@@ -179,12 +215,19 @@ async fn usage_latency(ep: &Endpoints, orgs: u64, rate: u64, secs: u64) -> anyho
         }
     }
     lag.sort_by(f64::total_cmp);
-    let lag = format!("sends behind schedule p99 {:.2} ms, max {:.2} ms", percentile(&lag, 0.99), lag.last().copied().unwrap_or(0.0));
+    let lag = format!(
+        "sends behind schedule p99 {:.2} ms, max {:.2} ms",
+        percentile(&lag, 0.99),
+        lag.last().copied().unwrap_or(0.0)
+    );
     let achieved = ms.len() as f64 / (start.elapsed().as_secs_f64());
     if failed > 0 {
         bail!("{failed} of {} usage requests failed", ms.len());
     }
-    Ok(format!("{} at {rate}/s offered ({achieved:.0}/s completed, {readers} orgs' read keys; {lag})", summary(ms)))
+    Ok(format!(
+        "{} at {rate}/s offered ({achieved:.0}/s completed, {readers} orgs' read keys; {lag})",
+        summary(ms)
+    ))
 }
 
 async fn page_bytes(ep: &Endpoints) -> anyhow::Result<String> {
@@ -192,8 +235,15 @@ async fn page_bytes(ep: &Endpoints) -> anyhow::Result<String> {
     let plain = client.get(format!("{}/app/", ep.api_url)).send().await?.text().await?;
     let mut total = 0u64;
     let mut parts = Vec::new();
-    for asset in plain.split('"').filter(|s| s.starts_with("/app/assets/") && (s.ends_with(".js") || s.ends_with(".css"))) {
-        let r = client.get(format!("{}{asset}", ep.api_url)).header("accept-encoding", "gzip").send().await?;
+    for asset in plain
+        .split('"')
+        .filter(|s| s.starts_with("/app/assets/") && (s.ends_with(".js") || s.ends_with(".css")))
+    {
+        let r = client
+            .get(format!("{}{asset}", ep.api_url))
+            .header("accept-encoding", "gzip")
+            .send()
+            .await?;
         let gz = r.headers().get("content-encoding").is_some_and(|v| v == "gzip");
         let n = r.bytes().await?.len() as u64;
         total += n;
@@ -212,7 +262,13 @@ pub async fn run(ep: anyhow::Result<Endpoints>) -> anyhow::Result<()> {
     let (first, deep) = list_latency(&ep, env_u64("TALLY_BENCH_LIST_REQUESTS", 2_000)).await?;
     println!("bench-page: GET /v1/orgs sorted by traces, first page: {first}");
     println!("bench-page: GET /v1/orgs sorted by traces, deep pages: {deep}");
-    let usage = usage_latency(&ep, orgs, env_u64("TALLY_BENCH_USAGE_RATE", 2_000), env_u64("TALLY_BENCH_USAGE_SECS", 20)).await?;
+    let usage = usage_latency(
+        &ep,
+        orgs,
+        env_u64("TALLY_BENCH_USAGE_RATE", 2_000),
+        env_u64("TALLY_BENCH_USAGE_SECS", 20),
+    )
+    .await?;
     println!("bench-page: GET /v1/orgs/{{org}}/usage: {usage}");
     println!("bench-page: the page's JavaScript and CSS: {}", page_bytes(&ep).await?);
     Ok(())

@@ -60,8 +60,23 @@ pub fn gzip_len(value: &Value) -> u64 {
 }
 
 const WORDS: &[&str] = &[
-    "the", "customer", "asks", "about", "refund", "policy", "model", "answer", "context",
-    "retrieved", "document", "tool", "search", "invoice", "summary", "token", "latency",
+    "the",
+    "customer",
+    "asks",
+    "about",
+    "refund",
+    "policy",
+    "model",
+    "answer",
+    "context",
+    "retrieved",
+    "document",
+    "tool",
+    "search",
+    "invoice",
+    "summary",
+    "token",
+    "latency",
 ];
 
 fn text(rng: &mut StdRng, words: usize) -> String {
@@ -118,7 +133,11 @@ impl WorkloadSpec {
         let prev_closed = self.now >= current.prev().closes_at(self.grace);
         // A closed period within ingest's 35-day window: the previous one once closed, else the
         // one before it.
-        let late_at = if prev_closed { boundary - Duration::minutes(1) } else { current.prev().start() - Duration::minutes(1) };
+        let late_at = if prev_closed {
+            boundary - Duration::minutes(1)
+        } else {
+            current.prev().start() - Duration::minutes(1)
+        };
         let since_start = (self.now - boundary).num_seconds().max(1);
 
         let mut unique: Vec<Value> = Vec::with_capacity(self.events);
@@ -167,7 +186,9 @@ impl WorkloadSpec {
         for e in &unique {
             let ended_at: DateTime<Utc> = e["ended_at"].as_str().unwrap().parse().unwrap();
             let period = Period::containing(ended_at);
-            let entry = expected.entry((e["org_id"].as_str().unwrap().to_string(), period.to_string())).or_default();
+            let entry = expected
+                .entry((e["org_id"].as_str().unwrap().to_string(), period.to_string()))
+                .or_default();
             if self.now >= period.closes_at(self.grace) {
                 entry.late += 1;
             } else if e.get("parent_span_id").is_some() {
@@ -197,9 +218,16 @@ impl WorkloadSpec {
             let j = rng.random_range(0..n);
             let e = &unique[j];
             let ended_at: DateTime<Utc> = e["ended_at"].as_str().unwrap().parse().unwrap();
-            let key = (e["org_id"].as_str().unwrap().to_string(), Period::containing(ended_at).to_string());
+            let key = (
+                e["org_id"].as_str().unwrap().to_string(),
+                Period::containing(ended_at).to_string(),
+            );
             expected.get_mut(&key).expect("the event's own period").duplicate += 1;
-            let at = if rng.random_bool(0.3) { j as f64 + 0.5 } else { rng.random_range(j as f64 + 0.1..n as f64 + 1.0) };
+            let at = if rng.random_bool(0.3) {
+                j as f64 + 0.5
+            } else {
+                rng.random_range(j as f64 + 0.1..n as f64 + 1.0)
+            };
             order.push((at, j));
         }
         order.sort_by(|a, b| a.0.total_cmp(&b.0));

@@ -23,11 +23,14 @@ pub struct Endpoints {
 
 fn endpoints() -> anyhow::Result<Endpoints> {
     let api_addr = std::env::var("TALLY_API_ADDR").unwrap_or_else(|_| "127.0.0.1:8080".into());
-    let ingest_addr = std::env::var("TALLY_INGEST_ADDR").unwrap_or_else(|_| "127.0.0.1:4318".into());
+    let ingest_addr =
+        std::env::var("TALLY_INGEST_ADDR").unwrap_or_else(|_| "127.0.0.1:4318".into());
     let token = match std::env::var("TALLY_ADMIN_TOKEN") {
         Ok(t) if !t.is_empty() => t,
         _ => std::fs::read_to_string(".tally/admin-token")
-            .context("TALLY_ADMIN_TOKEN is unset and .tally/admin-token is missing (run `make up`)")?
+            .context(
+                "TALLY_ADMIN_TOKEN is unset and .tally/admin-token is missing (run `make up`)",
+            )?
             .trim()
             .to_string(),
     };
@@ -90,18 +93,31 @@ async fn demo() -> anyhow::Result<()> {
     let sender = Sender::new(&ep.ingest_url, &ingest_key);
     sender.send_all(&workload.deliveries, 500, 8).await?;
 
-    println!("\nusage for {period} (waiting until the pipeline has folded everything this demo sent):\n");
+    println!(
+        "\nusage for {period} (waiting until the pipeline has folded everything this demo sent):\n"
+    );
     println!(
         "{:<10} {:>8} {:>14} {:>10} {:>11} {:>10} {:>6} {:>8} {:>12}",
-        "org", "traces", "payload_bytes", "child_span", "not_success", "duplicate", "late", "tier", "draft (usd)"
+        "org",
+        "traces",
+        "payload_bytes",
+        "child_span",
+        "not_success",
+        "duplicate",
+        "late",
+        "tier",
+        "draft (usd)"
     );
     for (org, _) in DEMO_ORGS {
         // Each org's usage grows by what this run sent; earlier runs may already be there.
-        let expected = workload.expected.get(&(org.to_string(), period.clone())).cloned().unwrap_or_default();
+        let expected =
+            workload.expected.get(&(org.to_string(), period.clone())).cloned().unwrap_or_default();
         let target = before[org] + expected.traces;
         let usage = ep
             .api
-            .wait_for_usage(org, &period, Duration::from_secs(60), |v| v["traces"].as_u64() == Some(target))
+            .wait_for_usage(org, &period, Duration::from_secs(60), |v| {
+                v["traces"].as_u64() == Some(target)
+            })
             .await?;
         let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
         let nb = &usage["not_billed"];
@@ -140,9 +156,13 @@ async fn main() -> std::process::ExitCode {
         "bench" => bench::run(endpoints()).await,
         "bench-page" => bench_page::run(endpoints()).await,
         "portal-link" => portal_link(std::env::args().nth(2)).await,
-        "month-log" => tokio::task::spawn_blocking(month_log::run).await.unwrap_or_else(|e| Err(anyhow::anyhow!("{e}"))),
+        "month-log" => tokio::task::spawn_blocking(month_log::run)
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("{e}"))),
         _ => {
-            eprintln!("usage: tally-loadgen demo | bench | bench-page | portal-link ORG | month-log");
+            eprintln!(
+                "usage: tally-loadgen demo | bench | bench-page | portal-link ORG | month-log"
+            );
             return std::process::ExitCode::from(2);
         }
     };

@@ -16,8 +16,8 @@ use rand::{Rng, SeedableRng};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 use tally_schemas::{
-    BillingEventRecordV1, Operation, Status, SubscriptionChangedV1, SubscriptionSource, Tier, TraceCompletedRecordV1,
-    TraceEventRecordV1,
+    BillingEventRecordV1, Operation, Status, SubscriptionChangedV1, SubscriptionSource, Tier,
+    TraceCompletedRecordV1, TraceEventRecordV1,
 };
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -31,9 +31,17 @@ struct Writer {
 }
 
 impl Writer {
-    fn send(&mut self, topic: &str, key: Option<&str>, partition: Option<i32>, payload: &[u8], at: DateTime<Utc>) -> anyhow::Result<()> {
+    fn send(
+        &mut self,
+        topic: &str,
+        key: Option<&str>,
+        partition: Option<i32>,
+        payload: &[u8],
+        at: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
         let name = format!("{}{topic}", self.namespace);
-        let mut record = BaseRecord::<str, [u8]>::to(&name).payload(payload).timestamp(at.timestamp_millis());
+        let mut record =
+            BaseRecord::<str, [u8]>::to(&name).payload(payload).timestamp(at.timestamp_millis());
         if let Some(key) = key {
             record = record.key(key);
         }
@@ -43,7 +51,12 @@ impl Writer {
         loop {
             match self.producer.send(record) {
                 Ok(()) => break,
-                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    r,
+                )) => {
                     record = r;
                     self.producer.poll(Duration::from_millis(10));
                 }
@@ -51,7 +64,7 @@ impl Writer {
             }
         }
         self.sent += 1;
-        if self.sent % 1024 == 0 {
+        if self.sent.is_multiple_of(1024) {
             self.producer.poll(Duration::ZERO);
         }
         Ok(())
@@ -82,7 +95,8 @@ impl Writer {
 
 pub fn run() -> anyhow::Result<()> {
     let brokers = std::env::var("TALLY_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    let namespace = std::env::var("TALLY_NAMESPACE").context("TALLY_NAMESPACE: the month is written into a namespace of its own")?;
+    let namespace = std::env::var("TALLY_NAMESPACE")
+        .context("TALLY_NAMESPACE: the month is written into a namespace of its own")?;
     anyhow::ensure!(!namespace.is_empty(), "TALLY_NAMESPACE must not be empty");
     let partitions = env_u64("TALLY_KAFKA_PARTITIONS", 8) as i32;
     let events = env_u64("TALLY_MONTH_EVENTS", 10_000_000);
@@ -108,7 +122,7 @@ pub fn run() -> anyhow::Result<()> {
         w.subscription(org, Tier::Growth, start - chrono::Duration::days(10))?;
     }
     let span_ms = (end - start).num_milliseconds();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(2026_10);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(202610); // the month, 2026-10
     let mut next_tick = start;
     let mut changed = false;
     let operations = Operation::ALL;
@@ -125,10 +139,12 @@ pub fn run() -> anyhow::Result<()> {
             changed = true;
         }
         // A re-delivery repeats an event sent shortly before (same id, same content).
-        let n = if i > 1_000 && rng.random_ratio(1, 10) { i - rng.random_range(1..1_000) } else { i };
+        let n =
+            if i > 1_000 && rng.random_ratio(1, 10) { i - rng.random_range(1..1_000) } else { i };
         let mut ev = rand::rngs::StdRng::seed_from_u64(n);
         let org = &orgs[ev.random_range(0..orgs.len())];
-        let ended_at = start + chrono::Duration::milliseconds(span_ms * n as i64 / events as i64) - chrono::Duration::milliseconds(ev.random_range(0..30_000));
+        let ended_at = start + chrono::Duration::milliseconds(span_ms * n as i64 / events as i64)
+            - chrono::Duration::milliseconds(ev.random_range(0..30_000));
         let record = TraceEventRecordV1::TraceCompleted(TraceCompletedRecordV1 {
             event_id: format!("evt-{n:010}"),
             org_id: org.clone(),
@@ -142,9 +158,18 @@ pub fn run() -> anyhow::Result<()> {
             payload_bytes: ev.random_range(200..200_000),
             attributes: None,
         });
-        w.send("tally.trace-events.v1", Some(org), None, &serde_json::to_vec(&record)?, arrival.max(ended_at))?;
+        w.send(
+            "tally.trace-events.v1",
+            Some(org),
+            None,
+            &serde_json::to_vec(&record)?,
+            arrival.max(ended_at),
+        )?;
         if i % 1_000_000 == 0 && i > 0 {
-            eprintln!("month-log: {i} records, {:.0}/s", i as f64 / started.elapsed().as_secs_f64());
+            eprintln!(
+                "month-log: {i} records, {:.0}/s",
+                i as f64 / started.elapsed().as_secs_f64()
+            );
         }
     }
     while next_tick <= end + chrono::Duration::hours(49) {

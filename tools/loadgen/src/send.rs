@@ -51,13 +51,18 @@ impl Sender {
             match result {
                 Ok(response) if response.status().is_success() => {
                     let value: Value = response.json().await.context("ingest answer")?;
-                    self.accepted.fetch_add(value["accepted"].as_u64().unwrap_or(0), Ordering::Relaxed);
-                    self.rejected.fetch_add(value["rejected"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                    self.accepted
+                        .fetch_add(value["accepted"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                    self.rejected
+                        .fetch_add(value["rejected"].as_u64().unwrap_or(0), Ordering::Relaxed);
                     return Ok(value);
                 }
                 Ok(response) if response.status().is_client_error() => {
                     let status = response.status();
-                    bail!("ingest refused a batch with {status}: {}", response.text().await.unwrap_or_default());
+                    bail!(
+                        "ingest refused a batch with {status}: {}",
+                        response.text().await.unwrap_or_default()
+                    );
                 }
                 Ok(_) | Err(_) => {
                     // 5xx, a timeout or a dropped connection: the same events again, later.
@@ -72,15 +77,27 @@ impl Sender {
     }
 
     /// Sends events in batches of `batch`, `concurrency` requests at a time.
-    pub async fn send_all(&self, events: &[Value], batch: usize, concurrency: usize) -> anyhow::Result<()> {
+    pub async fn send_all(
+        &self,
+        events: &[Value],
+        batch: usize,
+        concurrency: usize,
+    ) -> anyhow::Result<()> {
         let bodies: Vec<Vec<u8>> =
             events.chunks(batch).map(|chunk| serde_json::to_vec(chunk).expect("json")).collect();
-        let results: Vec<anyhow::Result<Value>> =
-            stream::iter(bodies).map(|body| self.send_body(body)).buffer_unordered(concurrency).collect().await;
+        let results: Vec<anyhow::Result<Value>> = stream::iter(bodies)
+            .map(|body| self.send_body(body))
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
         for result in results {
             let value = result?;
             if value["rejected"].as_u64().unwrap_or(0) > 0 {
-                let first = value["results"].as_array().into_iter().flatten().find(|r| r["status"] == "rejected");
+                let first = value["results"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|r| r["status"] == "rejected");
                 bail!("ingest rejected events: {}", first.cloned().unwrap_or_default());
             }
         }

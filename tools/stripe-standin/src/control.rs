@@ -36,12 +36,13 @@ fn refused(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 /// A JSON body that may be empty (then `T::default()`).
-fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Response> {
+fn optional_json<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+) -> Result<T, serde_json::Error> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
     serde_json::from_slice(body)
-        .map_err(|e| refused(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
 }
 
 /// `GET /_standin/requests`: every request answered, oldest first.
@@ -56,7 +57,8 @@ pub(crate) async fn get_faults(State(app): State<StandIn>) -> Json<Faults> {
 /// `POST /_standin/faults` `{"rate_429", "rate_500", "rate_slow", "slow_ms"}`.
 pub(crate) async fn set_faults(State(app): State<StandIn>, Json(faults): Json<Faults>) -> Response {
     if !faults.shares_are_valid() {
-        let body = json!({"error": {"message": "shares must be within 0..1 and add up to at most 1"}});
+        let body =
+            json!({"error": {"message": "shares must be within 0..1 and add up to at most 1"}});
         return (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response();
     }
     app.lock().faults = faults.clone();
@@ -77,10 +79,11 @@ pub(crate) async fn complete_checkout(
 ) -> Response {
     let completion: CheckoutCompletionRequest = match optional_json(&body) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return refused(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")),
     };
     let mut shared = app.lock_mut();
-    let reply = shared.store.complete_checkout_session(&id, completion.email.as_deref(), unix_now());
+    let reply =
+        shared.store.complete_checkout_session(&id, completion.email.as_deref(), unix_now());
     app.dispatch(&mut shared);
     reply_response(reply)
 }

@@ -30,7 +30,12 @@ fn segments(key: &str) -> Result<Vec<&str>, BadKey> {
     Ok(out)
 }
 
-fn insert(node: &mut Map<String, Value>, path: &[&str], value: String, key: &str) -> Result<(), BadKey> {
+fn insert(
+    node: &mut Map<String, Value>,
+    path: &[&str],
+    value: String,
+    key: &str,
+) -> Result<(), BadKey> {
     let (first, rest) = path.split_first().expect("a path has a head");
     let name = if first.is_empty() { node.len().to_string() } else { (*first).to_string() };
     if rest.is_empty() {
@@ -48,10 +53,13 @@ fn insert(node: &mut Map<String, Value>, path: &[&str], value: String, key: &str
 fn arrays(value: Value) -> Value {
     match value {
         Value::Object(map) => {
-            let indexed = !map.is_empty() && map.keys().all(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()));
+            let indexed = !map.is_empty()
+                && map.keys().all(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()));
             if indexed {
-                let mut items: Vec<(usize, Value)> =
-                    map.into_iter().map(|(k, v)| (k.parse().unwrap_or(usize::MAX), arrays(v))).collect();
+                let mut items: Vec<(usize, Value)> = map
+                    .into_iter()
+                    .map(|(k, v)| (k.parse().unwrap_or(usize::MAX), arrays(v)))
+                    .collect();
                 items.sort_by_key(|(i, _)| *i);
                 Value::Array(items.into_iter().map(|(_, v)| v).collect())
             } else {

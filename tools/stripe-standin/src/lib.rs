@@ -106,10 +106,8 @@ impl Config {
 /// Serves a fresh stand-in in this process on a free loopback port, accepting only `api_key`;
 /// returns its base URL. For tests.
 pub async fn spawn_local(api_key: &str) -> anyhow::Result<String> {
-    let config = Config {
-        api_key: Some(api_key.to_string()),
-        ..Config::new(([127, 0, 0, 1], 0).into())
-    };
+    let config =
+        Config { api_key: Some(api_key.to_string()), ..Config::new(([127, 0, 0, 1], 0).into()) };
     spawn_local_with(config).await
 }
 

@@ -25,7 +25,9 @@ async fn main() -> std::process::ExitCode {
     let webhook = match (env("STRIPE_STANDIN_WEBHOOK_URL"), env("STRIPE_STANDIN_WEBHOOK_SECRET")) {
         (None, _) => None,
         (Some(_), None) => {
-            eprintln!("stripe-standin: STRIPE_STANDIN_WEBHOOK_URL needs STRIPE_STANDIN_WEBHOOK_SECRET");
+            eprintln!(
+                "stripe-standin: STRIPE_STANDIN_WEBHOOK_URL needs STRIPE_STANDIN_WEBHOOK_SECRET"
+            );
             return std::process::ExitCode::from(2);
         }
         (Some(url), Some(secret)) => match Endpoint::new(&url, &secret) {

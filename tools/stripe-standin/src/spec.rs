@@ -11,7 +11,8 @@ const FIXTURES: &str = include_str!("../stripe/fixtures-subset.json");
 
 /// The top-level parameters of each (method, path template), e.g. ("post", "/v1/billing/meters").
 static PARAMS: LazyLock<HashMap<(String, String), BTreeSet<String>>> = LazyLock::new(|| {
-    let spec: Value = serde_json::from_str(OPENAPI).expect("the shipped OpenAPI description is JSON");
+    let spec: Value =
+        serde_json::from_str(OPENAPI).expect("the shipped OpenAPI description is JSON");
     let mut out = HashMap::new();
     for (path, ops) in spec["paths"].as_object().expect("paths") {
         for (method, op) in ops.as_object().expect("operations") {
@@ -22,8 +23,9 @@ static PARAMS: LazyLock<HashMap<(String, String), BTreeSet<String>>> = LazyLock:
                 .filter(|p| p["in"] == "query")
                 .filter_map(|p| p["name"].as_str().map(String::from))
                 .collect();
-            if let Some(props) =
-                op["requestBody"]["content"]["application/x-www-form-urlencoded"]["schema"]["properties"].as_object()
+            if let Some(props) = op["requestBody"]["content"]["application/x-www-form-urlencoded"]
+                ["schema"]["properties"]
+                .as_object()
             {
                 names.extend(props.keys().cloned());
             }
@@ -33,8 +35,10 @@ static PARAMS: LazyLock<HashMap<(String, String), BTreeSet<String>>> = LazyLock:
     out
 });
 
-static SAMPLES: LazyLock<Value> =
-    LazyLock::new(|| serde_json::from_str::<Value>(FIXTURES).expect("the shipped fixtures are JSON")["resources"].clone());
+static SAMPLES: LazyLock<Value> = LazyLock::new(|| {
+    serde_json::from_str::<Value>(FIXTURES).expect("the shipped fixtures are JSON")["resources"]
+        .clone()
+});
 
 /// The parameters Stripe accepts at `method path_template`, or `None` for an endpoint the
 /// description does not have.
@@ -57,7 +61,9 @@ mod tests {
         for name in ["event_name", "payload", "identifier", "timestamp"] {
             assert!(p.contains(name), "{name}");
         }
-        assert!(params("get", "/v1/billing/meters/{id}/event_summaries").unwrap().contains("customer"));
+        assert!(params("get", "/v1/billing/meters/{id}/event_summaries")
+            .unwrap()
+            .contains("customer"));
         assert!(params("post", "/v1/prices").unwrap().contains("tiers"));
         assert!(params("post", "/v1/billing/meter_events/nothing").is_none());
         assert_eq!(sample("billing.meter")["object"], "billing.meter");

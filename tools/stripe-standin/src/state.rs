@@ -81,7 +81,10 @@ pub fn load(path: &Path) -> anyhow::Result<Option<SavedState>> {
     };
     let saved: SavedState = serde_json::from_slice(&bytes).map_err(|e| fail(&e))?;
     if saved.format != FORMAT {
-        return Err(fail(&format!("format {} is not the one this stand-in reads ({FORMAT})", saved.format)));
+        return Err(fail(&format!(
+            "format {} is not the one this stand-in reads ({FORMAT})",
+            saved.format
+        )));
     }
     if let Some(w) = &saved.webhook {
         w.endpoint().map_err(|e| fail(&e))?;
@@ -94,8 +97,14 @@ pub fn check_writable(path: &Path) -> anyhow::Result<()> {
     let dir = parent(path);
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(anyhow::anyhow!("state file {}: {} is not a directory", path.display(), dir.display())),
-        Err(e) => Err(anyhow::anyhow!("state file {}: directory {}: {e}", path.display(), dir.display())),
+        Ok(_) => Err(anyhow::anyhow!(
+            "state file {}: {} is not a directory",
+            path.display(),
+            dir.display()
+        )),
+        Err(e) => {
+            Err(anyhow::anyhow!("state file {}: directory {}: {e}", path.display(), dir.display()))
+        }
     }
 }
 
@@ -110,12 +119,18 @@ fn parent(path: &Path) -> &Path {
 /// directory.
 pub fn save(path: &Path, saved: &SavedState) -> anyhow::Result<()> {
     let bytes = serde_json::to_vec(saved)?;
-    write_atomically(path, &bytes).map_err(|e| anyhow::anyhow!("state file {}: {e}", path.display()))
+    write_atomically(path, &bytes)
+        .map_err(|e| anyhow::anyhow!("state file {}: {e}", path.display()))
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = tmp_path(path);
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
     // `mode` applies only when the file is created: a leftover .tmp keeps its own otherwise.
     file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     file.write_all(bytes)?;
@@ -130,13 +145,24 @@ mod tests {
     use super::*;
 
     fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("standin-state-{name}-{}-{}", std::process::id(), crate::store::new_id("")));
+        let dir = std::env::temp_dir().join(format!(
+            "standin-state-{name}-{}-{}",
+            std::process::id(),
+            crate::store::new_id("")
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }
 
     fn empty() -> SavedState {
-        SavedState { format: FORMAT, saved_at: 0, store: Store::default(), idempotency: HashMap::new(), deliveries: Vec::new(), webhook: None }
+        SavedState {
+            format: FORMAT,
+            saved_at: 0,
+            store: Store::default(),
+            idempotency: HashMap::new(),
+            deliveries: Vec::new(),
+            webhook: None,
+        }
     }
 
     #[test]
@@ -148,7 +174,8 @@ mod tests {
         std::fs::write(tmp_path(&path), "junk").unwrap();
         std::fs::set_permissions(tmp_path(&path), std::fs::Permissions::from_mode(0o644)).unwrap();
         let mut saved = empty();
-        saved.webhook = Some(SavedEndpoint { url: "http://127.0.0.1:1/hook".into(), secret: "whsec_x".into() });
+        saved.webhook =
+            Some(SavedEndpoint { url: "http://127.0.0.1:1/hook".into(), secret: "whsec_x".into() });
         save(&path, &saved).unwrap();
         assert!(!tmp_path(&path).exists());
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
@@ -163,7 +190,11 @@ mod tests {
     fn unreadable_or_foreign_files_are_errors_naming_the_file() {
         let dir = temp_dir("bad");
         let path = dir.join("state.json");
-        for content in ["{not json", "{}", &serde_json::to_string(&SavedState { format: 99, ..empty() }).unwrap()] {
+        for content in [
+            "{not json",
+            "{}",
+            &serde_json::to_string(&SavedState { format: 99, ..empty() }).unwrap(),
+        ] {
             std::fs::write(&path, content).unwrap();
             let e = load(&path).err().unwrap().to_string();
             assert!(e.starts_with(&format!("state file {}: ", path.display())), "{e}");

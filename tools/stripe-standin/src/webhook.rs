@@ -39,7 +39,9 @@ impl Endpoint {
     /// non-empty secret.
     pub fn new(url: &str, secret: &str) -> Result<Endpoint, String> {
         if !url.starts_with("http://") {
-            return Err(format!("webhook url {url:?} must start with http:// (the stand-in delivers without TLS)"));
+            return Err(format!(
+                "webhook url {url:?} must start with http:// (the stand-in delivers without TLS)"
+            ));
         }
         if secret.is_empty() {
             return Err("the webhook secret must not be empty".into());
@@ -51,7 +53,8 @@ impl Endpoint {
 /// The `v1` signature: hex HMAC-SHA256 keyed with the whole secret (`whsec_...`) over
 /// `"<timestamp>.<body>"`.
 pub fn signature(secret: &str, timestamp: i64, body: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes a key of any length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes a key of any length");
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body.as_bytes());
@@ -90,13 +93,21 @@ pub struct Job {
 
 /// What the sender reports back after each attempt.
 pub trait Record: Send + 'static {
-    fn attempted(&self, delivery: usize, attempt: u32, status: Option<u16>, error: Option<String>, delivered: bool);
+    fn attempted(
+        &self,
+        delivery: usize,
+        attempt: u32,
+        status: Option<u16>,
+        error: Option<String>,
+        delivered: bool,
+    );
     fn delivered(&self, event_id: &str);
 }
 
 /// Delivers jobs one after another, in the order queued, until the queue closes.
 pub async fn sender(mut jobs: mpsc::UnboundedReceiver<Job>, record: impl Record) {
-    let client = reqwest::Client::builder().timeout(ATTEMPT_TIMEOUT).build().expect("an http client");
+    let client =
+        reqwest::Client::builder().timeout(ATTEMPT_TIMEOUT).build().expect("an http client");
     while let Some(job) = jobs.recv().await {
         for attempt in 1..=ATTEMPTS {
             let t = chrono::Utc::now().timestamp();
@@ -160,9 +171,16 @@ mod tests {
         mac.update(b"1700000000.{\"id\":\"evt_1\"}");
         let expected = hex::encode(mac.finalize().into_bytes());
         assert_eq!(signature("whsec_test", 1_700_000_000, "{\"id\":\"evt_1\"}"), expected);
-        assert_eq!(signature_header("whsec_test", 1_700_000_000, "{\"id\":\"evt_1\"}"), format!("t=1700000000,v1={expected}"));
-        assert_ne!(signature("whsec_test", 1_700_000_001, "{}"), signature("whsec_test", 1_700_000_000, "{}"));
-        assert!(!format!("{:?}", Endpoint::new("http://x", "whsec_secret").unwrap()).contains("whsec_secret"));
+        assert_eq!(
+            signature_header("whsec_test", 1_700_000_000, "{\"id\":\"evt_1\"}"),
+            format!("t=1700000000,v1={expected}")
+        );
+        assert_ne!(
+            signature("whsec_test", 1_700_000_001, "{}"),
+            signature("whsec_test", 1_700_000_000, "{}")
+        );
+        assert!(!format!("{:?}", Endpoint::new("http://x", "whsec_secret").unwrap())
+            .contains("whsec_secret"));
         assert!(Endpoint::new("https://x", "whsec_1").is_err());
         assert!(Endpoint::new("http://x", "").is_err());
         assert_eq!(backoff(1), Duration::from_millis(500));

@@ -45,7 +45,9 @@ fn set_up() -> (Store, Vec<SetUp>) {
     }
     let mut out = Vec::new();
     for plan in plans(&pricing) {
-        store.create_product(&json!({"id": plan.product_id, "name": plan.product_name}), NOW).unwrap();
+        store
+            .create_product(&json!({"id": plan.product_id, "name": plan.product_name}), NOW)
+            .unwrap();
         let mut base = 0;
         let mut metered = std::collections::HashMap::new();
         let mut price_ids = Vec::new();
@@ -54,9 +56,14 @@ fn set_up() -> (Store, Vec<SetUp>) {
                 PriceKind::Metered { metric, .. } => Some(meters[metric].as_str()),
                 PriceKind::Licensed { .. } => None,
             };
-            let params = form::parse(&encode(&price.create_params(&plan.product_id, meter))).unwrap();
-            let created = store.create_price(&params, NOW).unwrap_or_else(|e| panic!("{}: {e:?}", price.lookup_key));
-            let full = store.price(created["id"].as_str().unwrap(), &json!({"expand": ["tiers"]})).unwrap();
+            let params =
+                form::parse(&encode(&price.create_params(&plan.product_id, meter))).unwrap();
+            let created = store
+                .create_price(&params, NOW)
+                .unwrap_or_else(|e| panic!("{}: {e:?}", price.lookup_key));
+            let full = store
+                .price(created["id"].as_str().unwrap(), &json!({"expand": ["tiers"]}))
+                .unwrap();
             price_ids.push(created["id"].as_str().unwrap().to_string());
             match &price.kind {
                 PriceKind::Licensed { .. } => base = full["unit_amount"].as_i64().unwrap(),
@@ -81,7 +88,8 @@ fn the_stand_in_prices_usage_exactly_as_tally_does() {
     let (_store, plans) = set_up();
     let pricing = Pricing::builtin();
     for plan in &plans {
-        let (tier, base, traces_tiers, payload_tiers) = (&plan.tier, &plan.base, &plan.traces_tiers, &plan.payload_tiers);
+        let (tier, base, traces_tiers, payload_tiers) =
+            (&plan.tier, &plan.base, &plan.traces_tiers, &plan.payload_tiers);
         for &(traces, payload_bytes) in &usages(2_000) {
             let (lines, total) = pricing.price(*tier, BilledUsageV1 { traces, payload_bytes });
             let t = graduated(&price_tiers(traces_tiers), traces).unwrap();
@@ -154,7 +162,9 @@ fn a_subscriptions_invoice_totals_what_tally_bills() {
             let cs = store
                 .create_checkout_session(&json!({"mode": "subscription", "line_items": items, "subscription_data": {"metadata": metadata}}), NOW - 30 * 86_400, base)
                 .unwrap();
-            let done = store.complete_checkout_session(cs["id"].as_str().unwrap(), None, NOW - 30 * 86_400).unwrap();
+            let done = store
+                .complete_checkout_session(cs["id"].as_str().unwrap(), None, NOW - 30 * 86_400)
+                .unwrap();
             let customer = done["customer"]["id"].as_str().unwrap().to_string();
             let mut send = |metric: Metric, value: u64, ts: i64| {
                 let payload = json!({"stripe_customer_id": customer, "value": value.to_string()});
@@ -173,7 +183,12 @@ fn a_subscriptions_invoice_totals_what_tally_bills() {
             let what = format!("{} {traces} traces {payload_bytes} bytes", plan.tier);
             assert_eq!(invoice["total"].as_i64(), Some(total), "{what}");
             assert_eq!(invoice["amount_due"].as_i64(), Some(total), "{what}");
-            let lines_sum: i64 = invoice["lines"]["data"].as_array().unwrap().iter().map(|l| l["amount"].as_i64().unwrap()).sum();
+            let lines_sum: i64 = invoice["lines"]["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["amount"].as_i64().unwrap())
+                .sum();
             assert_eq!(lines_sum, total, "{what}");
             assert_eq!(invoice["parent"]["subscription_details"]["metadata"], metadata);
             assert_eq!(invoice["parent"]["subscription_details"]["subscription"], subscription);

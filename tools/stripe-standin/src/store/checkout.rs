@@ -212,9 +212,9 @@ impl Store {
                 None => None,
                 Some(a) => {
                     let param = "subscription_data[billing_cycle_anchor]";
-                    let a: i64 = a
-                        .parse()
-                        .map_err(|_| StripeError::invalid(param, format!("Invalid integer: {a}")))?;
+                    let a: i64 = a.parse().map_err(|_| {
+                        StripeError::invalid(param, format!("Invalid integer: {a}"))
+                    })?;
                     if a <= now {
                         return Err(StripeError::invalid(
                             param,
@@ -289,10 +289,7 @@ impl Store {
         if session.status != "open" {
             return Err(StripeError::invalid(
                 "session",
-                format!(
-                    "This Checkout Session is no longer open (status `{}`).",
-                    session.status
-                ),
+                format!("This Checkout Session is no longer open (status `{}`).", session.status),
             ));
         }
         if now >= session.expires_at {
@@ -358,16 +355,47 @@ mod tests {
     fn checkout_sessions_check_their_prices_and_complete_into_a_subscription() {
         let mut s = Store::default();
         let (base, traces, once) = plan(&mut s);
-        let create = |s: &mut Store, items: Value| s.create_checkout_session(&json!({"mode": "subscription", "line_items": items}), NOW, BASE);
+        let create = |s: &mut Store, items: Value| {
+            s.create_checkout_session(
+                &json!({"mode": "subscription", "line_items": items}),
+                NOW,
+                BASE,
+            )
+        };
         let e = create(&mut s, json!([{"price": "price_missing"}])).unwrap_err();
-        assert_eq!((e.status, e.code, e.param.as_deref()), (400, Some("resource_missing"), Some("line_items[0][price]")));
+        assert_eq!(
+            (e.status, e.code, e.param.as_deref()),
+            (400, Some("resource_missing"), Some("line_items[0][price]"))
+        );
         assert_eq!(e.message, "No such price: 'price_missing'");
-        let e = create(&mut s, json!([{"price": base}, {"price": traces, "quantity": "1"}])).unwrap_err();
+        let e = create(&mut s, json!([{"price": base}, {"price": traces, "quantity": "1"}]))
+            .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("line_items[1][quantity]"));
-        assert_eq!(create(&mut s, json!([{"price": once}])).unwrap_err().param.as_deref(), Some("line_items[0][price]"));
-        assert_eq!(create(&mut s, json!([{"price": base}, {"price": base}])).unwrap_err().param.as_deref(), Some("line_items[1][price]"));
-        assert_eq!(s.create_checkout_session(&json!({"line_items": [{"price": base}]}), NOW, BASE).unwrap_err().code, Some("parameter_missing"));
-        assert_eq!(s.create_checkout_session(&json!({"mode": "payment", "line_items": [{"price": base}]}), NOW, BASE).unwrap_err().param.as_deref(), Some("mode"));
+        assert_eq!(
+            create(&mut s, json!([{"price": once}])).unwrap_err().param.as_deref(),
+            Some("line_items[0][price]")
+        );
+        assert_eq!(
+            create(&mut s, json!([{"price": base}, {"price": base}])).unwrap_err().param.as_deref(),
+            Some("line_items[1][price]")
+        );
+        assert_eq!(
+            s.create_checkout_session(&json!({"line_items": [{"price": base}]}), NOW, BASE)
+                .unwrap_err()
+                .code,
+            Some("parameter_missing")
+        );
+        assert_eq!(
+            s.create_checkout_session(
+                &json!({"mode": "payment", "line_items": [{"price": base}]}),
+                NOW,
+                BASE
+            )
+            .unwrap_err()
+            .param
+            .as_deref(),
+            Some("mode")
+        );
         let anchor_in_past = json!({"mode": "subscription", "line_items": [{"price": base}], "subscription_data": {"billing_cycle_anchor": NOW.to_string()}});
         assert!(s.create_checkout_session(&anchor_in_past, NOW, BASE).is_err());
 
@@ -375,24 +403,39 @@ mod tests {
         let id = cs["id"].as_str().unwrap().to_string();
         assert!(id.starts_with("cs_test_"));
         assert_eq!(cs["url"], format!("{BASE}/_standin/checkout/{id}"));
-        assert_eq!((cs["status"].as_str(), cs["payment_status"].as_str(), cs["mode"].as_str()), (Some("open"), Some("unpaid"), Some("subscription")));
-        assert_eq!((cs["client_reference_id"].as_str(), cs["metadata"]["org_id"].as_str()), (Some("org_acme"), Some("acme")));
+        assert_eq!(
+            (cs["status"].as_str(), cs["payment_status"].as_str(), cs["mode"].as_str()),
+            (Some("open"), Some("unpaid"), Some("subscription"))
+        );
+        assert_eq!(
+            (cs["client_reference_id"].as_str(), cs["metadata"]["org_id"].as_str()),
+            (Some("org_acme"), Some("acme"))
+        );
         assert!(cs["customer"].is_null() && cs["subscription"].is_null());
-        assert_eq!((cs["amount_total"].as_i64(), cs["currency"].as_str()), (Some(2500), Some("usd")));
+        assert_eq!(
+            (cs["amount_total"].as_i64(), cs["currency"].as_str()),
+            (Some(2500), Some("usd"))
+        );
         assert_eq!(s.checkout_session(&id).unwrap(), cs);
         assert!(types(&s).is_empty(), "creating a session announces nothing");
 
         let done = s.complete_checkout_session(&id, Some("ops@acme.test"), NOW + 60).unwrap();
         let (cs, customer, sub) = (&done["session"], &done["customer"], &done["subscription"]);
         assert_eq!(customer["email"], "ops@acme.test");
-        assert_eq!((cs["status"].as_str(), cs["payment_status"].as_str()), (Some("complete"), Some("paid")));
+        assert_eq!(
+            (cs["status"].as_str(), cs["payment_status"].as_str()),
+            (Some("complete"), Some("paid"))
+        );
         assert_eq!((&cs["customer"], &cs["subscription"]), (&customer["id"], &sub["id"]));
         assert_eq!(cs["customer_details"]["email"], "ops@acme.test");
         assert_eq!((sub["status"].as_str(), &sub["customer"]), (Some("active"), &customer["id"]));
         assert_eq!(sub["metadata"], json!({"org_id": "acme", "tier": "starter"}));
         let items = sub["items"]["data"].as_array().unwrap();
         assert_eq!(items.len(), 2);
-        assert_eq!((items[0]["price"]["id"].as_str(), items[0]["quantity"].as_u64()), (Some(base.as_str()), Some(1)));
+        assert_eq!(
+            (items[0]["price"]["id"].as_str(), items[0]["quantity"].as_u64()),
+            (Some(base.as_str()), Some(1))
+        );
         assert_eq!(items[1]["price"]["id"], traces.as_str());
         assert!(items[1].get("quantity").is_none(), "a metered item has no quantity");
         assert!(items[1]["price"].get("tiers").is_none());
@@ -400,9 +443,15 @@ mod tests {
         assert_eq!(items[0]["current_period_start"], NOW + 60);
         assert_eq!(items[0]["current_period_end"], add_months(NOW + 60, 1));
         assert_eq!(s.subscription(sub["id"].as_str().unwrap()).unwrap(), *sub);
-        assert_eq!(types(&s), ["customer.created", "customer.subscription.created", "checkout.session.completed"]);
+        assert_eq!(
+            types(&s),
+            ["customer.created", "customer.subscription.created", "checkout.session.completed"]
+        );
         assert_eq!(s.events[2].data.object, *cs);
-        assert_eq!((s.events[2].api_version.as_deref(), s.events[2].livemode), (Some(API_VERSION), false));
+        assert_eq!(
+            (s.events[2].api_version.as_deref(), s.events[2].livemode),
+            (Some(API_VERSION), false)
+        );
         assert!(s.events[2].request.id.is_none());
         assert_eq!(s.take_new_events().len(), 3);
         assert!(s.take_new_events().is_empty());
@@ -410,8 +459,12 @@ mod tests {
         assert!(s.complete_checkout_session(&id, None, NOW + 61).is_err());
         // Events list newest first, filtered by type.
         let all = s.list_events(&json!({})).unwrap();
-        let listed: Vec<&str> = all["data"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
-        assert_eq!(listed, ["checkout.session.completed", "customer.subscription.created", "customer.created"]);
+        let listed: Vec<&str> =
+            all["data"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            listed,
+            ["checkout.session.completed", "customer.subscription.created", "customer.created"]
+        );
         let subs = s.list_events(&json!({"type": "customer.subscription.*"})).unwrap();
         assert_eq!(subs["data"].as_array().unwrap().len(), 1);
         let eid = s.events[0].id.clone();
@@ -431,9 +484,23 @@ mod tests {
         assert_eq!(cs["amount_total"], 7500);
         let done = s.complete_checkout_session(cs["id"].as_str().unwrap(), None, NOW).unwrap();
         let item = &done["subscription"]["items"]["data"][0];
-        assert_eq!((item["quantity"].as_u64(), item["current_period_start"].as_i64(), item["current_period_end"].as_i64()), (Some(3), Some(NOW), Some(anchor)));
+        assert_eq!(
+            (
+                item["quantity"].as_u64(),
+                item["current_period_start"].as_i64(),
+                item["current_period_end"].as_i64()
+            ),
+            (Some(3), Some(NOW), Some(anchor))
+        );
         assert_eq!(done["subscription"]["billing_cycle_anchor"], anchor);
         assert_eq!(types(&s)[3..], ["customer.subscription.created", "checkout.session.completed"]);
-        assert_eq!(s.list_checkout_sessions(&json!({"customer": customer["id"], "status": "complete"})).unwrap()["data"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            s.list_checkout_sessions(&json!({"customer": customer["id"], "status": "complete"}))
+                .unwrap()["data"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
     }
 }

@@ -505,7 +505,9 @@ mod tests {
         let mut s = Store::default();
         let (base, traces, _) = plan(&mut s);
         let cs = session(&mut s, &base, &traces);
-        let done = s.complete_checkout_session(cs["id"].as_str().unwrap(), Some("a@acme.test"), NOW).unwrap();
+        let done = s
+            .complete_checkout_session(cs["id"].as_str().unwrap(), Some("a@acme.test"), NOW)
+            .unwrap();
         let customer = done["customer"]["id"].as_str().unwrap().to_string();
         let sub_id = done["subscription"]["id"].as_str().unwrap().to_string();
         let (start, end) = (NOW - 3600, NOW + 60);
@@ -520,20 +522,46 @@ mod tests {
 
         let inv = s.create_subscription_invoice(&sub_id, start, end, NOW + 120).unwrap();
         // 2,003 traces: 100 free, 900 × 0.5 = 450, 1,003 × 0.25 = 250.75 → 251; plus 2,500 base.
-        let lines: Vec<(u64, &str, i64)> = inv["lines"]["data"].as_array().unwrap().iter().map(|l| (l["quantity"].as_u64().unwrap(), l["pricing"]["unit_amount_decimal"].as_str().unwrap(), l["amount"].as_i64().unwrap())).collect();
-        assert_eq!(lines, [(1, "2500", 2500), (100, "0", 0), (900, "0.5", 450), (1003, "0.25", 251)]);
+        let lines: Vec<(u64, &str, i64)> = inv["lines"]["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                (
+                    l["quantity"].as_u64().unwrap(),
+                    l["pricing"]["unit_amount_decimal"].as_str().unwrap(),
+                    l["amount"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            lines,
+            [(1, "2500", 2500), (100, "0", 0), (900, "0.5", 450), (1003, "0.25", 251)]
+        );
         for field in ["subtotal", "total", "amount_due", "amount_remaining"] {
             assert_eq!(inv[field], 3201, "{field}");
         }
-        assert_eq!((inv["status"].as_str(), inv["customer"].as_str(), inv["amount_paid"].as_i64()), (Some("open"), Some(customer.as_str()), Some(0)));
-        assert_eq!((inv["period_start"].as_i64(), inv["period_end"].as_i64()), (Some(start), Some(end)));
+        assert_eq!(
+            (inv["status"].as_str(), inv["customer"].as_str(), inv["amount_paid"].as_i64()),
+            (Some("open"), Some(customer.as_str()), Some(0))
+        );
+        assert_eq!(
+            (inv["period_start"].as_i64(), inv["period_end"].as_i64()),
+            (Some(start), Some(end))
+        );
         assert_eq!(inv["parent"]["type"], "subscription_details");
-        assert_eq!(inv["parent"]["subscription_details"], json!({"subscription": sub_id, "metadata": {"org_id": "acme", "tier": "starter"}}));
+        assert_eq!(
+            inv["parent"]["subscription_details"],
+            json!({"subscription": sub_id, "metadata": {"org_id": "acme", "tier": "starter"}})
+        );
         assert!(inv.get("subscription").is_none());
         assert!(inv["number"].as_str().unwrap().ends_with("-0001"));
         let line = &inv["lines"]["data"][2];
         assert_eq!(line["pricing"]["price_details"]["price"], traces.as_str());
-        assert_eq!(line["parent"]["subscription_item_details"]["subscription_item"], done["subscription"]["items"]["data"][1]["id"]);
+        assert_eq!(
+            line["parent"]["subscription_item_details"]["subscription_item"],
+            done["subscription"]["items"]["data"][1]["id"]
+        );
         assert_eq!(line["description"], "Starter traces (Tier 2 at $0.005 / month)");
         assert_eq!(inv["lines"]["data"][0]["description"], "1 × Starter fee (at $25.00 / month)");
         let created = s.take_new_events();
@@ -548,19 +576,48 @@ mod tests {
         assert_eq!(quiet["lines"]["data"].as_array().unwrap().len(), 2);
         assert!(quiet["number"].as_str().unwrap().ends_with("-0002"));
         assert!(s.create_subscription_invoice(&sub_id, end, end, NOW).is_err());
-        assert_eq!(s.create_subscription_invoice("sub_nope", start, end, NOW).unwrap_err().status, 404);
+        assert_eq!(
+            s.create_subscription_invoice("sub_nope", start, end, NOW).unwrap_err().status,
+            404
+        );
 
         let id = inv["id"].as_str().unwrap();
         let paid = s.pay_invoice(id, NOW + 200).unwrap();
-        assert_eq!((paid["status"].as_str(), paid["amount_paid"].as_i64(), paid["amount_remaining"].as_i64()), (Some("paid"), Some(3201), Some(0)));
+        assert_eq!(
+            (
+                paid["status"].as_str(),
+                paid["amount_paid"].as_i64(),
+                paid["amount_remaining"].as_i64()
+            ),
+            (Some("paid"), Some(3201), Some(0))
+        );
         assert_eq!(paid["status_transitions"]["paid_at"], NOW + 200);
         let kinds: Vec<String> = s.take_new_events().iter().map(|e| e.kind.clone()).collect();
-        assert_eq!(kinds, ["invoice.created", "invoice.finalized", "invoice.paid", "invoice.payment_succeeded"]);
+        assert_eq!(
+            kinds,
+            ["invoice.created", "invoice.finalized", "invoice.paid", "invoice.payment_succeeded"]
+        );
         assert!(s.pay_invoice(id, NOW + 201).is_err());
         assert_eq!(s.invoice(id).unwrap(), paid);
-        assert_eq!(s.list_invoices(&json!({"subscription": sub_id})).unwrap()["data"].as_array().unwrap().len(), 2);
-        assert_eq!(s.list_invoices(&json!({"customer": customer, "status": "paid"})).unwrap()["data"][0]["id"], id);
-        assert_eq!(s.list_invoices(&json!({"customer": "cus_other"})).unwrap()["data"].as_array().unwrap().len(), 0);
+        assert_eq!(
+            s.list_invoices(&json!({"subscription": sub_id})).unwrap()["data"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            s.list_invoices(&json!({"customer": customer, "status": "paid"})).unwrap()["data"][0]
+                ["id"],
+            id
+        );
+        assert_eq!(
+            s.list_invoices(&json!({"customer": "cus_other"})).unwrap()["data"]
+                .as_array()
+                .unwrap()
+                .len(),
+            0
+        );
     }
 
     #[test]

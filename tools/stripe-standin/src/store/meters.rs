@@ -320,8 +320,8 @@ impl Store {
     pub fn meter_event_summaries(&self, meter_id: &str, params: &Value) -> Reply {
         let meter = self.find_meter(meter_id)?;
         let customer = required_param(params, "customer")?;
-        let start =
-            integer_param(params, "start_time")?.ok_or_else(|| StripeError::missing("start_time"))?;
+        let start = integer_param(params, "start_time")?
+            .ok_or_else(|| StripeError::missing("start_time"))?;
         let end =
             integer_param(params, "end_time")?.ok_or_else(|| StripeError::missing("end_time"))?;
         if start % 60 != 0 || end % 60 != 0 {
@@ -384,18 +384,41 @@ mod tests {
         assert!(event(&mut s, "b", "5", NOW - 50).is_ok());
         let dup = event(&mut s, "a", "10", NOW - 100).unwrap_err();
         assert_eq!((dup.status, dup.code), (400, Some("resource_already_exists")));
-        assert_eq!(event(&mut s, "c", "1.5", NOW).unwrap_err().param.as_deref(), Some("payload[value]"));
-        assert_eq!(event(&mut s, "d", "-1", NOW).unwrap_err().param.as_deref(), Some("payload[value]"));
-        assert_eq!(event(&mut s, "e", "1", NOW - MAX_EVENT_AGE_SECS - 1).unwrap_err().param.as_deref(), Some("timestamp"));
-        assert_eq!(event(&mut s, "f", "1", NOW + 301).unwrap_err().param.as_deref(), Some("timestamp"));
+        assert_eq!(
+            event(&mut s, "c", "1.5", NOW).unwrap_err().param.as_deref(),
+            Some("payload[value]")
+        );
+        assert_eq!(
+            event(&mut s, "d", "-1", NOW).unwrap_err().param.as_deref(),
+            Some("payload[value]")
+        );
+        assert_eq!(
+            event(&mut s, "e", "1", NOW - MAX_EVENT_AGE_SECS - 1).unwrap_err().param.as_deref(),
+            Some("timestamp")
+        );
+        assert_eq!(
+            event(&mut s, "f", "1", NOW + 301).unwrap_err().param.as_deref(),
+            Some("timestamp")
+        );
         let start = (NOW - 3600) / 60 * 60;
         let end = (NOW + 120) / 60 * 60;
-        let sum = |s: &Store| s.meter_event_summaries(&id, &json!({"customer": "cus_1", "start_time": start.to_string(), "end_time": end.to_string()})).unwrap()["data"][0]["aggregated_value"].clone();
+        let sum = |s: &Store| {
+            s.meter_event_summaries(&id, &json!({"customer": "cus_1", "start_time": start.to_string(), "end_time": end.to_string()})).unwrap()["data"][0]["aggregated_value"].clone()
+        };
         assert_eq!(sum(&s), 15);
-        s.create_meter_event_adjustment(&json!({"event_name": "tally_traces", "type": "cancel", "cancel": {"identifier": "b"}}), NOW).unwrap();
+        s.create_meter_event_adjustment(
+            &json!({"event_name": "tally_traces", "type": "cancel", "cancel": {"identifier": "b"}}),
+            NOW,
+        )
+        .unwrap();
         assert_eq!(sum(&s), 10);
         // After 24 hours an identifier may be used again, and an event can no longer be cancelled.
-        assert!(s.create_meter_event_adjustment(&json!({"event_name": "tally_traces", "cancel": {"identifier": "a"}}), NOW + IDENTIFIER_WINDOW_SECS).is_err());
+        assert!(s
+            .create_meter_event_adjustment(
+                &json!({"event_name": "tally_traces", "cancel": {"identifier": "a"}}),
+                NOW + IDENTIFIER_WINDOW_SECS
+            )
+            .is_err());
         assert!(s.create_meter_event(&json!({"event_name": "tally_traces", "identifier": "a", "payload": {"stripe_customer_id": "cus_1", "value": "1"}}), NOW + IDENTIFIER_WINDOW_SECS).is_ok());
     }
 
@@ -407,7 +430,12 @@ mod tests {
         event(&mut s, "x", "3", hour - 3600 + 10).unwrap();
         event(&mut s, "y", "4", hour + 10).unwrap();
         let page = s.meter_event_summaries(&id, &json!({"customer": "cus_1", "start_time": (hour - 3600).to_string(), "end_time": (hour + 3600).to_string(), "value_grouping_window": "hour"})).unwrap();
-        let values: Vec<i64> = page["data"].as_array().unwrap().iter().map(|d| d["aggregated_value"].as_i64().unwrap()).collect();
+        let values: Vec<i64> = page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["aggregated_value"].as_i64().unwrap())
+            .collect();
         assert_eq!(values, [3, 4]);
         assert!(s.meter_event_summaries(&id, &json!({"customer": "cus_1", "start_time": (hour + 1).to_string(), "end_time": (hour + 3600).to_string()})).is_err());
     }

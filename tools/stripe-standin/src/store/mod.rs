@@ -207,9 +207,10 @@ fn list_page<T: Listed>(url: &str, mut items: Vec<T>, params: &Value) -> Reply {
 
 /// Whether `expand[]` asks for `field` (or `data.field` in a list).
 fn is_expanded(params: &Value, field: &str) -> bool {
-    params.get("expand").and_then(Value::as_array).is_some_and(|expand| {
-        expand.iter().any(|x| x == field || x == &format!("data.{field}"))
-    })
+    params
+        .get("expand")
+        .and_then(Value::as_array)
+        .is_some_and(|expand| expand.iter().any(|x| x == field || x == &format!("data.{field}")))
 }
 
 /// Everything the stand-in remembers. It serializes whole (the state file), but for what lives

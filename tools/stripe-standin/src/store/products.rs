@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::params::{integer_param, metadata_param, optional_param, required_param};
-use super::{from_sample, is_expanded, list_page, new_id, to_json, Listed, Reply, Store};
 use super::StripeError;
+use super::{from_sample, is_expanded, list_page, new_id, to_json, Listed, Reply, Store};
 use crate::spec::sample;
 
 /// Stripe's Product object.
@@ -329,7 +329,10 @@ mod tests {
     fn tiered_prices_need_an_open_last_tier_and_hide_tiers_unless_expanded() {
         let mut s = Store::default();
         let meter_id = meter(&mut s);
-        let product = s.create_product(&json!({"name": "Starter"}), NOW).unwrap()["id"].as_str().unwrap().to_string();
+        let product = s.create_product(&json!({"name": "Starter"}), NOW).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
         let params = json!({"currency": "usd", "product": product, "billing_scheme": "tiered", "tiers_mode": "graduated",
             "recurring": {"interval": "month", "usage_type": "metered", "meter": meter_id}, "lookup_key": "starter_traces",
             "tiers": [{"up_to": "100000", "unit_amount_decimal": "0"}, {"up_to": "inf", "unit_amount_decimal": "0.2"}]});

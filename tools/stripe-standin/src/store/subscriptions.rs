@@ -125,8 +125,15 @@ impl Plan {
 }
 
 impl SubscriptionItem {
-    fn new(price: &Price, quantity: Option<u64>, subscription: &str, period: (i64, i64), now: i64) -> Self {
-        let fixed = json!({"billing_thresholds": null, "discounts": [], "metadata": {}, "tax_rates": []});
+    fn new(
+        price: &Price,
+        quantity: Option<u64>,
+        subscription: &str,
+        period: (i64, i64),
+        now: i64,
+    ) -> Self {
+        let fixed =
+            json!({"billing_thresholds": null, "discounts": [], "metadata": {}, "tax_rates": []});
         let mut item: SubscriptionItem = from_sample(sample("subscription_item"), fixed);
         item.id = new_id("si_");
         item.created = now;
@@ -240,7 +247,8 @@ impl Store {
             .iter()
             .map(|(price, quantity)| SubscriptionItem::new(price, *quantity, &id, period, now))
             .collect();
-        let mut sub: Subscription = from_sample(sample("subscription"), fixed_subscription_fields());
+        let mut sub: Subscription =
+            from_sample(sample("subscription"), fixed_subscription_fields());
         sub.id = id.clone();
         sub.object = "subscription".into();
         sub.created = now;
@@ -283,7 +291,9 @@ impl Store {
                 Some("all") => true,
                 Some(st) => s.status == st,
             })
-            .filter(|s| price.as_ref().is_none_or(|p| s.items.data.iter().any(|i| i.price.id == *p)))
+            .filter(|s| {
+                price.as_ref().is_none_or(|p| s.items.data.iter().any(|i| i.price.id == *p))
+            })
             .cloned()
             .collect();
         list_page("/v1/subscriptions", subscriptions, params)
@@ -318,7 +328,8 @@ impl Store {
             .map(|i| (i.current_period_start, i.current_period_end))
             .unwrap_or_else(|| current_period(None, now));
         if let Some(items) = params.get("items") {
-            let items = items.as_array().ok_or_else(|| StripeError::invalid("items", "Invalid array"))?;
+            let items =
+                items.as_array().ok_or_else(|| StripeError::invalid("items", "Invalid array"))?;
             for (i, change) in items.iter().enumerate() {
                 self.apply_item_change(&mut data, change, &format!("items[{i}]"), id, period, now)?;
             }
@@ -501,7 +512,8 @@ mod tests {
         assert!(done["customer"]["email"].is_null());
         let sub_id = done["subscription"]["id"].as_str().unwrap().to_string();
         let items = done["subscription"]["items"]["data"].as_array().unwrap().clone();
-        let (base_item, traces_item) = (items[0]["id"].as_str().unwrap(), items[1]["id"].as_str().unwrap());
+        let (base_item, traces_item) =
+            (items[0]["id"].as_str().unwrap(), items[1]["id"].as_str().unwrap());
         s.set_request(Some(("req_1".into(), Some("k1".into()))));
 
         // Swap the base price, drop the metered item, change metadata.
@@ -514,7 +526,10 @@ mod tests {
             .unwrap();
         let data = updated["items"]["data"].as_array().unwrap();
         assert_eq!(data.len(), 1);
-        assert_eq!((data[0]["id"].as_str(), data[0]["price"]["id"].as_str(), data[0]["quantity"].as_u64()), (Some(base_item), Some(growth.as_str()), Some(1)));
+        assert_eq!(
+            (data[0]["id"].as_str(), data[0]["price"]["id"].as_str(), data[0]["quantity"].as_u64()),
+            (Some(base_item), Some(growth.as_str()), Some(1))
+        );
         assert_eq!(data[0]["current_period_start"], items[0]["current_period_start"]);
         assert_eq!(updated["metadata"], json!({"tier": "growth"}));
         let event = s.events.last().unwrap();
@@ -525,16 +540,42 @@ mod tests {
         assert_eq!(previous["metadata"], json!({"tier": "starter", "org_id": "acme"}));
         assert_eq!(to_json(&event.request), json!({"id": "req_1", "idempotency_key": "k1"}));
 
-        // Add the metered price back; a price twice, an unknown item and one-time prices are refused.
-        let added = s.update_subscription(&sub_id, &json!({"items": [{"price": traces}]}), NOW + 6).unwrap();
+        // Add the metered price back; a price twice, an unknown item and one-time prices are
+        // refused.
+        let added = s
+            .update_subscription(&sub_id, &json!({"items": [{"price": traces}]}), NOW + 6)
+            .unwrap();
         assert_eq!(added["items"]["data"].as_array().unwrap().len(), 2);
         assert!(added["items"]["data"][1].get("quantity").is_none());
         let previous = s.events.last().unwrap().data.previous_attributes.clone().unwrap();
         assert_eq!(previous.as_object().unwrap().keys().collect::<Vec<_>>(), ["items"]);
-        assert!(s.update_subscription(&sub_id, &json!({"items": [{"price": traces}]}), NOW).is_err());
-        assert_eq!(s.update_subscription(&sub_id, &json!({"items": [{"id": "si_nope", "deleted": "true"}]}), NOW).unwrap_err().param.as_deref(), Some("items[0][id]"));
-        assert_eq!(s.update_subscription(&sub_id, &json!({"items": [{"price": once}]}), NOW).unwrap_err().param.as_deref(), Some("items[0][price]"));
-        assert_eq!(s.update_subscription(&sub_id, &json!({"items": [{"price": "price_x"}]}), NOW).unwrap_err().code, Some("resource_missing"));
+        assert!(s
+            .update_subscription(&sub_id, &json!({"items": [{"price": traces}]}), NOW)
+            .is_err());
+        assert_eq!(
+            s.update_subscription(
+                &sub_id,
+                &json!({"items": [{"id": "si_nope", "deleted": "true"}]}),
+                NOW
+            )
+            .unwrap_err()
+            .param
+            .as_deref(),
+            Some("items[0][id]")
+        );
+        assert_eq!(
+            s.update_subscription(&sub_id, &json!({"items": [{"price": once}]}), NOW)
+                .unwrap_err()
+                .param
+                .as_deref(),
+            Some("items[0][price]")
+        );
+        assert_eq!(
+            s.update_subscription(&sub_id, &json!({"items": [{"price": "price_x"}]}), NOW)
+                .unwrap_err()
+                .code,
+            Some("resource_missing")
+        );
         assert!(s.update_subscription(&sub_id, &json!({"items": [{"id": base_item, "deleted": "true"}, {"id": added["items"]["data"][1]["id"], "deleted": "true"}]}), NOW).is_err());
         assert_eq!(s.update_subscription("sub_nope", &json!({}), NOW).unwrap_err().status, 404);
         let events = s.events.len();
@@ -542,17 +583,54 @@ mod tests {
         assert_eq!(s.events.len(), events, "no change, no event");
 
         let customer = done["customer"]["id"].as_str().unwrap();
-        assert_eq!(s.list_subscriptions(&json!({"customer": customer})).unwrap()["data"].as_array().unwrap().len(), 1);
-        assert_eq!(s.list_subscriptions(&json!({"customer": "cus_other"})).unwrap()["data"].as_array().unwrap().len(), 0);
+        assert_eq!(
+            s.list_subscriptions(&json!({"customer": customer})).unwrap()["data"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            s.list_subscriptions(&json!({"customer": "cus_other"})).unwrap()["data"]
+                .as_array()
+                .unwrap()
+                .len(),
+            0
+        );
 
-        let canceled = s.cancel_subscription(&sub_id, &json!({"cancellation_details": {"comment": "moving"}}), NOW + 100).unwrap();
-        assert_eq!((canceled["status"].as_str(), canceled["canceled_at"].as_i64(), canceled["ended_at"].as_i64()), (Some("canceled"), Some(NOW + 100), Some(NOW + 100)));
+        let canceled = s
+            .cancel_subscription(
+                &sub_id,
+                &json!({"cancellation_details": {"comment": "moving"}}),
+                NOW + 100,
+            )
+            .unwrap();
+        assert_eq!(
+            (
+                canceled["status"].as_str(),
+                canceled["canceled_at"].as_i64(),
+                canceled["ended_at"].as_i64()
+            ),
+            (Some("canceled"), Some(NOW + 100), Some(NOW + 100))
+        );
         assert_eq!(canceled["cancellation_details"]["comment"], "moving");
         assert_eq!(s.events.last().unwrap().kind, "customer.subscription.deleted");
         assert!(s.cancel_subscription(&sub_id, &json!({}), NOW + 101).is_err());
-        assert!(s.update_subscription(&sub_id, &json!({"items": [{"price": growth}]}), NOW + 101).is_err());
-        assert_eq!(s.list_subscriptions(&json!({"customer": customer})).unwrap()["data"].as_array().unwrap().len(), 0);
-        assert_eq!(s.list_subscriptions(&json!({"customer": customer, "status": "canceled"})).unwrap()["data"][0]["id"], sub_id.as_str());
+        assert!(s
+            .update_subscription(&sub_id, &json!({"items": [{"price": growth}]}), NOW + 101)
+            .is_err());
+        assert_eq!(
+            s.list_subscriptions(&json!({"customer": customer})).unwrap()["data"]
+                .as_array()
+                .unwrap()
+                .len(),
+            0
+        );
+        assert_eq!(
+            s.list_subscriptions(&json!({"customer": customer, "status": "canceled"})).unwrap()
+                ["data"][0]["id"],
+            sub_id.as_str()
+        );
     }
 
     #[test]

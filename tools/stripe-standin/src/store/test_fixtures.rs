@@ -24,7 +24,8 @@ pub(super) fn event(store: &mut Store, id: &str, value: &str, ts: i64) -> Reply 
 /// the meter (100 free, then 0.5 cent, then 0.25 cent above 1,000) and a one-time price.
 pub(super) fn plan(s: &mut Store) -> (String, String, String) {
     meter(s);
-    let meter_id = s.list_meters(&json!({})).unwrap()["data"][0]["id"].as_str().unwrap().to_string();
+    let meter_id =
+        s.list_meters(&json!({})).unwrap()["data"][0]["id"].as_str().unwrap().to_string();
     s.create_product(&json!({"id": "tally_starter", "name": "Starter"}), NOW).unwrap();
     let id = |v: Value| v["id"].as_str().unwrap().to_string();
     let base = id(s.create_price(&json!({"currency": "usd", "product": "tally_starter", "unit_amount": "2500", "nickname": "Starter fee", "recurring": {"interval": "month"}}), NOW).unwrap());
@@ -36,7 +37,12 @@ pub(super) fn plan(s: &mut Store) -> (String, String, String) {
             NOW,
         )
         .unwrap());
-    let once = id(s.create_price(&json!({"currency": "usd", "product": "tally_starter", "unit_amount": "100"}), NOW).unwrap());
+    let once = id(s
+        .create_price(
+            &json!({"currency": "usd", "product": "tally_starter", "unit_amount": "100"}),
+            NOW,
+        )
+        .unwrap());
     (base, traces, once)
 }
 
