@@ -108,7 +108,10 @@ pub fn writes_for(
         }
         if !change.purged {
             for part in change.new_fingerprints.chunks(CHUNK_FINGERPRINTS) {
-                writes.push((chunk_key(&change.key, range.next), Some(dedup::encode(part))));
+                writes.push((
+                    chunk_key(&change.key, range.next),
+                    Some(dedup::encode_fingerprints(part)),
+                ));
                 range.next += 1;
             }
         }
@@ -142,7 +145,7 @@ fn parse_period_key(key: &str, org: &str, period: &str) -> Result<PeriodKey, Cha
 }
 
 /// Decodes one changelog record.
-pub fn decode(key: &[u8], value: Option<&[u8]>) -> Result<Entry, ChangelogError> {
+pub fn decode_entry(key: &[u8], value: Option<&[u8]>) -> Result<Entry, ChangelogError> {
     let key = std::str::from_utf8(key)
         .map_err(|e| ChangelogError::Invalid { key: format!("{key:?}"), reason: e.to_string() })?;
     let invalid = |reason: String| ChangelogError::Invalid { key: key.to_string(), reason };
@@ -179,7 +182,8 @@ pub fn decode(key: &[u8], value: Option<&[u8]>) -> Result<Entry, ChangelogError>
             let n = n.parse().map_err(|_| invalid("chunk number".into()))?;
             let fps = value
                 .map(|v| {
-                    dedup::decode(v).ok_or_else(|| invalid("length is not a multiple of 16".into()))
+                    dedup::decode_fingerprints(v)
+                        .ok_or_else(|| invalid("length is not a multiple of 16".into()))
                 })
                 .transpose()?;
             Ok(Entry::Chunk(pk, n, fps))
@@ -264,7 +268,7 @@ pub fn load_partition(
             match reader.poll(Duration::from_millis(20)) {
                 Some(Ok(message)) => {
                     let key = message.key().unwrap_or_default();
-                    entries.push(decode(key, message.payload())?);
+                    entries.push(decode_entry(key, message.payload())?);
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) | None => {}
                 Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) => {}
@@ -342,7 +346,7 @@ mod tests {
         let replay = |log: &[Write]| {
             restore(
                 config.clone(),
-                log.iter().map(|(k, v)| decode(k.as_bytes(), v.as_deref()).unwrap()),
+                log.iter().map(|(k, v)| decode_entry(k.as_bytes(), v.as_deref()).unwrap()),
             )
         };
         let mut restored = replay(&log).fold;
@@ -392,9 +396,9 @@ mod tests {
 
     #[test]
     fn bad_records_are_errors_not_silence() {
-        assert!(decode(b"x/y", Some(b"{}")).is_err());
-        assert!(decode(b"d/acme/2026-10/0", Some(&[0u8; 15])).is_err());
-        assert!(decode(b"s/acme/2026-13", Some(b"{}")).is_err());
-        assert!(matches!(decode(b"s/acme/2026-10", None), Ok(Entry::State(_, None))));
+        assert!(decode_entry(b"x/y", Some(b"{}")).is_err());
+        assert!(decode_entry(b"d/acme/2026-10/0", Some(&[0u8; 15])).is_err());
+        assert!(decode_entry(b"s/acme/2026-13", Some(b"{}")).is_err());
+        assert!(matches!(decode_entry(b"s/acme/2026-10", None), Ok(Entry::State(_, None))));
     }
 }

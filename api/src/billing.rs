@@ -48,8 +48,8 @@ pub struct PeriodBilling {
 
 /// A stored count as billed usage (a negative count, which the pipeline never writes, is 0).
 pub fn billed_usage(traces: i64, payload_bytes: i64) -> BilledUsageV1 {
-    let positive = |v: i64| u64::try_from(v).unwrap_or(0);
-    BilledUsageV1 { traces: positive(traces), payload_bytes: positive(payload_bytes) }
+    let count_of = |v: i64| u64::try_from(v).unwrap_or(0);
+    BilledUsageV1 { traces: count_of(traces), payload_bytes: count_of(payload_bytes) }
 }
 
 /// One (org, period) as the read models hold it.

@@ -126,11 +126,11 @@ struct Cursor {
 }
 
 impl Cursor {
-    fn encode(&self) -> String {
+    fn to_token(&self) -> String {
         hex::encode(serde_json::to_vec(self).expect("cursors serialise"))
     }
 
-    fn decode(raw: &str) -> Option<Cursor> {
+    fn from_token(raw: &str) -> Option<Cursor> {
         serde_json::from_slice(&hex::decode(raw).ok()?).ok()
     }
 }
@@ -191,7 +191,7 @@ pub async fn list_orgs(
     };
     let cursor = match query.cursor.as_deref() {
         None => None,
-        Some(raw) => match Cursor::decode(raw) {
+        Some(raw) => match Cursor::from_token(raw) {
             Some(c)
                 if c.sort == sort && c.order == order && c.number.is_some() == sort.numeric() =>
             {
@@ -228,7 +228,7 @@ pub async fn list_orgs(
     let rows = &rows[..rows.len().min(limit as usize)];
     let next_cursor = more.then(|| rows.last()).flatten().map(|last| {
         let (number, text) = (last.sort_number, last.sort_text.clone());
-        Cursor { sort, order, number, text, org_id: last.org_id.clone() }.encode()
+        Cursor { sort, order, number, text, org_id: last.org_id.clone() }.to_token()
     });
     let orgs = rows
         .iter()
@@ -270,8 +270,8 @@ mod tests {
             text: None,
             org_id: "acme".into(),
         };
-        assert_eq!(Cursor::decode(&c.encode()), Some(c));
-        assert_eq!(Cursor::decode("zz"), None);
-        assert_eq!(Cursor::decode(&hex::encode(b"{}")), None);
+        assert_eq!(Cursor::from_token(&c.to_token()), Some(c));
+        assert_eq!(Cursor::from_token("zz"), None);
+        assert_eq!(Cursor::from_token(&hex::encode(b"{}")), None);
     }
 }

@@ -74,7 +74,7 @@ impl Expandable {
     }
 }
 
-fn id_of(field: &Option<Expandable>) -> Option<&str> {
+fn expandable_id(field: &Option<Expandable>) -> Option<&str> {
     field.as_ref().and_then(Expandable::id)
 }
 
@@ -110,11 +110,11 @@ impl CheckoutSession {
     }
 
     pub fn customer_id(&self) -> Option<&str> {
-        id_of(&self.customer)
+        expandable_id(&self.customer)
     }
 
     pub fn subscription_id(&self) -> Option<&str> {
-        id_of(&self.subscription)
+        expandable_id(&self.subscription)
     }
 
     /// The tier named in the metadata, as written.
@@ -160,7 +160,7 @@ impl Price {
     }
 
     pub fn product_id(&self) -> Option<&str> {
-        id_of(&self.product)
+        expandable_id(&self.product)
     }
 }
 
@@ -170,7 +170,7 @@ impl Subscription {
     }
 
     pub fn customer_id(&self) -> Option<&str> {
-        id_of(&self.customer)
+        expandable_id(&self.customer)
     }
 
     /// Its status as sent (`None`: absent or empty).
@@ -232,7 +232,7 @@ impl Invoice {
     }
 
     pub fn customer_id(&self) -> Option<&str> {
-        id_of(&self.customer)
+        expandable_id(&self.customer)
     }
 
     /// The org named in its subscription's metadata.

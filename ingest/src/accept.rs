@@ -23,13 +23,13 @@ struct IdOnly<'a> {
     event_id: Option<&'a RawValue>,
 }
 
-fn id_of(raw: &RawValue) -> Option<String> {
+fn event_id_of(raw: &RawValue) -> Option<String> {
     let id: IdOnly<'_> = serde_json::from_str(raw.get()).ok()?;
     serde_json::from_str::<String>(id.event_id?.get()).ok()
 }
 
 /// Decodes and checks one element; everything except the org registry, which needs I/O.
-pub fn decode(element: Element<'_>, arrival: DateTime<Utc>) -> Candidate {
+pub fn decode_element(element: Element<'_>, arrival: DateTime<Utc>) -> Candidate {
     let raw = match element {
         Ok(raw) => raw,
         Err(e) => {
@@ -54,7 +54,10 @@ pub fn decode(element: Element<'_>, arrival: DateTime<Utc>) -> Candidate {
     let event: TraceCompletedV1 = match serde_json::from_str(raw.get()) {
         Ok(event) => event,
         Err(e) => {
-            return Candidate { event_id: id_of(raw), outcome: Err(FieldError::from_serde(&e)) }
+            return Candidate {
+                event_id: event_id_of(raw),
+                outcome: Err(FieldError::from_serde(&e)),
+            }
         }
     };
     let event_id = Some(event.event_id.clone());
@@ -85,27 +88,27 @@ mod tests {
     #[test]
     fn measures_inline_payloads_and_keeps_precomputed_sizes() {
         let text = include_str!("../../schemas/examples/trace-completed.v1.root.json");
-        let c = decode(Ok(&raw(text)), now());
+        let c = decode_element(Ok(&raw(text)), now());
         let record = c.outcome.unwrap();
         let value: serde_json::Value = serde_json::from_str(text).unwrap();
         assert_eq!(record.payload_bytes, payload_bytes(&value["payload"]));
 
         let text = include_str!("../../schemas/examples/trace-completed.v1.precomputed.json");
-        let c = decode(Ok(&raw(text)), now() + chrono::Duration::days(1));
+        let c = decode_element(Ok(&raw(text)), now() + chrono::Duration::days(1));
         assert_eq!(c.outcome.unwrap().payload_bytes, 18234);
     }
 
     #[test]
     fn rejections_keep_the_event_id_when_it_can_be_read() {
-        let c = decode(Ok(&raw(r#"{"event_id": "e9", "org_id": 5}"#)), now());
+        let c = decode_element(Ok(&raw(r#"{"event_id": "e9", "org_id": 5}"#)), now());
         assert_eq!(c.event_id.as_deref(), Some("e9"));
         assert_eq!(c.outcome.unwrap_err().code, FieldErrorCode::InvalidField);
 
-        let c = decode(Ok(&raw("[1]")), now());
+        let c = decode_element(Ok(&raw("[1]")), now());
         assert_eq!(c.outcome.unwrap_err().code, FieldErrorCode::MalformedEvent);
 
         let text = include_str!("../../schemas/examples/trace-completed.v1.root.json");
-        let c = decode(Ok(&raw(text)), now() + chrono::Duration::days(40));
+        let c = decode_element(Ok(&raw(text)), now() + chrono::Duration::days(40));
         assert_eq!(c.outcome.unwrap_err().code, FieldErrorCode::OutOfWindow);
     }
 }

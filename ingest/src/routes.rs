@@ -14,7 +14,7 @@ use serde_json::json;
 use tally_common::keys;
 use tally_schemas::{FieldError, FieldErrorCode};
 
-use crate::accept::{decode, Candidate};
+use crate::accept::{decode_element, Candidate};
 use crate::body::{gunzip_limited, split, BodyError};
 use crate::metrics;
 use crate::publish::{PublishError, Publisher};
@@ -146,7 +146,8 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
 
     // One arrival time for the whole request: the time ingest accepted it.
     let arrival = chrono::Utc::now();
-    let mut candidates: Vec<Candidate> = elements.into_iter().map(|e| decode(e, arrival)).collect();
+    let mut candidates: Vec<Candidate> =
+        elements.into_iter().map(|e| decode_element(e, arrival)).collect();
 
     let unknown = state
         .registry

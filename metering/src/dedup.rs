@@ -44,7 +44,7 @@ pub fn fingerprint(event_id: &str) -> u128 {
 }
 
 /// Serialises fingerprints for the changelog: 16 little-endian bytes each.
-pub fn encode(fingerprints: &[u128]) -> Vec<u8> {
+pub fn encode_fingerprints(fingerprints: &[u128]) -> Vec<u8> {
     let mut out = Vec::with_capacity(fingerprints.len() * 16);
     for f in fingerprints {
         out.extend_from_slice(&f.to_le_bytes());
@@ -53,7 +53,7 @@ pub fn encode(fingerprints: &[u128]) -> Vec<u8> {
 }
 
 /// The inverse of [`encode`]; `None` when the length is not a multiple of 16.
-pub fn decode(bytes: &[u8]) -> Option<Vec<u128>> {
+pub fn decode_fingerprints(bytes: &[u8]) -> Option<Vec<u128>> {
     if !bytes.len().is_multiple_of(16) {
         return None;
     }
@@ -80,7 +80,7 @@ mod tests {
     #[test]
     fn encode_decode() {
         let f = vec![1u128, u128::MAX, fingerprint("x")];
-        assert_eq!(decode(&encode(&f)).unwrap(), f);
-        assert!(decode(&[0u8; 15]).is_none());
+        assert_eq!(decode_fingerprints(&encode_fingerprints(&f)).unwrap(), f);
+        assert!(decode_fingerprints(&[0u8; 15]).is_none());
     }
 }

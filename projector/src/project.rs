@@ -281,7 +281,7 @@ impl Projector {
             offsets.insert((topic, partition), message.offset() + 1);
             let (timestamp_ms, payload) =
                 (message.timestamp().to_millis(), message.payload().unwrap_or_default());
-            match decode(topic, partition, message.offset(), timestamp_ms, payload) {
+            match decode_record(topic, partition, message.offset(), timestamp_ms, payload) {
                 Some(Decoded::Update(update)) => updates.push(update),
                 Some(Decoded::Correction(correction)) => corrections.push(correction),
                 None => metrics::UPDATES.with_label_values(&["invalid"]).inc(),
@@ -331,7 +331,7 @@ pub enum Decoded {
 /// Decodes a record of `tally.usage.v1` or `tally.corrections.v1` (its log time dates a
 /// correction). An undecodable record is logged and skipped (`None`): it stays in the log for
 /// inspection. The projector and `replay rebuild` both read the log through this.
-pub fn decode(
+pub fn decode_record(
     topic: Topic,
     partition: i32,
     offset: i64,

@@ -20,7 +20,7 @@ use anyhow::{bail, Context};
 use rdkafka::consumer::Consumer;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Executor, PgPool};
-use tally_projector::project::{coalesce, decode, Decoded};
+use tally_projector::project::{coalesce, decode_record, Decoded};
 use tally_schemas::{Topic, UsageUpdateV1};
 use tally_store::projection::{self, LoggedCorrection};
 
@@ -117,7 +117,7 @@ async fn project(
         pending += 1;
         progress.add(1);
         offsets.insert(partition, offset + 1);
-        match decode(topic, partition, offset, ts, &payload) {
+        match decode_record(topic, partition, offset, ts, &payload) {
             Some(Decoded::Update(update)) => updates.push(update),
             Some(Decoded::Correction(correction)) => corrections.push(correction),
             None => {}

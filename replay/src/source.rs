@@ -297,7 +297,7 @@ fn position(consumer: &BaseConsumer, topic: &str, partition: i32) -> anyhow::Res
 }
 
 /// A billing-log record held in memory for the merge.
-struct Held {
+struct BufferedBillingRecord {
     timestamp_ms: Option<i64>,
     payload: Vec<u8>,
 }
@@ -309,7 +309,7 @@ pub fn read_partition(
     extent: &Extent,
     mut each: impl FnMut(Record<'_>) -> bool,
 ) -> anyhow::Result<u64> {
-    let mut billing: Vec<Held> = Vec::new();
+    let mut billing: Vec<BufferedBillingRecord> = Vec::new();
     read_range(
         consumer,
         Topic::BillingEvents.name(),
@@ -317,7 +317,7 @@ pub fn read_partition(
         0,
         extent.billing_high,
         |_, timestamp_ms, payload| {
-            billing.push(Held { timestamp_ms, payload: payload.to_vec() });
+            billing.push(BufferedBillingRecord { timestamp_ms, payload: payload.to_vec() });
             true
         },
     )?;

@@ -353,7 +353,7 @@ enum WireKind {
 /// The record as it is on the wire: one struct for both decoders, so they accept and refuse
 /// exactly the same records.
 #[derive(Deserialize)]
-struct Wire<'a> {
+struct WireRecord<'a> {
     kind: WireKind,
     #[serde(default, borrow, deserialize_with = "borrowed_str")]
     event_id: Option<Cow<'a, str>>,
@@ -390,8 +390,8 @@ fn required<T>(value: Option<T>, field: &'static str) -> Result<T, serde_json::E
     value.ok_or_else(|| serde::de::Error::missing_field(field))
 }
 
-impl<'a> Wire<'a> {
-    fn parse(bytes: &'a [u8]) -> Result<Wire<'a>, serde_json::Error> {
+impl<'a> WireRecord<'a> {
+    fn parse(bytes: &'a [u8]) -> Result<WireRecord<'a>, serde_json::Error> {
         // One UTF-8 check of the whole record is cheaper than serde_json's check of every string.
         let text = std::str::from_utf8(bytes).map_err(|e| {
             <serde_json::Error as serde::de::Error>::custom(format!("record is not UTF-8: {e}"))
@@ -405,7 +405,7 @@ impl TraceEventRecordV1 {
     /// `serde_json::from_slice`, without serde's buffering of internally tagged enums, which
     /// costs more than the fold itself on the aggregator's hot path.
     pub fn from_json(bytes: &[u8]) -> Result<TraceEventRecordV1, serde_json::Error> {
-        let wire = Wire::parse(bytes)?;
+        let wire = WireRecord::parse(bytes)?;
         Ok(match wire.kind {
             WireKind::Tick => TraceEventRecordV1::Tick,
             WireKind::TraceCompleted => {
@@ -432,7 +432,7 @@ impl TraceEventRecordV1 {
     /// [`TraceEventRecordV1::from_json`] does (the same wire struct and checks), and gives the
     /// fields that decide usage.
     pub fn from_json_borrowed(bytes: &[u8]) -> Result<TraceEventRecordRef<'_>, serde_json::Error> {
-        let wire = Wire::parse(bytes)?;
+        let wire = WireRecord::parse(bytes)?;
         Ok(match wire.kind {
             WireKind::Tick => TraceEventRecordRef::Tick,
             WireKind::TraceCompleted => {

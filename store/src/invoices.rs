@@ -11,7 +11,9 @@ use serde::Serialize;
 use sqlx::PgPool;
 use tally_schemas::{BilledUsageV1, InvoiceStatusV1, InvoiceV1, LineItemV1, Tier};
 
-fn positive(v: i64) -> u64 {
+/// A count as stored (a PostgreSQL `bigint`) as the wire's unsigned count; the columns are never
+/// negative (a hand-edited negative reads as 0).
+fn count_of(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
@@ -51,8 +53,8 @@ impl InvoiceRow {
             currency: self.currency.clone(),
             status: InvoiceStatusV1::Final,
             usage: BilledUsageV1 {
-                traces: positive(self.traces),
-                payload_bytes: positive(self.payload_bytes),
+                traces: count_of(self.traces),
+                payload_bytes: count_of(self.payload_bytes),
             },
             lines: self.lines.0.clone(),
             total_cents: self.total_cents,

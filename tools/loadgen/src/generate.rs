@@ -79,7 +79,7 @@ const WORDS: &[&str] = &[
     "latency",
 ];
 
-fn text(rng: &mut StdRng, words: usize) -> String {
+fn random_words(rng: &mut StdRng, words: usize) -> String {
     (0..words).map(|_| WORDS[rng.random_range(0..WORDS.len())]).collect::<Vec<_>>().join(" ")
 }
 
@@ -87,8 +87,8 @@ fn text(rng: &mut StdRng, words: usize) -> String {
 pub fn payload(rng: &mut StdRng, approx_bytes: usize) -> Value {
     json!({
         "model": "tally-demo-large",
-        "prompt": text(rng, approx_bytes / 14),
-        "completion": text(rng, approx_bytes / 14),
+        "prompt": random_words(rng, approx_bytes / 14),
+        "completion": random_words(rng, approx_bytes / 14),
         "usage": {"input_tokens": rng.random_range(10..4000), "output_tokens": rng.random_range(1..800)},
     })
 }
