@@ -218,6 +218,9 @@ impl Aggregator {
             }
         }
         if replace_producer {
+            // Every replacement is logged with its cause, also within a run of failures that
+            // otherwise logs only its first.
+            tracing::warn!(error = %failure, "replacing the transactional producer");
             self.health.down(REPLACING_PRODUCER);
             metrics::CLIENT_REBUILDS.with_label_values(&["producer"]).inc();
             let Some(producer) =

@@ -24,7 +24,7 @@ use tally_schemas::{
     SubscriptionSource, ThresholdLevel, Tier,
 };
 
-use tally_store::invoices::{billed_invoices, CorrectionRef};
+use tally_store::invoices::{billed_invoices, billed_usage, CorrectionRef};
 
 use crate::auth::{require_org, Caller};
 use crate::billing_log::record_subscription_change;
@@ -44,12 +44,6 @@ pub struct PeriodBilling {
     pub final_invoice: Option<InvoiceV1>,
     /// The correction the final invoice comes from, when `replay correct` replaced the stored one.
     pub correction: Option<CorrectionRef>,
-}
-
-/// A stored count as billed usage (a negative count, which the pipeline never writes, is 0).
-pub fn billed_usage(traces: i64, payload_bytes: i64) -> BilledUsageV1 {
-    let count_of = |v: i64| u64::try_from(v).unwrap_or(0);
-    BilledUsageV1 { traces: count_of(traces), payload_bytes: count_of(payload_bytes) }
 }
 
 /// One (org, period) as the read models hold it.

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use tally_common::keys;
 
 use crate::auth::{require_org, Caller};
-use crate::billing::{billed_usage, usage_billing, PercentUsed, PeriodBilling, UsageWarning};
+use crate::billing::{usage_billing, PercentUsed, PeriodBilling, UsageWarning};
+use tally_store::invoices::billed_usage;
 
 use crate::error::{parse_json, parse_period, ApiError};
 use crate::AppState;

@@ -11,10 +11,11 @@ use serde::Serialize;
 use sqlx::PgPool;
 use tally_schemas::{BilledUsageV1, InvoiceStatusV1, InvoiceV1, LineItemV1, Tier};
 
-/// A count as stored (a PostgreSQL `bigint`) as the wire's unsigned count; the columns are never
-/// negative (a hand-edited negative reads as 0).
-fn count_of(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
+/// Stored counts (PostgreSQL `bigint`s) as billed usage. The pipeline never writes a negative
+/// count; a hand-edited one reads as 0.
+pub fn billed_usage(traces: i64, payload_bytes: i64) -> BilledUsageV1 {
+    let count_of = |v: i64| u64::try_from(v).unwrap_or(0);
+    BilledUsageV1 { traces: count_of(traces), payload_bytes: count_of(payload_bytes) }
 }
 
 /// The columns an invoice is stored in, in `invoices` and (for the corrected invoice) in
@@ -52,10 +53,7 @@ impl InvoiceRow {
             pricing_version: self.pricing_version.clone(),
             currency: self.currency.clone(),
             status: InvoiceStatusV1::Final,
-            usage: BilledUsageV1 {
-                traces: count_of(self.traces),
-                payload_bytes: count_of(self.payload_bytes),
-            },
+            usage: billed_usage(self.traces, self.payload_bytes),
             lines: self.lines.0.clone(),
             total_cents: self.total_cents,
             finalized_at: Some(self.finalized_at),
