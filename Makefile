@@ -31,21 +31,46 @@ logs:
 status:
 	scripts/stack.sh status
 
-# The code's form, checked before the tests: rustfmt.toml's layout, and clippy's lints over every
-# crate and target with warnings as errors. Clippy runs in the release profile so that it shares
-# the build scripts' output (librdkafka's C build) with `make build` instead of repeating it.
+# The code's form: rustfmt.toml's layout, and clippy's lints over every crate and target with
+# warnings as errors. Clippy runs in the release profile so that it shares the build scripts'
+# output (librdkafka's C build) with `make build` instead of repeating it.
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
 # The tests get a broker and a database of their own, fresh every run, beside any stack that
-# `make up` started: a test broker on 19092 with its data in .tally/test, and database tally_test.
-# One test thread: the end-to-end tests share that broker and database.
+# `make up` started: a test broker on 19092 with its data in .tally/test, and database tally_test
+# (scripts/test-env.sh). One test thread: the end-to-end tests share that broker and database.
+#
+# On two cores the run is arranged around the compiler: the test environment (downloads, mostly)
+# is prepared while the workspace compiles, and clippy, which checks every crate again, runs at
+# the lowest priority beside the tests, which mostly wait on the broker. Clippy starts 15 s after
+# `cargo test`, which by then has found nothing to compile and let go of target/'s lock (had it
+# not, the tests would wait for clippy: slower, never wrong). A lint fails the run as surely as a
+# test does. `make lint` runs the two checks alone.
 TEST_HOME := $(CURDIR)/.tally/test
-TEST_KAFKA := TALLY_HOME=$(TEST_HOME) TALLY_KAFKA_PORT=19092 TALLY_KAFKA_CONTROLLER_PORT=19093
-test: lint build
-	scripts/kafka.sh install
-	$(TEST_KAFKA) scripts/kafka.sh stop
+TEST_ENV := TALLY_TEST_PYTHON=$(CURDIR)/.tally/venv/bin/python \
+	TALLY_TEST_KAFKA_BROKERS=127.0.0.1:19092 \
+	TALLY_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/tally_test \
+	TALLY_TEST_HOME=$(TEST_HOME) TALLY_TEST_LOGS=$(TEST_HOME)/logs TALLY_TEST_KAFKA_CONTROLLER_PORT=19093
+test: web
+	$(CARGO) fmt --all --check
+	@mkdir -p .tally
+	@echo "tally: preparing the test broker, database, Python and Chromium while the workspace compiles (.tally/test-env.log)"
+	@scripts/test-env.sh >.tally/test-env.log 2>&1 & prepared=$$!; \
+	$(CARGO) build --release --workspace --bins --tests; built=$$?; \
+	wait $$prepared; ready=$$?; cat .tally/test-env.log; \
+	[ $$built -eq 0 ] && [ $$ready -eq 0 ]
+	cd web && npm test --silent
+	@echo "tally: clippy runs beside the tests at the lowest priority (.tally/clippy.log)"
+	@(sleep 15; nice -n 19 $(CARGO) clippy --release --workspace --all-targets -- -D warnings) \
+		>.tally/clippy.log 2>&1 & linted=$$!; \
+	$(TEST_ENV) $(CARGO) test --release --workspace -- --test-threads=1; tested=$$?; \
+	wait $$linted; lint=$$?; \
+	scripts/test-env.sh stop; \
+	if [ $$lint -ne 0 ]; then cat .tally/clippy.log; echo "tally: clippy failed" >&2; \
+	else echo "tally: clippy: no warnings"; fi; \
+	[ $$tested -eq 0 ] && [ $$lint -eq 0 ]
 	rm -rf $(TEST_HOME)
 	$(TEST_KAFKA) scripts/kafka.sh start
 	scripts/postgres.sh install && scripts/postgres.sh start
