@@ -42,49 +42,44 @@ lint:
 # `make up` started: a test broker on 19092 with its data in .tally/test, and database tally_test
 # (scripts/test-env.sh). One test thread: the end-to-end tests share that broker and database.
 #
-# On two cores the run is arranged around the compiler: the test environment (downloads, mostly)
-# is prepared while the workspace compiles, and clippy, which checks every crate again, runs at
-# the lowest priority beside the tests, which mostly wait on the broker. Clippy starts 15 s after
-# `cargo test`, which by then has found nothing to compile and let go of target/'s lock (had it
-# not, the tests would wait for clippy: slower, never wrong). A lint fails the run as surely as a
-# test does. `make lint` runs the two checks alone.
+# On two cores the run is arranged around the compiler (docs/development.md, "Building and
+# testing"). First the services and the end-to-end tests are compiled while the test environment
+# (downloads, mostly) is prepared. The end-to-end tests mostly wait on the broker; beside them, at
+# the lowest priority, the other tests and examples are compiled and clippy checks every crate.
+# Then the other tests run. The background starts 15 s after `cargo test`, which by then has found
+# nothing to compile and let go of target/'s lock (had it not, the tests would wait: slower, never
+# wrong). A compile error or a lint fails the run as surely as a failed test. `make lint` runs
+# the two checks alone.
 TEST_HOME := $(CURDIR)/.tally/test
 TEST_ENV := TALLY_TEST_PYTHON=$(CURDIR)/.tally/venv/bin/python \
 	TALLY_TEST_KAFKA_BROKERS=127.0.0.1:19092 \
 	TALLY_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/tally_test \
 	TALLY_TEST_HOME=$(TEST_HOME) TALLY_TEST_LOGS=$(TEST_HOME)/logs TALLY_TEST_KAFKA_CONTROLLER_PORT=19093
+BACKGROUND := .tally/test-background.log
 test: web
 	$(CARGO) fmt --all --check
 	@mkdir -p .tally
-	@echo "tally: preparing the test broker, database, Python and Chromium while the workspace compiles (.tally/test-env.log)"
+	@echo "tally: preparing the test broker, database, Python and Chromium while the services compile (.tally/test-env.log)"
 	@scripts/test-env.sh >.tally/test-env.log 2>&1 & prepared=$$!; \
-	$(CARGO) build --release --workspace --bins --tests; built=$$?; \
+	$(CARGO) build --release --workspace --bins --test e2e; built=$$?; \
 	wait $$prepared; ready=$$?; cat .tally/test-env.log; \
 	[ $$built -eq 0 ] && [ $$ready -eq 0 ]
 	cd web && npm test --silent
-	@echo "tally: clippy runs beside the tests at the lowest priority (.tally/clippy.log)"
-	@(sleep 15; nice -n 19 $(CARGO) clippy --release --workspace --all-targets -- -D warnings) \
-		>.tally/clippy.log 2>&1 & linted=$$!; \
-	$(TEST_ENV) $(CARGO) test --release --workspace -- --test-threads=1; tested=$$?; \
-	wait $$linted; lint=$$?; \
-	scripts/test-env.sh stop; \
-	if [ $$lint -ne 0 ]; then cat .tally/clippy.log; echo "tally: clippy failed" >&2; \
+	@echo "tally: the other tests compile and clippy runs beside the end-to-end tests, at the lowest priority ($(BACKGROUND))"
+	@(sleep 15; \
+	  nice -n 19 $(CARGO) build --release --workspace --tests --examples || exit 1; \
+	  nice -n 19 $(CARGO) clippy --release --workspace --all-targets -- -D warnings || exit 2) \
+		>$(BACKGROUND) 2>&1 & background=$$!; \
+	$(TEST_ENV) $(CARGO) test --release --workspace --test e2e -- --test-threads=1; e2e=$$?; \
+	wait $$background; checked=$$?; \
+	if [ $$checked -eq 1 ]; then cat $(BACKGROUND); echo "tally: the tests do not compile" >&2; \
+	elif [ $$checked -ne 0 ]; then cat $(BACKGROUND); echo "tally: clippy failed" >&2; \
 	else echo "tally: clippy: no warnings"; fi; \
-	[ $$tested -eq 0 ] && [ $$lint -eq 0 ]
-	rm -rf $(TEST_HOME)
-	$(TEST_KAFKA) scripts/kafka.sh start
-	scripts/postgres.sh install && scripts/postgres.sh start
-	dropdb -h 127.0.0.1 -U postgres --if-exists --force tally_test
-	scripts/postgres.sh createdb tally_test
-	scripts/python-env.sh
-	scripts/browser.sh install
-	cd web && npm test --silent
-	TALLY_TEST_PYTHON=$(CURDIR)/.tally/venv/bin/python \
-	TALLY_TEST_KAFKA_BROKERS=127.0.0.1:19092 \
-	TALLY_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/tally_test \
-	TALLY_TEST_HOME=$(TEST_HOME) TALLY_TEST_LOGS=$(TEST_HOME)/logs TALLY_TEST_KAFKA_CONTROLLER_PORT=19093 \
-	$(CARGO) test --release --workspace -- --test-threads=1
-	$(TEST_KAFKA) scripts/kafka.sh stop
+	others=1; if [ $$checked -ne 1 ]; then \
+	  $(TEST_ENV) $(CARGO) test --release --workspace --exclude tally-e2e -- --test-threads=1; others=$$?; \
+	fi; \
+	scripts/test-env.sh stop; \
+	[ $$e2e -eq 0 ] && [ $$others -eq 0 ] && [ $$checked -eq 0 ]
 
 # A month of 10 M events through the live aggregator, then recomputed by `replay verify`
 # (BENCHMARKS.md). Needs the stack's Kafka and PostgreSQL (`make up`).
