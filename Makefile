@@ -56,18 +56,22 @@ TEST_ENV := TALLY_TEST_PYTHON=$(CURDIR)/.tally/venv/bin/python \
 	TALLY_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/tally_test \
 	TALLY_TEST_HOME=$(TEST_HOME) TALLY_TEST_LOGS=$(TEST_HOME)/logs TALLY_TEST_KAFKA_CONTROLLER_PORT=19093
 BACKGROUND := .tally/test-background.log
+# The binaries the end-to-end tests start (tools/e2e); the others (the load generator) are built
+# with the rest of the tests.
+E2E_BINARIES := --bin ingest --bin aggregator --bin projector --bin api --bin billing-reporter \
+	--bin replay --bin stripe-standin
 test: web
 	$(CARGO) fmt --all --check
 	@mkdir -p .tally
 	@echo "tally: preparing the test broker, database, Python and Chromium while the services compile (.tally/test-env.log)"
 	@scripts/test-env.sh >.tally/test-env.log 2>&1 & prepared=$$!; \
-	$(CARGO) build --release --workspace --bins --test e2e; built=$$?; \
+	$(CARGO) build --release --workspace $(E2E_BINARIES) --test e2e; built=$$?; \
 	wait $$prepared; ready=$$?; cat .tally/test-env.log; \
 	[ $$built -eq 0 ] && [ $$ready -eq 0 ]
 	cd web && npm test --silent
 	@echo "tally: the other tests compile and clippy runs beside the end-to-end tests, at the lowest priority ($(BACKGROUND))"
 	@(sleep 15; \
-	  nice -n 19 $(CARGO) build --release --workspace --tests --examples || exit 1; \
+	  nice -n 19 $(CARGO) build --release --workspace --bins --tests --examples || exit 1; \
 	  nice -n 19 $(CARGO) clippy --release --workspace --all-targets -- -D warnings || exit 2) \
 		>$(BACKGROUND) 2>&1 & background=$$!; \
 	$(TEST_ENV) $(CARGO) test --release --workspace --test e2e -- --test-threads=1; e2e=$$?; \
