@@ -6,18 +6,18 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, Producer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 use tally_e2e::{
     assert_usage_eventually, assert_usage_eventually_resent, kafka_brokers, unique, Broker, Stack,
     SERVICES,
 };
+use tally_loadgen::api::Api;
 use tally_loadgen::generate::event;
 use tally_loadgen::send::Sender;
 use tally_loadgen::{Expected, WorkloadSpec};
-use tally_schemas::{Operation, Topic};
+use tally_schemas::Operation;
 
 /// Three graceful restarts and three SIGKILLs of the broker at varied moments while a workload
 /// flows for about two minutes; the clients resend what got no 200. No Tally service is
@@ -183,46 +183,31 @@ fn fence_the_aggregator() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits until the aggregator's group has committed everything in both of its input logs. With
-/// nothing more being written (ingest stopped), the aggregator then holds no open transaction.
-fn wait_until_the_aggregator_has_committed_everything(timeout: Duration) -> anyhow::Result<()> {
-    let group: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka_brokers())
-        .set("group.id", "tally-aggregator")
-        .create()?;
-    let metadata = group.fetch_metadata(None, Duration::from_secs(10))?;
-    let inputs = [Topic::TraceEvents.name(), Topic::BillingEvents.name()];
-    let mut partitions = TopicPartitionList::new();
-    for topic in metadata.topics().iter().filter(|t| inputs.contains(&t.name())) {
-        for partition in topic.partitions() {
-            partitions.add_partition(topic.name(), partition.id());
-        }
-    }
-    anyhow::ensure!(partitions.count() > 0, "no partitions of {inputs:?} in the broker's metadata");
+/// Waits until the api's `GET /v1/pipeline` shows the aggregator with no lag on either input log.
+/// With nothing more being written (ingest stopped), the aggregator then holds no open transaction.
+async fn wait_until_the_aggregator_has_committed_everything(
+    api: &Api,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        let committed = group.committed_offsets(partitions.clone(), Duration::from_secs(10))?;
-        let mut behind = 0;
-        for element in committed.elements() {
-            let (_, end) = group.fetch_watermarks(
-                element.topic(),
-                element.partition(),
-                Duration::from_secs(10),
-            )?;
-            let done = match element.offset() {
-                Offset::Offset(o) => o,
-                _ => 0,
-            };
-            behind += (end - done).max(0);
-        }
-        if behind == 0 {
+        let pipeline = api.pipeline().await?;
+        let lags: Vec<Option<i64>> = pipeline["consumer_lag"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|l| l["group"] == "tally-aggregator")
+            .map(|l| l["lag"].as_i64())
+            .collect();
+        if !lags.is_empty() && lags.iter().all(|l| *l == Some(0)) {
             return Ok(());
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "the aggregator is still {behind} records behind after {timeout:?}"
+            "the aggregator still lags after {timeout:?}: {}",
+            pipeline["consumer_lag"]
         );
-        std::thread::sleep(Duration::from_millis(200));
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -245,12 +230,9 @@ async fn a_fenced_aggregator_replaces_its_producer_and_exits_when_a_twin_keeps_f
     // coordinator to abort that transaction and is retried; a replacement made by the aggregator
     // in between is fenced by the retry, which is a second fencing, not a second answer to one.)
     stack.kill9("ingest");
-    tokio::task::spawn_blocking(|| {
-        wait_until_the_aggregator_has_committed_everything(Duration::from_secs(30))
-    })
-    .await??;
+    wait_until_the_aggregator_has_committed_everything(&api, Duration::from_secs(30)).await?;
     tokio::task::spawn_blocking(fence_the_aggregator).await??;
-    stack.restart("ingest").await?;
+    stack.start_service("ingest").await?;
     org.send(100, 100).await?;
     assert_usage_eventually(&api, &org.expect(200), Duration::from_secs(60)).await?;
     assert_eq!(

@@ -71,6 +71,20 @@ impl Api {
         Ok(value["url"].as_str().context("url in answer")?.to_string())
     }
 
+    /// `GET /v1/pipeline` (admin): the stages' readiness and the consumers' lag.
+    pub async fn pipeline(&self) -> anyhow::Result<Value> {
+        let response = self
+            .client
+            .get(format!("{}/v1/pipeline", self.base))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("the pipeline's status: {}", response.status());
+        }
+        Ok(response.json().await?)
+    }
+
     /// The usage answer. Like a careful dashboard, it asks again for up to 30 s while the api
     /// answers 5xx or not at all (PostgreSQL restarting, say); a 4xx is final.
     pub async fn usage(&self, org_id: &str, period: &str) -> anyhow::Result<Value> {
