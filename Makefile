@@ -46,15 +46,21 @@ lint:
 # testing"). First the services and the end-to-end tests are compiled while the test environment
 # (downloads, mostly) is prepared. The end-to-end tests mostly wait on the broker; beside them, at
 # the lowest priority, the other tests and examples are compiled and clippy checks every crate.
-# Then the other tests run. The background starts 15 s after `cargo test`, which by then has found
-# nothing to compile and let go of target/'s lock (had it not, the tests would wait: slower, never
-# wrong). A compile error or a lint fails the run as surely as a failed test. `make lint` runs
-# the two checks alone.
+# The end-to-end tests that stop and kill the broker (broker_faults) run beside the others,
+# against a broker and a database of their own. Then the other tests run. The background starts
+# 15 s after `cargo test`, which by then has found nothing to compile and let go of target/'s
+# lock (had it not, the tests would wait: slower, never wrong). A compile error or a lint fails
+# the run as surely as a failed test. `make lint` runs the two checks alone.
 TEST_HOME := $(CURDIR)/.tally/test
 TEST_ENV := TALLY_TEST_PYTHON=$(CURDIR)/.tally/venv/bin/python \
 	TALLY_TEST_KAFKA_BROKERS=127.0.0.1:19092 \
 	TALLY_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/tally_test \
 	TALLY_TEST_HOME=$(TEST_HOME) TALLY_TEST_LOGS=$(TEST_HOME)/logs TALLY_TEST_KAFKA_CONTROLLER_PORT=19093
+FAULTS_HOME := $(CURDIR)/.tally/test-faults
+FAULTS_ENV := TALLY_TEST_KAFKA_BROKERS=127.0.0.1:19094 \
+	TALLY_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/tally_test_faults \
+	TALLY_TEST_HOME=$(FAULTS_HOME) TALLY_TEST_LOGS=$(FAULTS_HOME)/logs TALLY_TEST_KAFKA_CONTROLLER_PORT=19095
+FAULTS_LOG := .tally/test-faults.log
 BACKGROUND := .tally/test-background.log
 # The binaries the end-to-end tests start (tools/e2e); the others (the load generator) are built
 # with the rest of the tests.
@@ -63,7 +69,7 @@ E2E_BINARIES := --bin ingest --bin aggregator --bin projector --bin api --bin bi
 test: web
 	$(CARGO) fmt --all --check
 	@mkdir -p .tally
-	@echo "tally: preparing the test broker, database, Python and Chromium while the services compile (.tally/test-env.log)"
+	@echo "tally: preparing the test brokers, databases, Python and Chromium while the services compile (.tally/test-env.log)"
 	@scripts/test-env.sh >.tally/test-env.log 2>&1 & prepared=$$!; \
 	$(CARGO) build --release --workspace $(E2E_BINARIES) --test e2e; built=$$?; \
 	wait $$prepared; ready=$$?; cat .tally/test-env.log; \
@@ -74,7 +80,11 @@ test: web
 	  nice -n 19 $(CARGO) build --release --workspace --bins --tests --examples || exit 1; \
 	  nice -n 19 $(CARGO) clippy --release --workspace --all-targets -- -D warnings || exit 2) \
 		>$(BACKGROUND) 2>&1 & background=$$!; \
-	$(TEST_ENV) $(CARGO) test --release --workspace --test e2e -- --test-threads=1; e2e=$$?; \
+	$(FAULTS_ENV) $(CARGO) test --release --workspace --test e2e -- --test-threads=1 broker_faults:: \
+		>$(FAULTS_LOG) 2>&1 & faults=$$!; \
+	$(TEST_ENV) $(CARGO) test --release --workspace --test e2e -- --test-threads=1 --skip broker_faults::; \
+	e2e=$$?; wait $$faults; faulted=$$?; \
+	echo "tally: the end-to-end tests that stop and kill the broker ($(FAULTS_LOG)):"; cat $(FAULTS_LOG); \
 	wait $$background; checked=$$?; \
 	if [ $$checked -eq 1 ]; then cat $(BACKGROUND); echo "tally: the tests do not compile" >&2; \
 	elif [ $$checked -ne 0 ]; then cat $(BACKGROUND); echo "tally: clippy failed" >&2; \
@@ -83,7 +93,7 @@ test: web
 	  $(TEST_ENV) $(CARGO) test --release --workspace --exclude tally-e2e -- --test-threads=1; others=$$?; \
 	fi; \
 	scripts/test-env.sh stop; \
-	[ $$e2e -eq 0 ] && [ $$others -eq 0 ] && [ $$checked -eq 0 ]
+	[ $$e2e -eq 0 ] && [ $$faulted -eq 0 ] && [ $$others -eq 0 ] && [ $$checked -eq 0 ]
 
 # A month of 10 M events through the live aggregator, then recomputed by `replay verify`
 # (BENCHMARKS.md). Needs the stack's Kafka and PostgreSQL (`make up`).
