@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The Python environment of Tally's tests: a virtualenv in $TALLY_HOME/venv (default .tally/venv)
 # with the packages pinned in tools/stripe-standin/tests/python/requirements.txt (Stripe's official
-# Python library, for the stand-in's contract test). Installs python3-venv from Debian's packages
-# when it is missing. Idempotent.
+# Python library, for the stand-in's contract test) and tools/e2e/otel/python/requirements.txt
+# (OpenTelemetry's SDK and OTLP exporter, for the OTLP test). Installs python3-venv from Debian's
+# packages when it is missing. Idempotent.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 TALLY_HOME="${TALLY_HOME:-$ROOT/.tally}"
 VENV="$TALLY_HOME/venv"
-REQUIREMENTS="$ROOT/tools/stripe-standin/tests/python/requirements.txt"
+REQUIREMENT_FILES=("$ROOT/tools/stripe-standin/tests/python/requirements.txt"
+  "$ROOT/tools/e2e/otel/python/requirements.txt")
 say() { echo "tally: python: $*"; }
 
 if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
@@ -18,9 +20,10 @@ if [ ! -x "$VENV/bin/python" ]; then
     say "creating $VENV"
     python3 -m venv "$VENV"
 fi
-if ! cmp -s "$REQUIREMENTS" "$VENV/.requirements" 2>/dev/null; then
-    say "installing $(grep -v '^#' "$REQUIREMENTS" | tr '\n' ' ')"
-    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQUIREMENTS"
-    cp "$REQUIREMENTS" "$VENV/.requirements"
+REQUIREMENTS="$(cat "${REQUIREMENT_FILES[@]}")"
+if [ "$REQUIREMENTS" != "$(cat "$VENV/.requirements" 2>/dev/null)" ]; then
+    say "installing $(grep -hv '^#' "${REQUIREMENT_FILES[@]}" | tr '\n' ' ')"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "${REQUIREMENT_FILES[@]/#/-r}"
+    echo "$REQUIREMENTS" >"$VENV/.requirements"
 fi
 say "ready ($VENV)"

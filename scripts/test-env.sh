@@ -3,8 +3,9 @@
 # a test broker on 19092 (controller 19093) with its data in .tally/test and the database
 # tally_test; a second broker on 19094 (controller 19095, data in .tally/test-faults) with the
 # database tally_test_faults, for the end-to-end tests that stop and kill the broker, which run
-# beside the others; the Python environment of the stand-in's contract test; and Chromium with
-# the browser tools' packages. Mostly downloads and waiting: `make test` runs it while the
+# beside the others; the Python environment (Stripe's library for the stand-in's contract test,
+# OpenTelemetry's SDK for the OTLP test); OpenTelemetry's Node.js SDK (tools/e2e/otel/node, from
+# its lockfile); and Chromium with the browser tools' packages. Mostly downloads and waiting: `make test` runs it while the
 # workspace compiles.
 #
 #   scripts/test-env.sh         prepare (idempotent installs, then fresh brokers and databases)
@@ -42,6 +43,12 @@ case ${1:-prepare} in
       scripts/postgres.sh createdb "$database"
     done
     scripts/python-env.sh
+    node_sdk=tools/e2e/otel/node
+    if [[ ! -d $node_sdk/node_modules ]] || [[ $node_sdk/package-lock.json -nt $node_sdk/node_modules ]]; then
+      echo "tally: otel: installing $node_sdk's packages (npm ci)"
+      (cd "$node_sdk" && npm ci --no-audit --no-fund --loglevel=error)
+      touch "$node_sdk/node_modules"
+    fi
     scripts/browser.sh install
     ;;
   stop)

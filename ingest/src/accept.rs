@@ -1,66 +1,50 @@
-//! The pure part of ingest: from one raw element to an accepted record or a rejection.
+//! The pure part of ingest, the same for every format: from one decoded item to an accepted
+//! record or a rejection.
 
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use tally_metering::rules::{check_arrival_window, payload_bytes};
-use tally_schemas::{FieldError, FieldErrorCode, TraceCompletedRecordV1, TraceCompletedV1};
+use tally_schemas::{FieldError, TraceCompletedRecordV1};
 
-use crate::body::Element;
+use tally_formats::{Decoded, NotAnEvent};
 
-/// One event of a request, on its way to a result.
+/// One element of a request, on its way to a result.
 #[derive(Debug)]
 pub struct Candidate {
-    /// The event's id when it could be read, even from an invalid event, so the client can match
-    /// the result to what it sent.
+    /// The event's id when it could be read, so the client can match the result to what it sent.
     pub event_id: Option<String>,
-    pub outcome: Result<TraceCompletedRecordV1, FieldError>,
+    pub outcome: Outcome,
 }
 
-#[derive(Deserialize)]
-struct IdOnly<'a> {
-    #[serde(borrow)]
-    event_id: Option<&'a RawValue>,
+#[derive(Debug)]
+pub enum Outcome {
+    /// Valid, measured, and (once the org registry agrees and Kafka acknowledged it) in the log.
+    Accepted(TraceCompletedRecordV1),
+    Rejected(FieldError),
+    /// An OTLP span Tally does not meter.
+    Unmapped,
 }
 
-fn event_id_of(raw: &RawValue) -> Option<String> {
-    let id: IdOnly<'_> = serde_json::from_str(raw.get()).ok()?;
-    serde_json::from_str::<String>(id.event_id?.get()).ok()
-}
-
-/// Decodes and checks one element; everything except the org registry, which needs I/O.
-pub fn decode_element(element: Element<'_>, arrival: DateTime<Utc>) -> Candidate {
-    let raw = match element {
-        Ok(raw) => raw,
-        Err(e) => {
-            return Candidate {
-                event_id: None,
-                outcome: Err(FieldError::new(
-                    FieldErrorCode::MalformedEvent,
-                    format!("not a JSON value: {e}"),
-                )),
-            }
+impl Candidate {
+    pub fn accepted(&self) -> Option<&TraceCompletedRecordV1> {
+        match &self.outcome {
+            Outcome::Accepted(record) => Some(record),
+            _ => None,
         }
-    };
-    if !raw.get().trim_start().starts_with('{') {
-        return Candidate {
-            event_id: None,
-            outcome: Err(FieldError::new(
-                FieldErrorCode::MalformedEvent,
-                "an event must be a JSON object",
-            )),
-        };
     }
-    let event: TraceCompletedV1 = match serde_json::from_str(raw.get()) {
+}
+
+/// Checks one item: the event's own rules, then its time against the arrival window, then
+/// measures its payload. Everything except the org registry, which needs I/O.
+pub fn accept(item: Decoded, arrival: DateTime<Utc>) -> Candidate {
+    let event = match item.event {
         Ok(event) => event,
-        Err(e) => {
-            return Candidate {
-                event_id: event_id_of(raw),
-                outcome: Err(FieldError::from_serde(&e)),
-            }
+        Err(NotAnEvent::Rejected(error)) => {
+            return Candidate { event_id: item.event_id, outcome: Outcome::Rejected(error) }
+        }
+        Err(NotAnEvent::Unmapped) => {
+            return Candidate { event_id: item.event_id, outcome: Outcome::Unmapped }
         }
     };
-    let event_id = Some(event.event_id.clone());
     let outcome =
         event.validate().and_then(|()| check_arrival_window(event.ended_at, arrival)).map(|()| {
             let bytes = match (&event.payload, event.payload_bytes) {
@@ -70,12 +54,21 @@ pub fn decode_element(element: Element<'_>, arrival: DateTime<Utc>) -> Candidate
             };
             event.into_record(bytes)
         });
-    Candidate { event_id, outcome }
+    Candidate {
+        event_id: item.event_id,
+        outcome: match outcome {
+            Ok(record) => Outcome::Accepted(record),
+            Err(error) => Outcome::Rejected(error),
+        },
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::value::RawValue;
+    use tally_formats::native::decode_element;
+    use tally_schemas::FieldErrorCode;
 
     fn raw(s: &str) -> Box<RawValue> {
         RawValue::from_string(s.to_string()).unwrap()
@@ -85,30 +78,40 @@ mod tests {
         DateTime::parse_from_rfc3339("2026-11-28T10:20:00Z").unwrap().with_timezone(&Utc)
     }
 
+    fn check(text: &str, arrival: DateTime<Utc>) -> Candidate {
+        accept(decode_element(Ok(&raw(text))), arrival)
+    }
+
+    fn rejection(c: Candidate) -> FieldErrorCode {
+        match c.outcome {
+            Outcome::Rejected(e) => e.code,
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
     #[test]
     fn measures_inline_payloads_and_keeps_precomputed_sizes() {
         let text = include_str!("../../schemas/examples/trace-completed.v1.root.json");
-        let c = decode_element(Ok(&raw(text)), now());
-        let record = c.outcome.unwrap();
+        let c = check(text, now());
         let value: serde_json::Value = serde_json::from_str(text).unwrap();
-        assert_eq!(record.payload_bytes, payload_bytes(&value["payload"]));
+        assert_eq!(c.accepted().unwrap().payload_bytes, payload_bytes(&value["payload"]));
 
         let text = include_str!("../../schemas/examples/trace-completed.v1.precomputed.json");
-        let c = decode_element(Ok(&raw(text)), now() + chrono::Duration::days(1));
-        assert_eq!(c.outcome.unwrap().payload_bytes, 18234);
+        let c = check(text, now() + chrono::Duration::days(1));
+        assert_eq!(c.accepted().unwrap().payload_bytes, 18234);
     }
 
     #[test]
     fn rejections_keep_the_event_id_when_it_can_be_read() {
-        let c = decode_element(Ok(&raw(r#"{"event_id": "e9", "org_id": 5}"#)), now());
+        let c = check(r#"{"event_id": "e9", "org_id": 5}"#, now());
         assert_eq!(c.event_id.as_deref(), Some("e9"));
-        assert_eq!(c.outcome.unwrap_err().code, FieldErrorCode::InvalidField);
+        assert_eq!(rejection(c), FieldErrorCode::InvalidField);
 
-        let c = decode_element(Ok(&raw("[1]")), now());
-        assert_eq!(c.outcome.unwrap_err().code, FieldErrorCode::MalformedEvent);
+        assert_eq!(rejection(check("[1]", now())), FieldErrorCode::MalformedEvent);
 
         let text = include_str!("../../schemas/examples/trace-completed.v1.root.json");
-        let c = decode_element(Ok(&raw(text)), now() + chrono::Duration::days(40));
-        assert_eq!(c.outcome.unwrap_err().code, FieldErrorCode::OutOfWindow);
+        let c = check(text, now() + chrono::Duration::days(40));
+        assert!(c.event_id.is_some());
+        assert_eq!(rejection(c), FieldErrorCode::OutOfWindow);
     }
 }

@@ -1,11 +1,13 @@
-//! Tally's ingest: the front door of the pipeline.
+//! Tally's ingest: the front door of the pipeline, with two entrances.
 //!
-//! The path of an event: an emitting service `POST`s one event, a JSON array or NDJSON to
-//! `/v1/events` ([`routes`]). The body is read within its limits and split into elements
-//! ([`body`]); each element is decoded, validated, checked against the arrival window and the org
-//! registry, and its payload measured ([`accept`], pure). Every accepted event is written to
+//! The path of an event: an emitting service `POST`s Tally's own events to `/v1/events` (one
+//! event, a JSON array or NDJSON) or OpenTelemetry spans to `/v1/traces` (OTLP/HTTP, protobuf or
+//! JSON) ([`routes`]). The key is checked and the body read within its limits ([`request`]); the
+//! format's decoder (`tally_formats`) reads it into items, one per event or span; each item is
+//! validated, checked against the arrival window and its payload measured ([`accept`], pure);
+//! then the orgs are checked against the registry and every accepted event is written to
 //! `tally.trace-events.v1`, keyed by org, with the arrival time as the record timestamp
-//! ([`publish`]). Ticks keep time moving in every partition ([`ticker`]).
+//! ([`admit`], [`publish`]). Ticks keep time moving in every partition ([`ticker`]).
 //!
 //! Delivery guarantee: ingest answers only after Kafka acknowledged every accepted event
 //! (idempotent producer, `acks=all`); if Kafka cannot take them it answers 503 and reports none
@@ -13,10 +15,12 @@
 //! least once into the log, exactly once in the usage.
 
 pub mod accept;
-pub mod body;
+pub mod admit;
 pub mod metrics;
+pub mod otlp;
 pub mod publish;
 pub mod registry;
+pub mod request;
 pub mod routes;
 pub mod settings;
 pub mod ticker;

@@ -1,25 +1,28 @@
-//! `POST /v1/events`: the HTTP edge of ingest.
+//! The two front doors of ingest: `POST /v1/events` (Tally's own events) and `POST /v1/traces`
+//! (OTLP/HTTP). Each reads its format with its decoder; everything between the body and the
+//! answer (the key, the limits, validation, metering, the org registry, the log) is shared.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::{to_bytes, Body};
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::json;
-use tally_common::keys;
-use tally_schemas::{FieldError, FieldErrorCode};
 
-use crate::accept::{decode_element, Candidate};
-use crate::body::{gunzip_limited, split, BodyError};
+use crate::accept::{accept, Candidate, Outcome};
+use crate::admit::{admit, Admitted};
 use crate::metrics;
-use crate::publish::{PublishError, Publisher};
+use crate::otlp::{self, Encoding, PartialSuccess, RpcStatus};
+use crate::publish::Publisher;
 use crate::registry::Registry;
+use crate::request::{authorize, content_type, read_body, BodyError, RequestError};
 use crate::settings::Settings;
+use tally_formats::Decoded;
 
 pub struct AppState {
     pub settings: Settings,
@@ -27,52 +30,42 @@ pub struct AppState {
     pub publisher: Publisher,
 }
 
+pub const EVENTS_PATH: &str = "/v1/events";
+pub const TRACES_PATH: &str = "/v1/traces";
+
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new().route("/v1/events", post(ingest_events)).with_state(state)
+    Router::new()
+        .route(EVENTS_PATH, post(post_events))
+        .route(TRACES_PATH, post(post_traces))
+        .with_state(state)
 }
 
-/// A request-level failure: a status and `{"error": {"code", "message"}}`.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    retry_after: Option<u32>,
+/// The steps both doors share once the body is decoded: one arrival time for the whole request
+/// (the time ingest accepted it), each item checked, then admitted to the log.
+async fn check_and_admit(
+    state: &AppState,
+    items: Vec<Decoded>,
+) -> Result<(Vec<Candidate>, Admitted), RequestError> {
+    let arrival = chrono::Utc::now();
+    let mut candidates: Vec<Candidate> = items.into_iter().map(|i| accept(i, arrival)).collect();
+    let admitted = admit(&state.registry, &state.publisher, &mut candidates, arrival).await?;
+    Ok((candidates, admitted))
 }
 
-impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), retry_after: None }
+fn finish(path: &'static str, started: Instant, response: Response) -> Response {
+    metrics::REQUESTS.with_label_values(&[path, response.status().as_str()]).inc();
+    metrics::REQUEST_SECONDS.with_label_values(&[path]).observe(started.elapsed().as_secs_f64());
+    response
+}
+
+fn with_retry_after(mut response: Response, error: &RequestError) -> Response {
+    if let Some(secs) = error.retry_after() {
+        response.headers_mut().insert(header::RETRY_AFTER, secs.into());
     }
+    response
 }
 
-impl From<BodyError> for ApiError {
-    fn from(e: BodyError) -> Self {
-        let (status, code) = match &e {
-            BodyError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
-            BodyError::TooManyEvents { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_events"),
-            BodyError::BadGzip(_) => (StatusCode::BAD_REQUEST, "invalid_gzip"),
-            BodyError::NotJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
-            BodyError::Empty => (StatusCode::BAD_REQUEST, "empty_body"),
-            BodyError::UnsupportedEncoding(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding")
-            }
-        };
-        ApiError::new(status, code, e.to_string())
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        metrics::REQUESTS.with_label_values(&[self.status.as_str()]).inc();
-        let body = Json(json!({"error": {"code": self.code, "message": self.message}}));
-        let mut response = (self.status, body).into_response();
-        if let Some(secs) = self.retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, secs.into());
-        }
-        response
-    }
-}
+// ---- POST /v1/events ----
 
 #[derive(Serialize)]
 struct EventResult<'a> {
@@ -95,118 +88,133 @@ struct BatchResponse<'a> {
     results: Vec<EventResult<'a>>,
 }
 
-async fn ingest_events(
+async fn post_events(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
+) -> Response {
     let started = Instant::now();
-    let result = handle(&state, &headers, body).await;
-    metrics::REQUEST_SECONDS.observe(started.elapsed().as_secs_f64());
-    result
+    let response = match events(&state, &headers, body).await {
+        Ok(response) => response,
+        Err(error) => {
+            let body = json!({"error": {"code": error.code(), "message": error.to_string()}});
+            with_retry_after((error.status(), Json(body)).into_response(), &error)
+        }
+    };
+    finish(EVENTS_PATH, started, response)
 }
 
-#[tracing::instrument(name = "request", skip_all, fields(path = "/v1/events"))]
-async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let Some(key) = keys::bearer(auth) else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "send an ingest key as `Authorization: Bearer <key>`",
-        ));
-    };
-    if !state.registry.is_ingest_key(&keys::hash(key)).await {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "unknown or revoked ingest key",
-        ));
-    }
-
-    let limit = state.settings.max_body_bytes;
-    let raw =
-        to_bytes(body, limit).await.map_err(|_| ApiError::from(BodyError::TooLarge { limit }))?;
-    let encoding =
-        headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let decoded;
-    let bytes: &[u8] = match encoding.trim().to_ascii_lowercase().as_str() {
-        "" | "identity" => &raw,
-        "gzip" | "x-gzip" => {
-            decoded = gunzip_limited(&raw, limit)?;
-            &decoded
-        }
-        other => return Err(BodyError::UnsupportedEncoding(other.to_string()).into()),
-    };
-    let ndjson =
-        headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| {
-            ct.starts_with("application/x-ndjson") || ct.starts_with("application/ndjson")
-        });
-    let elements = split(bytes, ndjson, state.settings.max_events)?;
-
-    // One arrival time for the whole request: the time ingest accepted it.
-    let arrival = chrono::Utc::now();
-    let mut candidates: Vec<Candidate> =
-        elements.into_iter().map(|e| decode_element(e, arrival)).collect();
-
-    let unknown = state
-        .registry
-        .unknown_orgs(
-            candidates.iter().filter_map(|c| c.outcome.as_ref().ok()).map(|r| r.org_id.as_str()),
-        )
-        .await;
-    for candidate in candidates.iter_mut().filter(|_| !unknown.is_empty()) {
-        if let Ok(record) = &candidate.outcome {
-            if unknown.contains(&record.org_id) {
-                candidate.outcome = Err(FieldError::new(
-                    FieldErrorCode::UnknownOrg,
-                    format!("org_id: no org {:?}", record.org_id),
-                ));
-            }
-        }
-    }
-
-    let accepted: Vec<_> = candidates.iter().filter_map(|c| c.outcome.as_ref().ok()).collect();
-    if !accepted.is_empty() {
-        if let Err(e) = state.publisher.publish_all(&accepted, arrival.timestamp_millis()).await {
-            tracing::warn!(error = %e, events = accepted.len(), "could not write to kafka");
-            let mut err = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                format!("events were not accepted, retry with the same event ids: {e}"),
-            );
-            err.retry_after = Some(match e {
-                PublishError::QueueFull => 1,
-                _ => 5,
-            });
-            return Err(err);
-        }
-    }
-
-    let accepted_count = accepted.len();
-    metrics::EVENTS.with_label_values(&["accepted"]).inc_by(accepted_count as u64);
-    metrics::PAYLOAD_BYTES.inc_by(accepted.iter().map(|r| r.payload_bytes).sum());
+#[tracing::instrument(name = "request", skip_all, fields(path = EVENTS_PATH))]
+async fn events(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, RequestError> {
+    authorize(&state.registry, headers).await?;
+    let bytes = read_body(headers, body, state.settings.max_body_bytes).await?;
+    let content_type = content_type(headers);
+    let ndjson = content_type == "application/x-ndjson" || content_type == "application/ndjson";
+    let items = tally_formats::native::decode(&bytes, ndjson, state.settings.max_events)
+        .map_err(BodyError::from)?;
+    let (candidates, admitted) = check_and_admit(state, items).await?;
     let results: Vec<EventResult<'_>> = candidates
         .iter()
         .map(|c| match &c.outcome {
-            Ok(record) => {
+            Outcome::Accepted(record) => {
                 EventResult { event_id: Some(&record.event_id), status: "accepted", error: None }
             }
-            Err(e) => {
-                metrics::EVENTS.with_label_values(&[e.code.as_str()]).inc();
-                EventResult {
-                    event_id: c.event_id.as_deref(),
-                    status: "rejected",
-                    error: Some(ErrorBody { code: e.code.as_str(), message: &e.message }),
-                }
+            Outcome::Rejected(e) => EventResult {
+                event_id: c.event_id.as_deref(),
+                status: "rejected",
+                error: Some(ErrorBody { code: e.code.as_str(), message: &e.message }),
+            },
+            // Tally's own events always name their operation.
+            Outcome::Unmapped => {
+                EventResult { event_id: c.event_id.as_deref(), status: "not_metered", error: None }
             }
         })
         .collect();
     let response = BatchResponse {
-        accepted: accepted_count,
-        rejected: results.len() - accepted_count,
+        accepted: admitted.accepted,
+        rejected: results.len() - admitted.accepted,
         results,
     };
-    metrics::REQUESTS.with_label_values(&["200"]).inc();
     Ok((StatusCode::OK, Json(response)).into_response())
+}
+
+// ---- POST /v1/traces ----
+
+async fn post_traces(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    // A body that cannot be read is answered in JSON, which every client can show.
+    let encoding = Encoding::from_content_type(&content_type(&headers));
+    let response = match traces(&state, &headers, body).await {
+        Ok(response) => response,
+        Err(error) => {
+            let status = RpcStatus {
+                code: otlp::rpc_code(error.status().as_u16()),
+                message: format!("{}: {error}", error.code()),
+            };
+            let response = match encoding.unwrap_or(Encoding::Json) {
+                Encoding::Protobuf => {
+                    otlp_body(Encoding::Protobuf, prost::Message::encode_to_vec(&status))
+                }
+                Encoding::Json => {
+                    // google.rpc.Status's fields, and Tally's error body beside them.
+                    let body = json!({
+                        "code": status.code,
+                        "message": status.message,
+                        "error": {"code": error.code(), "message": error.to_string()},
+                    });
+                    Json(body).into_response()
+                }
+            };
+            let mut response = with_retry_after(response, &error);
+            *response.status_mut() = error.status();
+            response
+        }
+    };
+    finish(TRACES_PATH, started, response)
+}
+
+fn otlp_body(encoding: Encoding, bytes: Vec<u8>) -> Response {
+    let mut response = bytes.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(encoding.content_type()));
+    response
+}
+
+#[tracing::instrument(name = "request", skip_all, fields(path = TRACES_PATH))]
+async fn traces(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, RequestError> {
+    authorize(&state.registry, headers).await?;
+    let encoding = otlp::encoding(&content_type(headers))?;
+    let bytes = read_body(headers, body, state.settings.max_body_bytes).await?;
+    let items = tally_formats::otlp::decode(&bytes, encoding, state.settings.max_events)
+        .map_err(BodyError::from)?;
+    let (candidates, admitted) = check_and_admit(state, items).await?;
+    let mut not_metered = PartialSuccess {
+        unmapped: admitted.unmapped,
+        rejected: admitted.rejected,
+        reasons: vec![],
+    };
+    for (index, candidate) in candidates.iter().enumerate() {
+        if let Outcome::Rejected(e) = &candidate.outcome {
+            if not_metered.reasons.len() == PartialSuccess::REASONS {
+                break;
+            }
+            let span = candidate.event_id.clone().unwrap_or_else(|| format!("#{index}"));
+            not_metered.reasons.push(format!("span {span}: {e}"));
+        }
+    }
+    let answer = otlp::encode_response(&not_metered.response(), encoding);
+    Ok(otlp_body(encoding, answer))
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tally_loadgen::api::Api;
 
+pub mod flaky_ingest;
 pub mod log;
 pub mod stripe;
 

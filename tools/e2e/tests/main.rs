@@ -8,6 +8,8 @@ mod billing;
 mod broker_faults;
 mod crash_recovery;
 mod instances;
+mod otel_sdks;
+mod otlp;
 mod page;
 mod pipeline_exact;
 mod probes;

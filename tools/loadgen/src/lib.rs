@@ -6,11 +6,13 @@
 //! independently of the pipeline: by plain counting over unique event ids, with payload sizes
 //! measured by compressing the JSON directly.
 //!
-//! Layout: [`generate`] builds workloads, [`send`] delivers them to ingest like a careful
-//! client (batches, retries with the same event ids), [`api`] reads usage back.
+//! Layout: [`generate`] builds workloads, [`otlp`] builds traces for OpenTelemetry senders and
+//! the usage they must give, [`send`] delivers them to ingest like a careful client (batches,
+//! retries with the same event ids), [`api`] reads usage back.
 
 pub mod api;
 pub mod generate;
+pub mod otlp;
 pub mod send;
 
 pub use generate::{Expected, Workload, WorkloadSpec};
