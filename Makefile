@@ -7,7 +7,7 @@ TALLY_HOME ?= .tally
 TALLY_API_ADDR ?= 127.0.0.1:8080
 LOADGEN := target/release/tally-loadgen
 
-.PHONY: build web lint up down logs status test demo bench bench-page bench-replay clean-data reconcile replay screenshots portal-link
+.PHONY: build web lint up down logs status test demo bench bench-otlp bench-page bench-replay clean-data reconcile replay screenshots portal-link
 
 # The page (web/, TypeScript built by Vite) is compiled into the api binary: web/dist first.
 build: web
@@ -65,7 +65,7 @@ BACKGROUND := .tally/test-background.log
 # The binaries the end-to-end tests start (tools/e2e); the others (the load generator) are built
 # with the rest of the tests.
 E2E_BINARIES := --bin ingest --bin aggregator --bin projector --bin api --bin billing-reporter \
-	--bin replay --bin stripe-standin
+	--bin replay --bin stripe-standin --bin otel-sender
 test: web
 	$(CARGO) fmt --all --check
 	@mkdir -p .tally
@@ -125,6 +125,11 @@ demo: up
 
 bench: up
 	$(LOADGEN) bench
+
+# Spans/s through OTLP's POST /v1/traces (protobuf, JSON) beside events/s through POST /v1/events,
+# on the same stack in the same run (BENCHMARKS.md, "OpenTelemetry in").
+bench-otlp: up
+	$(LOADGEN) bench-otlp
 
 # The usage page's costs (BENCHMARKS.md, "The usage page"): 10,000 orgs, the operator's list, the
 # usage answer at 2,000 requests/s, the page's bytes; then from navigation to the figures, in chromium.

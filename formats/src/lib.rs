@@ -9,8 +9,9 @@
 //!   (`POST /v1/traces`; docs/otlp.md).
 //!
 //! The load generator and the tests use the same code to build requests and to know what they
-//! must be billed; the fuzz targets (`fuzz/`) feed it arbitrary bytes.
+//! must be billed; the fuzz targets (`fuzz/`) feed it arbitrary bytes ([`fuzzing`]).
 
+pub mod fuzzing;
 pub mod native;
 pub mod otlp;
 

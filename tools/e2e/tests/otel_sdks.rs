@@ -3,14 +3,14 @@
 //! The usage API then shows exactly what Tally's rules give for the set, per org and operation;
 //! an exporter's retry after a 503 is counted once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tally_e2e::flaky_ingest::FlakyIngest;
 use tally_e2e::{assert_usage_eventually, unique, Stack};
 use tally_formats::otlp::proto::collector::trace::v1::ExportTraceServiceRequest;
-use tally_loadgen::otlp::{SpanSpec, TraceSet, TraceSetSpec, Value};
+use tally_loadgen::otlp::{TraceSet, TraceSetSpec};
 use tally_loadgen::Expected;
 use tally_metering::Period;
 
@@ -126,144 +126,18 @@ async fn the_python_sdk_with_the_protobuf_exporter() -> anyhow::Result<()> {
     .await
 }
 
-/// The Rust SDK with `opentelemetry-otlp`'s HTTP exporter (protobuf). Its exporter does not
-/// retry (that needs an experimental feature), so it sends straight to ingest; a smaller set.
+/// The Rust SDK with `opentelemetry-otlp`'s HTTP exporter (protobuf), in a service of its own
+/// (`tools/e2e/otel/rust`). Its exporter does not retry (that needs an experimental feature), so
+/// it sends straight to ingest; a smaller set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rust_sdk_with_the_http_exporter() -> anyhow::Result<()> {
     let Setup { stack, orgs, key } = setup("otelrs").await?;
     let set = trace_set(&orgs, 12);
     let (expected, _) = set.expected(&orgs);
-    let url = format!("{}/v1/traces", stack.ingest_url());
-    let runtime = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || rust_sdk::export(&set, &url, &key, runtime)).await??;
+    let file = tally_e2e::logs_dir().join("otelrs-trace-set.json");
+    std::fs::write(&file, serde_json::to_vec(&set)?)?;
+    let mut command = tokio::process::Command::new(tally_e2e::binary("otel-sender"));
+    command.arg(&file).arg(stack.ingest_url()).arg(&key);
+    run(command).await?;
     assert_usage_eventually(&stack.api(), &expected, Duration::from_secs(60)).await
-}
-
-/// A Rust service's tracing, as docs/otlp.md configures it.
-mod rust_sdk {
-    use super::*;
-    use opentelemetry::trace::{Span, SpanKind, Status, TraceContextExt, Tracer};
-    use opentelemetry::{Context, KeyValue};
-    use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
-    use opentelemetry_sdk::trace::SdkTracerProvider;
-    use opentelemetry_sdk::Resource;
-
-    /// `opentelemetry-http`'s client trait over the reqwest Tally already uses, sending on a
-    /// tokio runtime (the SDK's batch processor exports from a thread of its own).
-    #[derive(Debug)]
-    struct ReqwestOnTokio {
-        client: reqwest::Client,
-        runtime: tokio::runtime::Handle,
-    }
-
-    #[async_trait::async_trait]
-    impl opentelemetry_http::HttpClient for ReqwestOnTokio {
-        async fn send_bytes(
-            &self,
-            request: http::Request<bytes::Bytes>,
-        ) -> Result<http::Response<bytes::Bytes>, opentelemetry_http::HttpError> {
-            let client = self.client.clone();
-            let (parts, body) = request.into_parts();
-            let sent = self.runtime.spawn(async move {
-                let mut builder = client.request(parts.method, parts.uri.to_string()).body(body);
-                for (name, value) in &parts.headers {
-                    builder = builder.header(name, value);
-                }
-                let response = builder.send().await?;
-                let status = response.status();
-                let body = response.bytes().await?;
-                Ok::<_, reqwest::Error>((status, body))
-            });
-            let (status, body) = sent.await??;
-            Ok(http::Response::builder().status(status.as_u16()).body(body)?)
-        }
-    }
-
-    fn value(v: &Value) -> opentelemetry::Value {
-        match v {
-            Value::String(s) => s.clone().into(),
-            Value::Int(i) => (*i).into(),
-            Value::Double(d) => (*d).into(),
-            Value::Bool(b) => (*b).into(),
-            Value::StringArray(values) => opentelemetry::Value::Array(
-                values
-                    .iter()
-                    .map(|s| opentelemetry::StringValue::from(s.clone()))
-                    .collect::<Vec<_>>()
-                    .into(),
-            ),
-        }
-    }
-
-    fn attributes(list: &[tally_loadgen::otlp::Attribute]) -> Vec<KeyValue> {
-        list.iter().map(|a| KeyValue::new(a.key.clone(), value(&a.value))).collect()
-    }
-
-    fn time(nanos: u64) -> SystemTime {
-        UNIX_EPOCH + Duration::from_nanos(nanos)
-    }
-
-    fn emit(tracer: &opentelemetry_sdk::trace::SdkTracer, spec: &SpanSpec, parent: &Context) {
-        let mut span = tracer
-            .span_builder(spec.name.clone())
-            .with_kind(SpanKind::Client)
-            .with_start_time(time(spec.start_unix_nano))
-            .with_attributes(attributes(&spec.attributes))
-            .start_with_context(tracer, parent);
-        for event in &spec.events {
-            span.add_event_with_timestamp(
-                event.name.clone(),
-                time(event.time_unix_nano),
-                attributes(&event.attributes),
-            );
-        }
-        if spec.error {
-            span.set_status(Status::error("failed"));
-        }
-        let end = time(spec.end_unix_nano);
-        let context = parent.with_span(span);
-        for child in &spec.children {
-            emit(tracer, child, &context);
-        }
-        context.span().end_with_timestamp(end);
-    }
-
-    pub fn export(
-        set: &TraceSet,
-        url: &str,
-        key: &str,
-        runtime: tokio::runtime::Handle,
-    ) -> anyhow::Result<()> {
-        for service in &set.services {
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_http_client(ReqwestOnTokio {
-                    client: reqwest::Client::new(),
-                    runtime: runtime.clone(),
-                })
-                .with_protocol(Protocol::HttpBinary)
-                .with_endpoint(url)
-                .with_headers(HashMap::from([(
-                    "Authorization".to_string(),
-                    format!("Bearer {key}"),
-                )]))
-                .build()?;
-            let provider = SdkTracerProvider::builder()
-                .with_resource(
-                    Resource::builder_empty()
-                        .with_attributes(attributes(&service.resource))
-                        .build(),
-                )
-                .with_batch_exporter(exporter)
-                .build();
-            let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "tally-e2e");
-            for root in &service.traces {
-                // A root span has no parent: start each trace from an empty context.
-                emit(&tracer, root, &Context::new());
-            }
-            provider.force_flush()?;
-            provider.shutdown()?;
-        }
-        Ok(())
-    }
 }

@@ -212,3 +212,102 @@ async fn projector_refuses_read_models_ahead_of_the_log() -> anyhow::Result<()> 
     );
     Ok(())
 }
+
+/// A service that calls Tally with `tally-client` through an outage: ingest stopped, then Kafka
+/// stalled. Every `record` returns at once (if one blocked, the recording threads below would
+/// never finish), the queue stays bounded, and after recovery the usage is exactly what was
+/// recorded minus what the client counted as dropped: nothing lost beyond that, nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_never_blocks_its_service_and_drops_only_what_it_counts() -> anyhow::Result<()> {
+    use tally_client::{Client, Config, Recorded};
+    use tally_schemas::{Status, TraceCompletedV1};
+
+    let mut stack = Stack::start_with(&[("TALLY_INGEST_KAFKA_TIMEOUT_MS", "1500")]).await?;
+    let api = stack.api();
+    let org = unique("client-");
+    api.ensure_org(&org, "Client org").await?;
+    let key = api.create_key(&org, "ingest").await?;
+    let client = std::sync::Arc::new(Client::with_config(Config {
+        queue_capacity: 1_000,
+        batch_size: 100,
+        batch_age: Duration::from_millis(50),
+        request_timeout: Duration::from_secs(3),
+        retry_min: Duration::from_millis(50),
+        retry_max: Duration::from_secs(1),
+        ..Config::new(&stack.ingest_url(), &key)
+    })?);
+    let now = chrono::Utc::now();
+    let event = {
+        let org = org.clone();
+        move |i: usize| TraceCompletedV1 {
+            event_id: format!("{org}-{i}"),
+            org_id: org.clone(),
+            trace_id: format!("t{i}"),
+            span_id: format!("s{i}"),
+            parent_span_id: None,
+            operation: Operation::LlmCall,
+            status: Status::Success,
+            started_at: now,
+            ended_at: now,
+            payload: None,
+            payload_bytes: Some(10),
+            attributes: None,
+        }
+    };
+    // Records events from a plain thread, as a service without a runtime would; the number
+    // dropped by the client's own say.
+    let record_from_a_thread = |range: std::ops::Range<usize>| {
+        let client = client.clone();
+        let event = event.clone();
+        std::thread::spawn(move || {
+            range.filter(|&i| client.record(event(i)) == Recorded::Dropped).count() as u64
+        })
+    };
+
+    // Healthy, from inside the tokio runtime: nothing is dropped.
+    for i in 0..500 {
+        assert_eq!(client.record(event(i)), Recorded::Queued);
+    }
+    client.flush_async().await;
+    assert_eq!(client.stats().accepted, 500);
+
+    // Ingest is away: the queue fills and the newest events are dropped, never blocking.
+    stack.kill9("ingest");
+    let mut dropped = record_from_a_thread(500..3_500).join().unwrap();
+    assert!(dropped > 0, "3,000 events into a queue of 1,000 with ingest away");
+    stack.start_service("ingest").await?;
+
+    // Kafka stalls: ingest holds each request, then answers 503; the client retries.
+    {
+        let _paused = Paused::broker();
+        dropped += record_from_a_thread(3_500..6_500).join().unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let client = std::sync::Arc::into_inner(client).expect("the threads are done");
+    tokio::task::spawn_blocking(move || {
+        client.flush(Duration::from_secs(120))?;
+        let stats = client.shutdown(Duration::from_secs(5));
+        assert_eq!(stats.recorded, 6_500);
+        assert_eq!(stats.dropped, dropped, "the counter says exactly what was dropped");
+        assert_eq!(stats.rejected, 0);
+        assert_eq!(stats.accepted + stats.dropped, 6_500, "{stats:?}");
+        anyhow::Ok(stats)
+    })
+    .await??;
+    let exposed = prometheus::TextEncoder::new().encode_to_string(&prometheus::gather())?;
+    let metric = exposed
+        .lines()
+        .find_map(|line| line.strip_prefix(r#"tally_client_events_total{outcome="dropped"} "#))
+        .and_then(|value| value.trim().parse::<u64>().ok());
+    assert_eq!(metric, Some(dropped), "the metric agrees with the counter");
+
+    // Billed usage is every event that was not dropped, once. A request that timed out may
+    // have reached the log before the client resent it: those are duplicates, not billed.
+    let delivered = 6_500 - dropped;
+    let mut want =
+        Expected { traces: delivered, payload_bytes: 10 * delivered, ..Default::default() };
+    want.by_operation.insert(Operation::LlmCall, (delivered, 10 * delivered));
+    let period = tally_metering::Period::containing(now).to_string();
+    let expected = std::collections::BTreeMap::from([((org.clone(), period), want)]);
+    tally_e2e::assert_usage_eventually_resent(&api, &expected, 6_500, Duration::from_secs(60)).await
+}

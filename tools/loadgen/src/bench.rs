@@ -25,29 +25,71 @@ use crate::Endpoints;
 use tally_loadgen::api::Api;
 use tally_loadgen::send::Sender;
 
-const BATCH: usize = 1000;
+pub(crate) const BATCH: usize = 1000;
 const CONCURRENCY: usize = 8;
-const ORGS: usize = 16;
+pub(crate) const ORGS: usize = 16;
 
-fn env_u64(name: &str, default: u64) -> u64 {
+pub(crate) fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// What a phase sends: bodies of `BATCH` deliveries (90% new events, 10% re-deliveries of the
+/// previous batch's), to one of ingest's doors.
+pub(crate) trait Bodies: Send + Sync {
+    /// The body of batch number `batch_no`, and how many new events it holds.
+    fn body(&self, batch_no: u64) -> (Vec<u8>, u64);
+    fn path(&self) -> &'static str;
+    fn content_type(&self) -> &'static str;
+    fn orgs(&self) -> &[String];
+    /// Fails unless the answer accepted every delivery of the body.
+    fn check(&self, answer: &[u8]) -> anyhow::Result<()>;
+}
+
+/// New events in a batch.
+pub(crate) const FRESH: u64 = BATCH as u64 * 9 / 10;
+
 /// Builds request bodies fast: a fixed template with the id, org and time filled in.
-struct BodyMaker {
-    run: String,
-    orgs: Vec<String>,
-    ended_at: String,
-    inline_payload: Option<String>,
+pub(crate) struct BodyMaker {
+    pub(crate) run: String,
+    pub(crate) orgs: Vec<String>,
+    pub(crate) ended_at: String,
+    pub(crate) inline_payload: Option<String>,
+}
+
+impl Bodies for BodyMaker {
+    fn body(&self, batch_no: u64) -> (Vec<u8>, u64) {
+        let (body, fresh) = self.events(batch_no * FRESH);
+        (body.into_bytes(), fresh)
+    }
+
+    fn path(&self) -> &'static str {
+        "/v1/events"
+    }
+
+    fn content_type(&self) -> &'static str {
+        "application/json"
+    }
+
+    fn orgs(&self) -> &[String] {
+        &self.orgs
+    }
+
+    fn check(&self, answer: &[u8]) -> anyhow::Result<()> {
+        let answer: serde_json::Value = serde_json::from_slice(answer)?;
+        if answer["rejected"].as_u64() != Some(0) {
+            bail!("ingest rejected events: {answer}");
+        }
+        Ok(())
+    }
 }
 
 impl BodyMaker {
     /// A batch of `BATCH` deliveries starting at event number `first`: 90% new events, 10%
     /// re-deliveries of events of the previous batch.
-    fn body(&self, first: u64) -> (String, u64) {
+    fn events(&self, first: u64) -> (String, u64) {
         let mut s = String::with_capacity(BATCH * 400);
         s.push('[');
-        let fresh = BATCH as u64 * 9 / 10;
+        let fresh = FRESH;
         for k in 0..BATCH as u64 {
             let n = if k < fresh { first + k } else { first.saturating_sub(1 + k - fresh) };
             if k > 0 {
@@ -72,21 +114,21 @@ impl BodyMaker {
     }
 }
 
-struct Phase {
-    name: &'static str,
-    unique: u64,
-    deliveries: u64,
-    send_secs: f64,
-    e2e_secs: f64,
+pub(crate) struct Phase {
+    pub(crate) name: &'static str,
+    pub(crate) unique: u64,
+    pub(crate) deliveries: u64,
+    pub(crate) send_secs: f64,
+    pub(crate) e2e_secs: f64,
 }
 
 /// Sends for `secs` seconds at most `rate` deliveries/s (0: unlimited), then waits until the API
 /// shows all unique events. Returns the measurements.
-async fn phase(
+pub(crate) async fn phase(
     name: &'static str,
     ep: &Endpoints,
     key: &str,
-    maker: Arc<BodyMaker>,
+    maker: Arc<dyn Bodies>,
     secs: u64,
     rate: u64,
     baseline: u64,
@@ -94,12 +136,13 @@ async fn phase(
     let sender = Sender::new(&ep.ingest_url, key);
     let next = Arc::new(AtomicU64::new(0));
     let unique = Arc::new(AtomicU64::new(0));
+    let delivered = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let stop_at = started + Duration::from_secs(secs);
     let tasks: Vec<_> = (0..CONCURRENCY)
         .map(|_| {
-            let (sender, next, unique, maker) =
-                (sender.clone(), next.clone(), unique.clone(), maker.clone());
+            let (sender, next, unique, delivered, maker) =
+                (sender.clone(), next.clone(), unique.clone(), delivered.clone(), maker.clone());
             tokio::spawn(async move {
                 while Instant::now() < stop_at {
                     let batch_no = next.fetch_add(1, Ordering::Relaxed);
@@ -108,9 +151,11 @@ async fn phase(
                             + Duration::from_secs_f64(batch_no as f64 * BATCH as f64 / rate as f64);
                         tokio::time::sleep_until(due.into()).await;
                     }
-                    let (body, fresh) = maker.body(batch_no * (BATCH as u64 * 9 / 10));
-                    sender.send_body(body.into_bytes()).await?;
+                    let (body, fresh) = maker.body(batch_no);
+                    let answer = sender.send_to(maker.path(), maker.content_type(), body).await?;
+                    maker.check(&answer)?;
                     unique.fetch_add(fresh, Ordering::Relaxed);
+                    delivered.fetch_add(BATCH as u64, Ordering::Relaxed);
                 }
                 anyhow::Ok(())
             })
@@ -121,14 +166,14 @@ async fn phase(
     }
     let send_secs = started.elapsed().as_secs_f64();
     let unique = unique.load(Ordering::Relaxed);
-    let deliveries = sender.accepted.load(Ordering::Relaxed);
+    let deliveries = delivered.load(Ordering::Relaxed);
     // Done when the API shows every unique event of this phase, exactly.
     let target = baseline + unique;
     let period = Period::containing(chrono::Utc::now()).to_string();
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let mut total = 0;
-        for org in &maker.orgs {
+        for org in maker.orgs() {
             total += ep.api.usage(org, &period).await?["traces"].as_u64().unwrap_or(0);
         }
         if total == target {
@@ -147,7 +192,7 @@ async fn phase(
     Ok(Phase { name, unique, deliveries, send_secs, e2e_secs: started.elapsed().as_secs_f64() })
 }
 
-async fn total_traces(api: &Api, orgs: &[String]) -> anyhow::Result<u64> {
+pub(crate) async fn total_traces(api: &Api, orgs: &[String]) -> anyhow::Result<u64> {
     let period = Period::containing(chrono::Utc::now()).to_string();
     let mut total = 0;
     for org in orgs {
@@ -194,7 +239,7 @@ async fn freshness(
     Ok(samples)
 }
 
-fn report(p: &Phase) {
+pub(crate) fn report(p: &Phase) {
     println!(
         "  {}: {} deliveries ({} unique) accepted in {:.1} s, all visible in the API after {:.1} s: {:.0} events/s end to end",
         p.name, p.deliveries, p.unique, p.send_secs, p.e2e_secs, p.deliveries as f64 / p.e2e_secs
@@ -228,7 +273,7 @@ async fn raw_kafka(brokers: &str, maker: &BodyMaker, count: u64) -> anyhow::Resu
         .set("queue.buffering.max.messages", "1000000")
         .create()?;
     // The same bytes ingest writes: one event's record, about 330 bytes.
-    let (sample, _) = maker.body(0);
+    let (sample, _) = maker.events(0);
     let first: serde_json::Value = serde_json::from_str::<serde_json::Value>(&sample)?[0].clone();
     let record = serde_json::to_vec(
         &serde_json::json!({"kind": "trace_completed", "event_id": first["event_id"],

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tally_loadgen::api::Api;
-use tally_loadgen::send::Sender;
 use tally_loadgen::WorkloadSpec;
 use tally_metering::Period;
 
 mod bench;
+mod bench_otlp;
 mod bench_page;
 mod month_log;
 mod stripe_demo;
@@ -90,8 +90,22 @@ async fn demo() -> anyhow::Result<()> {
         let usage = ep.api.usage(org, &period).await?;
         before.insert(org, usage["traces"].as_u64().unwrap_or(0));
     }
-    let sender = Sender::new(&ep.ingest_url, &ingest_key);
-    sender.send_all(&workload.deliveries, 500, 8).await?;
+    // Sent the way a Rust service would: with tally-client, which batches, gzips and retries.
+    let client = tally_client::Client::with_config(tally_client::Config {
+        queue_capacity: workload.deliveries.len(),
+        ..tally_client::Config::new(&ep.ingest_url, &ingest_key)
+    })?;
+    for delivery in &workload.deliveries {
+        client.record(serde_json::from_value(delivery.clone()).context("a generated event")?);
+    }
+    client.flush_async().await;
+    let stats = client.shutdown_async(Duration::from_secs(5)).await;
+    anyhow::ensure!(
+        stats.dropped == 0 && stats.rejected == 0,
+        "tally-client dropped {} and ingest rejected {} events",
+        stats.dropped,
+        stats.rejected
+    );
 
     println!(
         "\nusage for {period} (waiting until the pipeline has folded everything this demo sent):\n"
@@ -154,6 +168,7 @@ async fn main() -> std::process::ExitCode {
     let result = match command.as_str() {
         "demo" => demo().await,
         "bench" => bench::run(endpoints()).await,
+        "bench-otlp" => bench_otlp::run(endpoints()).await,
         "bench-page" => bench_page::run(endpoints()).await,
         "portal-link" => portal_link(std::env::args().nth(2)).await,
         "month-log" => tokio::task::spawn_blocking(month_log::run)
@@ -161,7 +176,7 @@ async fn main() -> std::process::ExitCode {
             .unwrap_or_else(|e| Err(anyhow::anyhow!("{e}"))),
         _ => {
             eprintln!(
-                "usage: tally-loadgen demo | bench | bench-page | portal-link ORG | month-log"
+                "usage: tally-loadgen demo | bench | bench-otlp | bench-page | portal-link ORG | month-log"
             );
             return std::process::ExitCode::from(2);
         }

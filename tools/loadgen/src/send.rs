@@ -13,7 +13,7 @@ use serde_json::Value;
 #[derive(Clone)]
 pub struct Sender {
     client: reqwest::Client,
-    url: String,
+    base: String,
     key: String,
     pub accepted: Arc<AtomicU64>,
     pub rejected: Arc<AtomicU64>,
@@ -28,7 +28,7 @@ impl Sender {
                 .pool_max_idle_per_host(64)
                 .build()
                 .expect("http client"),
-            url: format!("{}/v1/events", ingest_base.trim_end_matches('/')),
+            base: ingest_base.trim_end_matches('/').to_string(),
             key: ingest_key.to_string(),
             accepted: Arc::default(),
             rejected: Arc::default(),
@@ -36,26 +36,38 @@ impl Sender {
         }
     }
 
-    /// Sends one batch (a JSON array body) until ingest answers 200. Returns the response.
+    /// Sends one batch (a JSON array body) to `/v1/events` until ingest answers 200. Returns the
+    /// answer.
     pub async fn send_body(&self, body: Vec<u8>) -> anyhow::Result<Value> {
+        let answer = self.send_to("/v1/events", "application/json", body).await?;
+        let value: Value = serde_json::from_slice(&answer).context("ingest answer")?;
+        self.accepted.fetch_add(value["accepted"].as_u64().unwrap_or(0), Ordering::Relaxed);
+        self.rejected.fetch_add(value["rejected"].as_u64().unwrap_or(0), Ordering::Relaxed);
+        Ok(value)
+    }
+
+    /// Sends one body to `path` until ingest answers 200; a 5xx, a timeout or a dropped
+    /// connection is retried with the same body, a 4xx is an error. Returns the answer's bytes.
+    pub async fn send_to(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<bytes::Bytes> {
+        let url = format!("{}{path}", self.base);
         let mut backoff = Duration::from_millis(100);
-        for attempt in 0..60 {
+        for _ in 0..60 {
             let result = self
                 .client
-                .post(&self.url)
+                .post(&url)
                 .bearer_auth(&self.key)
-                .header("content-type", "application/json")
+                .header("content-type", content_type)
                 .body(body.clone())
                 .send()
                 .await;
             match result {
                 Ok(response) if response.status().is_success() => {
-                    let value: Value = response.json().await.context("ingest answer")?;
-                    self.accepted
-                        .fetch_add(value["accepted"].as_u64().unwrap_or(0), Ordering::Relaxed);
-                    self.rejected
-                        .fetch_add(value["rejected"].as_u64().unwrap_or(0), Ordering::Relaxed);
-                    return Ok(value);
+                    return response.bytes().await.context("ingest answer");
                 }
                 Ok(response) if response.status().is_client_error() => {
                     let status = response.status();
@@ -69,7 +81,6 @@ impl Sender {
                     self.retries.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
-                    let _ = attempt;
                 }
             }
         }
