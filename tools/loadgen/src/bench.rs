@@ -8,6 +8,8 @@
 //!    the moment the API shows them; p50 and p99.
 //! 4. Raw Kafka on the same machine: the same records produced (idempotent, acks=all) and
 //!    consumed with no processing, for the ratio.
+//! 5. A service sending with `tally-client` (`bench_client.rs`): the cost of `record` to the
+//!    caller, and the events end to end (run before phase 4).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -395,6 +397,15 @@ pub async fn run(endpoints: anyhow::Result<Endpoints>) -> anyhow::Result<()> {
     let load = load?;
     let mut samples = samples?;
     samples.sort_by(f64::total_cmp);
+    let client_secs = env_u64("TALLY_BENCH_CLIENT_SECS", 20);
+    let client_rate = env_u64("TALLY_BENCH_CLIENT_RATE", 10_000);
+    println!(
+        "phase 5 (before 4, which needs a quiet broker): tally-client, {client_secs} s, 4 threads recording {client_rate} events/s ..."
+    );
+    let baseline = total_traces(&ep.api, &orgs).await?;
+    let client =
+        crate::bench_client::run(&ep, &key, &orgs, &run, client_secs, client_rate, baseline)
+            .await?;
     println!("phase 4: raw Kafka, the same records, no processing ...");
     let raw_count = phases[0].deliveries.min(2_000_000);
     let (raw_produce, raw_consume) =
@@ -427,6 +438,19 @@ pub async fn run(endpoints: anyhow::Result<Endpoints>) -> anyhow::Result<()> {
         "raw Kafka on this machine ({raw_count} records): produce {raw_produce:.0}/s, consume {raw_consume:.0}/s; \
          Tally end to end = {:.1}% of raw produce",
         100.0 * e2e / raw_produce
+    );
+    let nanos = |p: f64| client.costs[((client.costs.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "tally-client: {} events recorded in {:.1} s from 4 threads ({} dropped), all visible in the API after {:.1} s; \
+         record(): p50 {} ns, p99 {} ns, p99.9 {} ns, max {} µs",
+        client.recorded,
+        client.record_secs,
+        client.dropped,
+        client.e2e_secs,
+        nanos(0.5),
+        nanos(0.99),
+        nanos(0.999),
+        client.costs.last().copied().unwrap_or_default() / 1_000
     );
     Ok(())
 }

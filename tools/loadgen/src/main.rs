@@ -9,6 +9,7 @@ use tally_loadgen::WorkloadSpec;
 use tally_metering::Period;
 
 mod bench;
+mod bench_client;
 mod bench_otlp;
 mod bench_page;
 mod month_log;
