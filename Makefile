@@ -61,6 +61,9 @@ FAULTS_ENV := TALLY_TEST_KAFKA_BROKERS=127.0.0.1:19094 \
 	TALLY_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/tally_test_faults \
 	TALLY_TEST_HOME=$(FAULTS_HOME) TALLY_TEST_LOGS=$(FAULTS_HOME)/logs TALLY_TEST_KAFKA_CONTROLLER_PORT=19095
 FAULTS_LOG := .tally/test-faults.log
+# The end-to-end modules that run on the second broker: the ones that stop and kill it, and one
+# more so that the two groups take about as long.
+FAULTS_GROUP := broker_faults:: instances::
 BACKGROUND := .tally/test-background.log
 # The binaries the end-to-end tests start (tools/e2e); the others (the load generator) are built
 # with the rest of the tests.
@@ -80,9 +83,10 @@ test: web
 	  nice -n 19 $(CARGO) build --release --workspace --bins --tests --examples || exit 1; \
 	  nice -n 19 $(CARGO) clippy --release --workspace --all-targets -- -D warnings || exit 2) \
 		>$(BACKGROUND) 2>&1 & background=$$!; \
-	$(FAULTS_ENV) $(CARGO) test --release --workspace --test e2e -- --test-threads=1 broker_faults:: \
+	$(FAULTS_ENV) $(CARGO) test --release --workspace --test e2e -- --test-threads=1 $(FAULTS_GROUP) \
 		>$(FAULTS_LOG) 2>&1 & faults=$$!; \
-	$(TEST_ENV) $(CARGO) test --release --workspace --test e2e -- --test-threads=1 --skip broker_faults::; \
+	$(TEST_ENV) $(CARGO) test --release --workspace --test e2e -- --test-threads=1 \
+		$(addprefix --skip ,$(FAULTS_GROUP)); \
 	e2e=$$?; wait $$faults; faulted=$$?; \
 	echo "tally: the end-to-end tests that stop and kill the broker ($(FAULTS_LOG)):"; cat $(FAULTS_LOG); \
 	wait $$background; checked=$$?; \
