@@ -3,20 +3,14 @@
 //! `tally_formats::otlp`.
 
 use prost::Message;
-use serde::Serialize;
 use tally_formats::otlp::proto::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
 use tally_formats::otlp::span;
 pub use tally_formats::otlp::Encoding;
 
-use crate::request::BodyError;
-
-/// The encoding of a request with this content type (without its parameters).
-pub fn encoding(content_type: &str) -> Result<Encoding, BodyError> {
-    Encoding::from_content_type(content_type)
-        .ok_or_else(|| BodyError::UnsupportedContentType(content_type.to_string()))
-}
+use crate::accept::{Candidate, Outcome};
+use crate::admit::Admitted;
 
 /// How many spans of a request were not metered, and why: OTLP's partial success. Unmapped
 /// spans count as rejected there, so that a sender can see them.
@@ -31,6 +25,23 @@ pub struct PartialSuccess {
 impl PartialSuccess {
     /// At most this many rejections are spelled out in `error_message`.
     pub const REASONS: usize = 5;
+
+    /// What a request's spans came to, once admitted.
+    pub fn of(candidates: &[Candidate], admitted: Admitted) -> PartialSuccess {
+        let reasons = candidates
+            .iter()
+            .enumerate()
+            .filter_map(|(index, candidate)| match &candidate.outcome {
+                Outcome::Rejected(e) => {
+                    let span = candidate.event_id.clone().unwrap_or_else(|| format!("#{index}"));
+                    Some(format!("span {span}: {e}"))
+                }
+                _ => None,
+            })
+            .take(Self::REASONS)
+            .collect();
+        PartialSuccess { unmapped: admitted.unmapped, rejected: admitted.rejected, reasons }
+    }
 
     pub fn response(&self) -> ExportTraceServiceResponse {
         let rejected_spans = self.unmapped + self.rejected;
@@ -73,7 +84,7 @@ pub fn encode_response(response: &ExportTraceServiceResponse, encoding: Encoding
 
 /// `google.rpc.Status`, the body OTLP/HTTP answers a refused request with. Its `details` are
 /// never sent.
-#[derive(Clone, PartialEq, Message, Serialize)]
+#[derive(Clone, PartialEq, Message)]
 pub struct RpcStatus {
     /// A `google.rpc.Code`.
     #[prost(int32, tag = "1")]

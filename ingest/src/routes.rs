@@ -150,9 +150,10 @@ async fn post_traces(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    // A body that cannot be read is answered in JSON, which every client can show.
+    // The answer's encoding is the request's; a request of another content type is answered in
+    // JSON, which every client can show.
     let encoding = Encoding::from_content_type(&content_type(&headers));
-    let response = match traces(&state, &headers, body).await {
+    let response = match traces(&state, &headers, body, encoding).await {
         Ok(response) => response,
         Err(error) => {
             let status = RpcStatus {
@@ -194,27 +195,16 @@ async fn traces(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
+    encoding: Option<Encoding>,
 ) -> Result<Response, RequestError> {
     authorize(&state.registry, headers).await?;
-    let encoding = otlp::encoding(&content_type(headers))?;
+    let encoding =
+        encoding.ok_or_else(|| BodyError::UnsupportedContentType(content_type(headers)))?;
     let bytes = read_body(headers, body, state.settings.max_body_bytes).await?;
     let items = tally_formats::otlp::decode(&bytes, encoding, state.settings.max_events)
         .map_err(BodyError::from)?;
     let (candidates, admitted) = check_and_admit(state, items).await?;
-    let mut not_metered = PartialSuccess {
-        unmapped: admitted.unmapped,
-        rejected: admitted.rejected,
-        reasons: vec![],
-    };
-    for (index, candidate) in candidates.iter().enumerate() {
-        if let Outcome::Rejected(e) = &candidate.outcome {
-            if not_metered.reasons.len() == PartialSuccess::REASONS {
-                break;
-            }
-            let span = candidate.event_id.clone().unwrap_or_else(|| format!("#{index}"));
-            not_metered.reasons.push(format!("span {span}: {e}"));
-        }
-    }
+    let not_metered = PartialSuccess::of(&candidates, admitted);
     let answer = otlp::encode_response(&not_metered.response(), encoding);
     Ok(otlp_body(encoding, answer))
 }

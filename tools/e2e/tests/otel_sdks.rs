@@ -78,9 +78,13 @@ async fn run(mut command: tokio::process::Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `program script SET.json URL KEY [protocol]` (an SDK's sender in `tools/e2e/otel/`) through
+/// a proxy that loses ingest's first two answers, and checks the usage.
 async fn exported_through_a_flaky_ingest(
     prefix: &str,
-    sender: impl FnOnce(&std::path::Path, &str, &str) -> tokio::process::Command,
+    program: &str,
+    script: &str,
+    protocol: Option<&str>,
 ) -> anyhow::Result<()> {
     let Setup { stack, orgs, key } = setup(prefix).await?;
     let set = trace_set(&orgs, 30);
@@ -88,7 +92,9 @@ async fn exported_through_a_flaky_ingest(
     let file = tally_e2e::logs_dir().join(format!("{prefix}trace-set.json"));
     std::fs::write(&file, serde_json::to_vec(&set)?)?;
     let flaky = FlakyIngest::start(&stack.ingest_url(), 2).await?;
-    run(sender(&file, &flaky.url, &key)).await?;
+    let mut command = tokio::process::Command::new(program);
+    command.arg(otel_dir().join(script)).arg(&file).arg(&flaky.url).arg(&key).args(protocol);
+    run(command).await?;
     let lost = flaky.lost();
     assert_eq!(lost.len(), 2, "the exporter sent at least two requests");
     add_retried(&mut expected, &lost, &orgs);
@@ -97,33 +103,18 @@ async fn exported_through_a_flaky_ingest(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_sdk_with_the_protobuf_exporter() -> anyhow::Result<()> {
-    exported_through_a_flaky_ingest("otelnodep", |file, url, key| {
-        let mut command = tokio::process::Command::new("node");
-        command.arg(otel_dir().join("node/emit.mjs")).arg(file).arg(url).arg(key).arg("proto");
-        command
-    })
-    .await
+    exported_through_a_flaky_ingest("otelnodep", "node", "node/emit.mjs", Some("proto")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_sdk_with_the_json_exporter() -> anyhow::Result<()> {
-    exported_through_a_flaky_ingest("otelnodej", |file, url, key| {
-        let mut command = tokio::process::Command::new("node");
-        command.arg(otel_dir().join("node/emit.mjs")).arg(file).arg(url).arg(key).arg("json");
-        command
-    })
-    .await
+    exported_through_a_flaky_ingest("otelnodej", "node", "node/emit.mjs", Some("json")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_sdk_with_the_protobuf_exporter() -> anyhow::Result<()> {
     let python = std::env::var("TALLY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    exported_through_a_flaky_ingest("otelpy", |file, url, key| {
-        let mut command = tokio::process::Command::new(&python);
-        command.arg(otel_dir().join("python/emit.py")).arg(file).arg(url).arg(key);
-        command
-    })
-    .await
+    exported_through_a_flaky_ingest("otelpy", &python, "python/emit.py", None).await
 }
 
 /// The Rust SDK with `opentelemetry-otlp`'s HTTP exporter (protobuf), in a service of its own
