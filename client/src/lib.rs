@@ -6,7 +6,8 @@
 //!   newest), counts it ([`Stats::dropped`], `tally_client_events_total{outcome="dropped"}`) and
 //!   returns [`Recorded::Dropped`]; memory never grows beyond the queue.
 //! - A sender on a thread of its own, with its own small runtime ([`sender`]), takes events from
-//!   the queue, batches them by size and by age, gzips each batch, posts it, and retries what
+//!   the queue, batches them by size and by age, gzips each batch, posts up to
+//!   [`Config::max_in_flight`] batches at once, and retries what
 //!   got a 5xx, a 429 or no answer, with capped exponential backoff and jitter, resending the
 //!   same events with the same event ids (ingest counts each once). It never needs the caller's
 //!   runtime, so the client works the same from `#[tokio::main]` services and from plain
@@ -47,6 +48,9 @@ pub struct Config {
     pub batch_age: Duration,
     /// How long one request may take. Default 10 s.
     pub request_timeout: Duration,
+    /// Batches in flight at once, at most. Default 4: enough to keep up with about 60,000 events
+    /// a second against a nearby ingest (BENCHMARKS.md), few enough never to swamp it.
+    pub max_in_flight: usize,
     /// The first wait before a retry, doubled after each failure up to `retry_max`, with
     /// jitter. Defaults 100 ms and 30 s.
     pub retry_min: Duration,
@@ -62,6 +66,7 @@ impl Config {
             batch_size: 500,
             batch_age: Duration::from_secs(1),
             request_timeout: Duration::from_secs(10),
+            max_in_flight: 4,
             retry_min: Duration::from_millis(100),
             retry_max: Duration::from_secs(30),
         }
@@ -77,6 +82,7 @@ impl fmt::Debug for Config {
             .field("batch_size", &self.batch_size)
             .field("batch_age", &self.batch_age)
             .field("request_timeout", &self.request_timeout)
+            .field("max_in_flight", &self.max_in_flight)
             .field("retry_min", &self.retry_min)
             .field("retry_max", &self.retry_max)
             .finish()
@@ -189,6 +195,9 @@ impl Client {
         }
         if config.batch_size == 0 || config.batch_size > 10_000 {
             return Err(ClientError::Config("batch_size must be 1 to 10,000"));
+        }
+        if config.max_in_flight == 0 || config.max_in_flight > 64 {
+            return Err(ClientError::Config("max_in_flight must be 1 to 64"));
         }
         if config.retry_min.is_zero() || config.retry_max < config.retry_min {
             return Err(ClientError::Config("retry_min must be positive and at most retry_max"));

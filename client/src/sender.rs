@@ -1,6 +1,7 @@
 //! The client's sender: a thread of its own with a current-thread runtime, so it never borrows
-//! the caller's. It takes events from the queue into a batch, sends the batch when it is full or
-//! old enough, and answers flushes and the shutdown.
+//! the caller's. It takes events from the queue into a batch, cuts the batch when it is full or
+//! old enough, keeps up to `max_in_flight` batches in flight at once, and answers flushes and the
+//! shutdown.
 //!
 //! One batch is one request: the events as a JSON array, gzipped, to `{url}/v1/events`. A 5xx,
 //! a 429 or no answer is retried (the same body, so the same event ids) after a wait that doubles
@@ -8,14 +9,26 @@
 //! 413 splits the batch in two. Any other answer is final: a 200's per-event rejections and a
 //! 4xx's whole batch are counted as rejected. The sender logs once when ingest becomes
 //! unreachable and once when it is back, not once per attempt.
+//!
+//! What the sender holds is bounded: the queue, the batches in flight, one full batch waiting
+//! for a free slot and the batch being filled. While every slot is taken and a full batch waits,
+//! the sender stops taking from the queue, so the queue fills and `record` drops the newest.
+//!
+//! A flush is answered once every event queued before it has been answered by ingest (or
+//! dropped by a shutdown's deadline): the flush notes how many events had entered the queue by
+//! then (its mark), and each batch knows where in that sequence it starts.
 
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flate2::write::GzEncoder;
 use rand::Rng;
 use tally_schemas::TraceCompletedV1;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::{JoinError, JoinSet};
 
 use crate::{ClientError, Config, Counters, Outcome};
 
@@ -44,28 +57,31 @@ pub(crate) fn spawn(
     config: Config,
     queue: mpsc::Receiver<TraceCompletedV1>,
     control: mpsc::UnboundedReceiver<Control>,
-    counters: std::sync::Arc<Counters>,
+    counters: Arc<Counters>,
 ) -> Result<std::thread::JoinHandle<()>, ClientError> {
     let http = reqwest::Client::builder()
         .timeout(config.request_timeout)
         .build()
         .map_err(|e| ClientError::Http(e.to_string()))?;
+    let (deadline, _) = watch::channel(None);
     let sender = Sender {
-        ingest: Ingest {
-            endpoint: format!("{}/v1/events", config.url),
-            authorization: format!("Bearer {}", config.key),
-            http,
-        },
-        config,
-        counters,
-        unreachable: false,
-        commands: Commands {
-            control,
-            control_open: true,
-            deadline: None,
-            stopping: None,
-            flushes: Vec::new(),
-        },
+        batches: Batches::new(config.batch_size),
+        deliveries: Deliveries::default(),
+        shared: Arc::new(Shared {
+            ingest: Ingest {
+                endpoint: format!("{}/v1/events", config.url),
+                authorization: format!("Bearer {}", config.key),
+                http,
+            },
+            config,
+            counters,
+            unreachable: AtomicBool::new(false),
+        }),
+        control,
+        control_open: true,
+        deadline,
+        stopping: None,
+        flushes: Vec::new(),
     };
     std::thread::Builder::new()
         .name("tally-client".into())
@@ -79,6 +95,15 @@ pub(crate) fn spawn(
         .map_err(ClientError::Thread)
 }
 
+/// What every delivery shares.
+struct Shared {
+    ingest: Ingest,
+    config: Config,
+    counters: Arc<Counters>,
+    /// Whether the last attempt failed: the state whose changes are logged.
+    unreachable: AtomicBool,
+}
+
 /// Where batches go.
 struct Ingest {
     endpoint: String,
@@ -86,25 +111,237 @@ struct Ingest {
     http: reqwest::Client,
 }
 
-struct Sender {
-    ingest: Ingest,
-    config: Config,
-    counters: std::sync::Arc<Counters>,
-    /// Whether the last attempt failed: the state whose changes are logged.
-    unreachable: bool,
-    commands: Commands,
+/// A batch cut from the stream of queued events: its place in that stream and its events.
+struct Cut {
+    /// How many events entered the sender before this batch's first.
+    start: u64,
+    events: Vec<TraceCompletedV1>,
 }
 
-/// The caller's commands, taken also while a delivery is under way.
-struct Commands {
+/// The events the sender has taken from the queue and not yet handed to a delivery.
+struct Batches {
+    size: usize,
+    /// Events taken from the queue so far.
+    received: u64,
+    /// The batch being filled, and when its first event came.
+    filling: Vec<TraceCompletedV1>,
+    opened: Instant,
+    /// Full (or due) batches waiting for a free slot: at most one in normal running.
+    cut: VecDeque<Cut>,
+}
+
+impl Batches {
+    fn new(size: usize) -> Batches {
+        Batches {
+            size,
+            received: 0,
+            filling: Vec::with_capacity(size),
+            opened: Instant::now(),
+            cut: VecDeque::new(),
+        }
+    }
+
+    fn push(&mut self, event: TraceCompletedV1) {
+        if self.filling.is_empty() {
+            self.opened = Instant::now();
+        }
+        self.filling.push(event);
+        self.received += 1;
+        if self.filling.len() >= self.size {
+            self.cut_filling();
+        }
+    }
+
+    fn cut_filling(&mut self) {
+        if !self.filling.is_empty() {
+            let events = std::mem::replace(&mut self.filling, Vec::with_capacity(self.size));
+            let start = self.received - events.len() as u64;
+            self.cut.push_back(Cut { start, events });
+        }
+    }
+
+    fn is_filling(&self) -> bool {
+        !self.filling.is_empty()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.filling.is_empty() && self.cut.is_empty()
+    }
+
+    /// Whether to take more from the queue: not while a full batch waits for a slot.
+    fn has_room(&self) -> bool {
+        self.cut.is_empty()
+    }
+
+    /// The first event not yet handed to a delivery.
+    fn first_held(&self) -> u64 {
+        match self.cut.front() {
+            Some(cut) => cut.start,
+            None => self.received - self.filling.len() as u64,
+        }
+    }
+
+    /// Everything held, for a shutdown whose deadline passed.
+    fn drop_all(&mut self) -> u64 {
+        let n = self.filling.len() + self.cut.iter().map(|c| c.events.len()).sum::<usize>();
+        self.filling.clear();
+        self.cut.clear();
+        n as u64
+    }
+}
+
+/// The sender's loop and what it keeps between turns.
+struct Sender {
+    shared: Arc<Shared>,
+    batches: Batches,
+    deliveries: Deliveries,
     control: mpsc::UnboundedReceiver<Control>,
     control_open: bool,
-    /// Once a shutdown is asked for (or the client is gone): when to stop trying.
-    deadline: Option<Instant>,
+    /// A shutdown's deadline, once one is asked for; every delivery watches it.
+    deadline: watch::Sender<Option<Instant>>,
     /// A shutdown asked for, with its reply if the caller waits for one.
     stopping: Option<Option<Reply>>,
-    /// Flushes asked for and not yet answered.
-    flushes: Vec<Reply>,
+    /// Flushes not yet answered, each with its mark: how many events had entered the sender or
+    /// its queue when the flush came.
+    flushes: Vec<(u64, Reply)>,
+}
+
+impl Sender {
+    async fn run(mut self, mut queue: mpsc::Receiver<TraceCompletedV1>) {
+        let mut queue_open = true;
+        loop {
+            while self.deliveries.len() < self.shared.config.max_in_flight {
+                let Some(cut) = self.batches.cut.pop_front() else { break };
+                self.deliveries.start(&self.shared, self.deadline.subscribe(), cut);
+            }
+            let answered =
+                self.deliveries.first().unwrap_or(u64::MAX).min(self.batches.first_held());
+            for (_, reply) in self.flushes.extract_if(.., |(mark, _)| *mark <= answered) {
+                reply.done();
+            }
+            let deadline = *self.deadline.borrow();
+            if self.stopping.is_some() {
+                if deadline.is_some_and(|at| Instant::now() >= at) && queue_open {
+                    // Too late for what has not gone out yet: dropped, and counted.
+                    let mut dropped = self.batches.drop_all();
+                    while queue.try_recv().is_ok() {
+                        dropped += 1;
+                    }
+                    self.shared.counters.add(Outcome::Dropped, dropped);
+                    queue_open = false;
+                }
+                if !queue_open && self.batches.is_empty() && self.deliveries.len() == 0 {
+                    break;
+                }
+            }
+            // A flush or a shutdown sends the batch being filled without waiting for its age.
+            let due = if self.flushes.is_empty() && self.stopping.is_none() {
+                self.batches.opened + self.shared.config.batch_age
+            } else {
+                Instant::now()
+            };
+            tokio::select! {
+                biased;
+                command = self.control.recv(), if self.control_open => self.take(command, &mut queue),
+                Some(done) = self.deliveries.next(), if self.deliveries.len() > 0 => {
+                    self.deliveries.finished(done, &self.shared.counters);
+                }
+                event = queue.recv(), if queue_open && self.batches.has_room() => match event {
+                    Some(event) => self.batches.push(event),
+                    None => {
+                        queue_open = false;
+                        if self.stopping.is_none() {
+                            self.take(None, &mut queue);
+                        }
+                    }
+                },
+                () = tokio::time::sleep_until(due.into()), if self.batches.is_filling() && self.batches.has_room() => {
+                    self.batches.cut_filling();
+                }
+                () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() && queue_open => {}
+                else => break,
+            }
+        }
+        for (_, reply) in self.flushes.drain(..) {
+            reply.done();
+        }
+        if let Some(Some(reply)) = self.stopping.take() {
+            reply.done();
+        }
+    }
+
+    /// Takes one command; a shutdown's deadline applies at once, also to deliveries under way.
+    fn take(&mut self, command: Option<Control>, queue: &mut mpsc::Receiver<TraceCompletedV1>) {
+        let (deadline, reply) = match command {
+            Some(Control::Flush(reply)) => {
+                let mark = self.batches.received + queue.len() as u64;
+                return self.flushes.push((mark, reply));
+            }
+            Some(Control::Shutdown { deadline, reply }) => (deadline, reply),
+            // The client is gone without a word: what is queued still goes out, for a while.
+            None => {
+                self.control_open = false;
+                (Instant::now() + crate::DROP_DEADLINE, None)
+            }
+        };
+        self.deadline.send_modify(|at| *at = Some(at.map_or(deadline, |d| d.min(deadline))));
+        // Nothing more enters; what is queued still goes out until the deadline.
+        queue.close();
+        match &mut self.stopping {
+            Some(waiting) if waiting.is_none() => *waiting = reply,
+            Some(_) => {}
+            None => self.stopping = Some(reply),
+        }
+    }
+}
+
+/// The deliveries under way, each known by where its batch starts and how many events it holds.
+#[derive(Default)]
+struct Deliveries {
+    tasks: JoinSet<()>,
+    by_task: HashMap<tokio::task::Id, (u64, usize)>,
+    starts: BTreeMap<u64, tokio::task::Id>,
+}
+
+impl Deliveries {
+    fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Where the earliest batch under way starts.
+    fn first(&self) -> Option<u64> {
+        self.starts.keys().next().copied()
+    }
+
+    fn start(
+        &mut self,
+        shared: &Arc<Shared>,
+        deadline: watch::Receiver<Option<Instant>>,
+        cut: Cut,
+    ) {
+        let len = cut.events.len();
+        let id = self.tasks.spawn(deliver(shared.clone(), deadline, cut.events)).id();
+        self.by_task.insert(id, (cut.start, len));
+        self.starts.insert(cut.start, id);
+    }
+
+    async fn next(&mut self) -> Option<Result<tokio::task::Id, JoinError>> {
+        self.tasks.join_next_with_id().await.map(|done| done.map(|(id, ())| id))
+    }
+
+    fn finished(&mut self, done: Result<tokio::task::Id, JoinError>, counters: &Counters) {
+        let id = match done {
+            Ok(id) => id,
+            Err(ref e) => e.id(),
+        };
+        let Some((start, len)) = self.by_task.remove(&id) else { return };
+        self.starts.remove(&start);
+        if let Err(e) = done {
+            // Not expected; its events are counted, never silently lost.
+            tracing::error!(error = %e, events = len, "tally-client: a delivery failed; its events are dropped");
+            counters.add(Outcome::Dropped, len as u64);
+        }
+    }
 }
 
 /// The end of one attempt.
@@ -135,170 +372,101 @@ struct EventAnswer {
     error: Option<serde_json::Value>,
 }
 
-impl Sender {
-    async fn run(mut self, mut queue: mpsc::Receiver<TraceCompletedV1>) {
-        let mut batch: Vec<TraceCompletedV1> = Vec::with_capacity(self.config.batch_size);
-        let mut opened = Instant::now();
-        loop {
-            if self.commands.stopping.is_some() || !self.commands.flushes.is_empty() {
-                // Everything queued until now goes out (a shutdown's only until its deadline).
-                if self.commands.stopping.is_some() {
-                    queue.close();
-                }
-                while let Ok(event) = queue.try_recv() {
-                    batch.push(event);
-                }
-                self.deliver_all(std::mem::take(&mut batch)).await;
-                for reply in self.commands.flushes.drain(..) {
-                    reply.done();
-                }
-                if let Some(reply) = self.commands.stopping.take() {
-                    if let Some(reply) = reply {
-                        reply.done();
-                    }
-                    return;
-                }
+/// Sends one batch until ingest has answered it for good, or until a shutdown's deadline passes
+/// (then what is left of it is dropped and counted).
+async fn deliver(
+    shared: Arc<Shared>,
+    mut deadline: watch::Receiver<Option<Instant>>,
+    events: Vec<TraceCompletedV1>,
+) {
+    let counters = &shared.counters;
+    let mut pending = vec![events];
+    while let Some(events) = pending.pop() {
+        let body = match encode(&events) {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::error!(error = %e, events = events.len(), "tally-client: cannot encode events");
+                counters.add(Outcome::Rejected, events.len() as u64);
                 continue;
             }
-            let due = opened + self.config.batch_age;
-            tokio::select! {
-                biased;
-                command = self.commands.control.recv(), if self.commands.control_open => {
-                    self.commands.take(command);
-                }
-                event = queue.recv() => {
-                    let Some(event) = event else { continue };
-                    if batch.is_empty() {
-                        opened = Instant::now();
-                    }
-                    batch.push(event);
-                    if batch.len() >= self.config.batch_size {
-                        self.deliver_all(std::mem::take(&mut batch)).await;
-                    }
-                }
-                () = tokio::time::sleep_until(due.into()), if !batch.is_empty() => {
-                    self.deliver_all(std::mem::take(&mut batch)).await;
-                }
-            }
-        }
-    }
-
-    /// Sends events in batches of at most `batch_size`, in order.
-    async fn deliver_all(&mut self, events: Vec<TraceCompletedV1>) {
-        let mut events = events.into_iter().peekable();
-        while events.peek().is_some() {
-            let batch: Vec<_> = events.by_ref().take(self.config.batch_size).collect();
-            self.deliver(batch).await;
-        }
-    }
-
-    /// Sends one batch until ingest has answered it for good, or until a shutdown's deadline
-    /// passes (then the batch is dropped and counted).
-    async fn deliver(&mut self, events: Vec<TraceCompletedV1>) {
-        let mut pending = vec![events];
-        while let Some(events) = pending.pop() {
-            let body = match encode(&events) {
-                Ok(body) => body,
-                Err(e) => {
-                    tracing::error!(error = %e, events = events.len(), "tally-client: cannot encode events");
-                    self.counters.add(Outcome::Rejected, events.len() as u64);
-                    continue;
-                }
+        };
+        let mut wait = shared.config.retry_min;
+        loop {
+            let Some(attempt) = within(&mut deadline, shared.ingest.attempt(&body)).await else {
+                counters.add(Outcome::Dropped, events.len() as u64);
+                break;
             };
-            let mut wait = self.config.retry_min;
-            loop {
-                let Some(attempt) = self.commands.within(self.ingest.attempt(&body)).await else {
-                    self.counters.add(Outcome::Dropped, events.len() as u64);
+            match attempt {
+                Attempt::Answered { accepted, rejected, first_error } => {
+                    shared.reachable();
+                    counters.add(Outcome::Accepted, accepted);
+                    counters.add(Outcome::Rejected, rejected);
+                    if let Some(error) = first_error {
+                        tracing::warn!(rejected, first = %error, "tally-client: ingest refused events");
+                    }
                     break;
-                };
-                match attempt {
-                    Attempt::Answered { accepted, rejected, first_error } => {
-                        self.reachable();
-                        self.counters.add(Outcome::Accepted, accepted);
-                        self.counters.add(Outcome::Rejected, rejected);
-                        if let Some(error) = first_error {
-                            tracing::warn!(rejected, first = %error, "tally-client: ingest refused events");
-                        }
+                }
+                Attempt::TooLarge if events.len() > 1 => {
+                    shared.reachable();
+                    let mut first = events;
+                    let second = first.split_off(first.len() / 2);
+                    pending.push(second);
+                    pending.push(first);
+                    break;
+                }
+                Attempt::TooLarge => {
+                    shared.reachable();
+                    tracing::error!("tally-client: ingest refused an event as too large");
+                    counters.add(Outcome::Rejected, 1);
+                    break;
+                }
+                Attempt::Refused { status, message } => {
+                    shared.reachable();
+                    tracing::error!(status, %message, events = events.len(), "tally-client: ingest refused a batch");
+                    counters.add(Outcome::Rejected, events.len() as u64);
+                    break;
+                }
+                Attempt::Retry { reason, retry_after } => {
+                    if !shared.unreachable.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(%reason, "tally-client: ingest unreachable; queueing and retrying");
+                    }
+                    counters.add(Outcome::Retried, 1);
+                    let jittered = wait / 2 + rand::rng().random_range(Duration::ZERO..=wait / 2);
+                    let pause = jittered.max(retry_after.unwrap_or_default());
+                    if within(&mut deadline, tokio::time::sleep(pause)).await.is_none() {
+                        counters.add(Outcome::Dropped, events.len() as u64);
                         break;
                     }
-                    Attempt::TooLarge if events.len() > 1 => {
-                        self.reachable();
-                        let mut first = events;
-                        let second = first.split_off(first.len() / 2);
-                        pending.push(second);
-                        pending.push(first);
-                        break;
-                    }
-                    Attempt::TooLarge => {
-                        self.reachable();
-                        tracing::error!("tally-client: ingest refused an event as too large");
-                        self.counters.add(Outcome::Rejected, 1);
-                        break;
-                    }
-                    Attempt::Refused { status, message } => {
-                        self.reachable();
-                        tracing::error!(status, %message, events = events.len(), "tally-client: ingest refused a batch");
-                        self.counters.add(Outcome::Rejected, events.len() as u64);
-                        break;
-                    }
-                    Attempt::Retry { reason, retry_after } => {
-                        if !self.unreachable {
-                            self.unreachable = true;
-                            tracing::warn!(%reason, "tally-client: ingest unreachable; queueing and retrying");
-                        }
-                        self.counters.add(Outcome::Retried, 1);
-                        let jittered =
-                            wait / 2 + rand::rng().random_range(Duration::ZERO..=wait / 2);
-                        let pause = jittered.max(retry_after.unwrap_or_default());
-                        if self.commands.within(tokio::time::sleep(pause)).await.is_none() {
-                            self.counters.add(Outcome::Dropped, events.len() as u64);
-                            break;
-                        }
-                        wait = (wait * 2).min(self.config.retry_max);
-                    }
+                    wait = (wait * 2).min(shared.config.retry_max);
                 }
             }
-        }
-    }
-
-    fn reachable(&mut self) {
-        if self.unreachable {
-            self.unreachable = false;
-            tracing::info!("tally-client: ingest reachable again");
         }
     }
 }
 
-impl Commands {
-    /// Takes one command; a shutdown's deadline applies at once, also to a delivery under way.
-    fn take(&mut self, command: Option<Control>) {
-        let (deadline, reply) = match command {
-            Some(Control::Flush(reply)) => return self.flushes.push(reply),
-            Some(Control::Shutdown { deadline, reply }) => (deadline, reply),
-            // The client is gone without a word: what is queued still goes out, for a while.
-            None => {
-                self.control_open = false;
-                (Instant::now() + crate::DROP_DEADLINE, None)
-            }
-        };
-        self.deadline = Some(self.deadline.map_or(deadline, |d| d.min(deadline)));
-        match &mut self.stopping {
-            Some(waiting) if waiting.is_none() => *waiting = reply,
-            Some(_) => {}
-            None => self.stopping = Some(reply),
+/// Runs `work` unless a shutdown's deadline passes first (`None` then), watching for a deadline
+/// set while it runs. Once the deadline has passed, no new attempt starts.
+async fn within<T>(
+    deadline: &mut watch::Receiver<Option<Instant>>,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::pin!(work);
+    let mut watching = true;
+    loop {
+        let at = *deadline.borrow_and_update();
+        tokio::select! {
+            biased;
+            () = tokio::time::sleep_until(at.unwrap_or_else(Instant::now).into()), if at.is_some() => return None,
+            out = &mut work => return Some(out),
+            changed = deadline.changed(), if watching => watching = changed.is_ok(),
         }
     }
+}
 
-    /// Runs `work` while taking commands; `None` when the shutdown's deadline came first.
-    async fn within<T>(&mut self, work: impl std::future::Future<Output = T>) -> Option<T> {
-        tokio::pin!(work);
-        loop {
-            let deadline = self.deadline;
-            tokio::select! {
-                out = &mut work => return Some(out),
-                () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => return None,
-                command = self.control.recv(), if self.control_open => self.take(command),
-            }
+impl Shared {
+    fn reachable(&self) {
+        if self.unreachable.swap(false, Ordering::Relaxed) {
+            tracing::info!("tally-client: ingest reachable again");
         }
     }
 }
@@ -348,9 +516,12 @@ impl Ingest {
     }
 }
 
+/// The batch as a gzipped JSON array. The JSON is made whole first and compressed in one write:
+/// flate2 (with its default backend) zeroes a 32 KiB buffer on every write it is given, and
+/// serde_json writes token by token.
 fn encode(events: &[TraceCompletedV1]) -> Result<Vec<u8>, std::io::Error> {
-    let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    serde_json::to_writer(&mut gz, events)?;
-    gz.flush()?;
+    let json = serde_json::to_vec(events)?;
+    let mut gz = GzEncoder::new(Vec::with_capacity(json.len() / 4), flate2::Compression::fast());
+    gz.write_all(&json)?;
     gz.finish()
 }

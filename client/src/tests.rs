@@ -2,6 +2,7 @@
 //! (The real ingest, through a real outage: tools/e2e/tests/resilience.rs.)
 
 use std::io::Read;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,9 +30,20 @@ struct Fake {
     answer: Arc<Answer>,
     /// Holds every request until released (a stalled ingest).
     gate: Arc<tokio::sync::Semaphore>,
+    /// Requests being answered now, and the most at once.
+    open: Arc<AtomicUsize>,
+    most_open: Arc<AtomicUsize>,
 }
 
 async fn ingest(State(fake): State<Fake>, headers: HeaderMap, body: Bytes) -> Response {
+    let open = fake.open.fetch_add(1, Ordering::SeqCst) + 1;
+    fake.most_open.fetch_max(open, Ordering::SeqCst);
+    let response = answer(&fake, &headers, &body).await;
+    fake.open.fetch_sub(1, Ordering::SeqCst);
+    response
+}
+
+async fn answer(fake: &Fake, headers: &HeaderMap, body: &Bytes) -> Response {
     let _pass = fake.gate.acquire().await;
     let mut json = Vec::new();
     flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut json).expect("gzip");
@@ -70,6 +82,8 @@ async fn start(
         keys: Arc::default(),
         answer: Arc::new(answer),
         gate: Arc::new(tokio::sync::Semaphore::new(GATE as usize)),
+        open: Arc::default(),
+        most_open: Arc::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -124,8 +138,9 @@ async fn batches_by_size_then_by_age_with_the_key_in_a_header() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let sizes: Vec<usize> = fake.seen.lock().unwrap().iter().map(Vec::len).collect();
-    assert_eq!(sizes, [100, 100, 50]);
+    let mut sizes: Vec<usize> = fake.seen.lock().unwrap().iter().map(Vec::len).collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, [50, 100, 100]);
     assert!(fake.keys.lock().unwrap().iter().all(|k| k == "Bearer tally_ingest_secret"));
     assert!(!format!("{:?}", config(&url)).contains("secret"), "the key is never printed");
     let stats = client.shutdown_async(Duration::from_secs(1)).await;
@@ -200,7 +215,9 @@ async fn a_full_queue_drops_the_newest_and_counts_them() {
         })
     };
     let dropped = tokio::task::spawn_blocking(move || recorder.join().unwrap()).await.unwrap();
-    assert!(dropped >= 1_000 - 10 - 2 * 5, "at most the queue and two batches are held: {dropped}");
+    // Held: the queue, the batches in flight and one full batch waiting for a slot.
+    let most = 10 + (Config::new("", "").max_in_flight + 1) * 5;
+    assert!(dropped >= (1_000 - most) as u64, "at most {most} are held: {dropped} dropped");
     assert_eq!(client.stats().dropped, dropped);
     drop(held);
     client.flush_async().await;
@@ -219,4 +236,39 @@ async fn shutdown_delivers_until_its_deadline_and_counts_the_rest_as_dropped() {
     let stats = client.shutdown_async(Duration::from_millis(300)).await;
     assert_eq!((stats.recorded, stats.accepted, stats.dropped), (40, 0, 40));
     drop(held);
+}
+
+#[tokio::test]
+async fn up_to_max_in_flight_batches_are_sent_at_once_and_a_flush_waits_for_all() {
+    let (url, fake) = start(ok).await;
+    let held = fake.gate.acquire_many(GATE).await.unwrap();
+    let client =
+        Client::with_config(Config { max_in_flight: 3, batch_size: 10, ..config(&url) }).unwrap();
+    for i in 0..200 {
+        assert_eq!(client.record(event(i)), Recorded::Queued);
+    }
+    let client = Arc::new(client);
+    let flushed = {
+        let client = client.clone();
+        tokio::spawn(async move { client.flush_async().await })
+    };
+    // Ingest holds every request: three reach it, and no more however long it holds them.
+    for _ in 0..500 {
+        if fake.open.load(Ordering::SeqCst) == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(fake.open.load(Ordering::SeqCst), 3);
+    assert!(!flushed.is_finished(), "the flush waits while its events are unanswered");
+    drop(held);
+    flushed.await.unwrap();
+    // Answered when the last of the 200 was, not before.
+    assert_eq!(client.stats().accepted, 200);
+    assert_eq!(fake.most_open.load(Ordering::SeqCst), 3);
+    let mut ids: Vec<String> = fake.seen.lock().unwrap().concat();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 200, "each event sent once");
 }

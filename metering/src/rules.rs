@@ -1,10 +1,7 @@
 //! The metering rules: what one event is worth. docs/metering.md says the same in prose.
 
-use std::io::{self, Write};
-
 use chrono::{DateTime, Duration, Utc};
-use flate2::write::GzEncoder;
-use flate2::Compression;
+use flate2::{Compress, Compression, FlushCompress, Status as DeflateStatus};
 use tally_schemas::{FieldError, FieldErrorCode, Status};
 
 /// How far back an event's `ended_at` may lie when it arrives.
@@ -53,32 +50,70 @@ pub fn check_arrival_window(
     Ok(())
 }
 
-/// A writer that only counts: measuring a payload never holds its compressed form in memory.
-struct CountingWriter(u64);
-
-impl Write for CountingWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0 += buf.len() as u64;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The metered size of a payload: the byte length of the gzip member (header, deflate stream at
 /// flate2's default level 6, trailer) of its compact JSON serialisation.
+///
+/// Measured without making the gzip member: the JSON is written out whole, deflated by a
+/// compressor kept per thread (reset for each payload, so each is compressed exactly as by a
+/// fresh `GzEncoder` with the default level), and the size is the deflate stream's length plus
+/// the gzip header and trailer. Feeding a `GzEncoder` as serde_json writes, token by token,
+/// took two to almost three times as long: flate2's miniz_oxide backend zeroes a 32 KiB buffer on every write
+/// (examples/payload_size_throughput.rs). tests/payload_sizes.rs pins the sizes.
 pub fn payload_bytes(payload: &serde_json::Value) -> u64 {
-    let mut gz = GzEncoder::new(CountingWriter(0), Compression::default());
-    serde_json::to_writer(&mut gz, payload).expect("writing JSON to a counter cannot fail");
-    gz.finish().expect("finishing gzip into a counter cannot fail").0
+    thread_local! {
+        static MEASURER: std::cell::RefCell<Measurer> = std::cell::RefCell::new(Measurer::new());
+    }
+    MEASURER.with_borrow_mut(|m| m.measure(payload))
+}
+
+/// A gzip member's fixed bytes around the deflate stream, as flate2's `GzEncoder` writes them:
+/// a 10-byte header (no name, comment or extra field) and an 8-byte trailer (CRC-32, length).
+const GZIP_FRAMING: u64 = 10 + 8;
+
+struct Measurer {
+    json: Vec<u8>,
+    deflate: Compress,
+    out: Box<[u8]>,
+}
+
+impl Measurer {
+    fn new() -> Measurer {
+        Measurer {
+            json: Vec::new(),
+            deflate: Compress::new(Compression::default(), false),
+            out: vec![0; 16 * 1024].into_boxed_slice(),
+        }
+    }
+
+    fn measure(&mut self, payload: &serde_json::Value) -> u64 {
+        self.json.clear();
+        serde_json::to_writer(&mut self.json, payload).expect("writing JSON to memory cannot fail");
+        self.deflate.reset();
+        let mut input = &self.json[..];
+        loop {
+            let before = self.deflate.total_in();
+            let status = self
+                .deflate
+                .compress(input, &mut self.out, FlushCompress::Finish)
+                .expect("deflating a buffer in memory cannot fail");
+            input = &input[(self.deflate.total_in() - before) as usize..];
+            if status == DeflateStatus::StreamEnd {
+                break;
+            }
+        }
+        // A huge payload's buffer is not kept for the thread's lifetime.
+        if self.json.capacity() > 1 << 20 {
+            self.json = Vec::new();
+        }
+        GZIP_FRAMING + self.deflate.total_out()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
+    use flate2::write::GzEncoder;
+    use std::io::{Read, Write};
 
     #[test]
     fn only_successful_roots_bill() {
