@@ -53,6 +53,7 @@ lint:
 # the run as surely as a failed test. `make lint` runs the two checks alone.
 TEST_HOME := $(CURDIR)/.tally/test
 TEST_ENV := TALLY_TEST_PYTHON=$(CURDIR)/.tally/venv/bin/python \
+	TALLY_TEST_OTELCOL=$(CURDIR)/.tally/bin/otelcol-tally \
 	TALLY_TEST_KAFKA_BROKERS=127.0.0.1:19092 \
 	TALLY_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/tally_test \
 	TALLY_TEST_HOME=$(TEST_HOME) TALLY_TEST_LOGS=$(TEST_HOME)/logs TALLY_TEST_KAFKA_CONTROLLER_PORT=19093

@@ -5,7 +5,8 @@
 # database tally_test_faults, for the end-to-end tests that stop and kill the broker, which run
 # beside the others; the Python environment (Stripe's library for the stand-in's contract test,
 # OpenTelemetry's SDK for the OTLP test); OpenTelemetry's Node.js SDK (tools/e2e/otel/node, from
-# its lockfile); and Chromium with the browser tools' packages. Mostly downloads and waiting: `make test` runs it while the
+# its lockfile); an OpenTelemetry Collector (scripts/otelcol.sh, built with Go from the module
+# proxy into .tally/bin); and Chromium with the browser tools' packages. Mostly downloads and waiting: `make test` runs it while the
 # workspace compiles.
 #
 #   scripts/test-env.sh         prepare (idempotent installs, then fresh brokers and databases)
@@ -49,6 +50,7 @@ case ${1:-prepare} in
       (cd "$node_sdk" && npm ci --no-audit --no-fund --loglevel=error)
       touch "$node_sdk/node_modules"
     fi
+    scripts/otelcol.sh >/dev/null
     scripts/browser.sh install
     ;;
   stop)

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use tally_schemas::TraceCompletedV1;
 use tokio::sync::{mpsc, oneshot};
 
-use sender::{Control, Reply};
+use sender::{Control, Reply, Wake};
 
 /// How the client sends. [`Config::new`] has the defaults.
 #[derive(Clone)]
@@ -173,6 +173,7 @@ const DROP_DEADLINE: Duration = Duration::from_secs(5);
 
 pub struct Client {
     queue: mpsc::Sender<TraceCompletedV1>,
+    wake: Arc<Wake>,
     control: mpsc::UnboundedSender<Control>,
     counters: Arc<Counters>,
     sender: Option<std::thread::JoinHandle<()>>,
@@ -205,15 +206,19 @@ impl Client {
         let (queue, queued) = mpsc::channel(config.queue_capacity);
         let (control, commands) = mpsc::unbounded_channel();
         let counters = Arc::new(Counters::default());
-        let sender = sender::spawn(config, queued, commands, counters.clone())?;
-        Ok(Client { queue, control, counters, sender: Some(sender) })
+        let wake = Arc::new(Wake::new(config.batch_size));
+        let sender = sender::spawn(config, wake.clone(), queued, commands, counters.clone())?;
+        Ok(Client { queue, wake, control, counters, sender: Some(sender) })
     }
 
     /// Queues one event and returns at once; never blocks, never fails the caller.
     pub fn record(&self, event: TraceCompletedV1) -> Recorded {
         self.counters.add(Outcome::Recorded, 1);
         match self.queue.try_send(event) {
-            Ok(()) => Recorded::Queued,
+            Ok(()) => {
+                self.wake.queued(self.queue.max_capacity() - self.queue.capacity());
+                Recorded::Queued
+            }
             Err(_) => {
                 self.counters.add(Outcome::Dropped, 1);
                 Recorded::Dropped

@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 use flate2::write::GzEncoder;
 use rand::Rng;
 use tally_schemas::TraceCompletedV1;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::{JoinError, JoinSet};
 
 use crate::{ClientError, Config, Counters, Outcome};
@@ -55,6 +56,7 @@ impl Reply {
 
 pub(crate) fn spawn(
     config: Config,
+    wake: Arc<Wake>,
     queue: mpsc::Receiver<TraceCompletedV1>,
     control: mpsc::UnboundedReceiver<Control>,
     counters: Arc<Counters>,
@@ -65,6 +67,7 @@ pub(crate) fn spawn(
         .map_err(|e| ClientError::Http(e.to_string()))?;
     let (deadline, _) = watch::channel(None);
     let sender = Sender {
+        wake,
         batches: Batches::new(config.batch_size),
         deliveries: Deliveries::default(),
         shared: Arc::new(Shared {
@@ -93,6 +96,37 @@ pub(crate) fn spawn(
             runtime.block_on(sender.run(queue));
         })
         .map_err(ClientError::Thread)
+}
+
+/// How `record` wakes the sender: only when it has something to do. Waking a parked thread is a
+/// system call; doing it for every event made `record` cost microseconds instead of nanoseconds.
+/// The sender is woken for the first event after it found the queue empty (it then times the
+/// batch's age itself), and whenever a full batch is queued.
+pub(crate) struct Wake {
+    queued: Notify,
+    /// The sender found the queue empty and waits for the next event.
+    idle: AtomicBool,
+    batch_size: usize,
+}
+
+impl Wake {
+    pub(crate) fn new(batch_size: usize) -> Wake {
+        Wake { queued: Notify::new(), idle: AtomicBool::new(false), batch_size }
+    }
+
+    /// Called by `record` after it queued an event, with the queue's length.
+    pub(crate) fn queued(&self, length: usize) {
+        let first = self.idle.load(Ordering::Relaxed) && self.idle.swap(false, Ordering::SeqCst);
+        if first || length >= self.batch_size {
+            // Without a waiting sender this only leaves a permit for its next wait.
+            self.queued.notify_one();
+        }
+    }
+
+    /// The sender is about to wait for the next event.
+    fn announce_idle(&self) {
+        self.idle.store(true, Ordering::SeqCst);
+    }
 }
 
 /// What every delivery shares.
@@ -193,6 +227,7 @@ impl Batches {
 /// The sender's loop and what it keeps between turns.
 struct Sender {
     shared: Arc<Shared>,
+    wake: Arc<Wake>,
     batches: Batches,
     deliveries: Deliveries,
     control: mpsc::UnboundedReceiver<Control>,
@@ -209,7 +244,30 @@ struct Sender {
 impl Sender {
     async fn run(mut self, mut queue: mpsc::Receiver<TraceCompletedV1>) {
         let mut queue_open = true;
+        let wake = self.wake.clone();
         loop {
+            // Take what is queued, while there is room: one wake-up takes many events.
+            let mut announced = false;
+            while queue_open && self.batches.has_room() {
+                match queue.try_recv() {
+                    Ok(event) => self.batches.push(event),
+                    Err(TryRecvError::Empty) => {
+                        if self.batches.is_filling() || announced {
+                            break;
+                        }
+                        // Nothing held: the next event must wake the sender. Say so, then look
+                        // once more, for an event queued before `record` could see it.
+                        wake.announce_idle();
+                        announced = true;
+                    }
+                    Err(TryRecvError::Disconnected) => {
+                        queue_open = false;
+                        if self.stopping.is_none() {
+                            self.take(None, &mut queue);
+                        }
+                    }
+                }
+            }
             while self.deliveries.len() < self.shared.config.max_in_flight {
                 let Some(cut) = self.batches.cut.pop_front() else { break };
                 self.deliveries.start(&self.shared, self.deadline.subscribe(), cut);
@@ -246,15 +304,7 @@ impl Sender {
                 Some(done) = self.deliveries.next(), if self.deliveries.len() > 0 => {
                     self.deliveries.finished(done, &self.shared.counters);
                 }
-                event = queue.recv(), if queue_open && self.batches.has_room() => match event {
-                    Some(event) => self.batches.push(event),
-                    None => {
-                        queue_open = false;
-                        if self.stopping.is_none() {
-                            self.take(None, &mut queue);
-                        }
-                    }
-                },
+                () = wake.queued.notified(), if queue_open && self.batches.has_room() => {}
                 () = tokio::time::sleep_until(due.into()), if self.batches.is_filling() && self.batches.has_room() => {
                     self.batches.cut_filling();
                 }

@@ -272,3 +272,20 @@ async fn up_to_max_in_flight_batches_are_sent_at_once_and_a_flush_waits_for_all(
     ids.dedup();
     assert_eq!(ids.len(), 200, "each event sent once");
 }
+
+#[tokio::test]
+async fn a_lone_event_after_a_quiet_spell_is_sent_without_a_flush() {
+    let (url, _fake) = start(ok).await;
+    let client = Client::with_config(config(&url)).unwrap();
+    for n in 1..=3 {
+        // The sender has found the queue empty and sleeps; this one event must wake it.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        client.record(event(n));
+        let mut waited = 0;
+        while client.stats().accepted < n as u64 {
+            assert!(waited < 500, "event {n} was never sent");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waited += 1;
+        }
+    }
+}

@@ -1,7 +1,8 @@
 //! OpenTelemetry's own SDKs, configured as docs/otlp.md says, export a generated trace set to
 //! ingest: Node.js (protobuf and JSON exporters), Python (protobuf, gzip) and Rust (protobuf).
 //! The usage API then shows exactly what Tally's rules give for the set, per org and operation;
-//! an exporter's retry after a 503 is counted once.
+//! an exporter's retry after a 503 is counted once. A service exporting over gRPC goes through
+//! an OpenTelemetry Collector configured as the document shows.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -130,5 +131,105 @@ async fn the_rust_sdk_with_the_http_exporter() -> anyhow::Result<()> {
     let mut command = tokio::process::Command::new(tally_e2e::binary("otel-sender"));
     command.arg(&file).arg(stack.ingest_url()).arg(&key);
     run(command).await?;
+    assert_usage_eventually(&stack.api(), &expected, Duration::from_secs(60)).await
+}
+
+/// The Collector configuration of docs/otlp.md, read from the document itself: the YAML block
+/// after "Services that export over gRPC".
+fn documented_collector_config() -> anyhow::Result<String> {
+    let doc = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/otlp.md"),
+    )?;
+    let after = doc
+        .split_once("Services that export over gRPC")
+        .ok_or_else(|| anyhow::anyhow!("docs/otlp.md has no Collector section"))?
+        .1;
+    let block = after
+        .split_once("```yaml\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .ok_or_else(|| anyhow::anyhow!("docs/otlp.md's Collector section has no YAML block"))?
+        .0;
+    Ok(block.to_string())
+}
+
+/// An OpenTelemetry Collector (built by scripts/otelcol.sh) running the documented
+/// configuration, with a second file that only moves its ports to the test's and shortens the
+/// exporter's first retry wait.
+struct Collector {
+    grpc: String,
+    _process: tokio::process::Child,
+}
+
+impl Collector {
+    async fn start(tally_url: &str, key: &str) -> anyhow::Result<Collector> {
+        let binary = std::env::var("TALLY_TEST_OTELCOL").map_err(|_| {
+            anyhow::anyhow!(
+                "TALLY_TEST_OTELCOL is not set: scripts/otelcol.sh builds the Collector"
+            )
+        })?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let grpc = format!("127.0.0.1:{port}");
+        let dir = tally_e2e::logs_dir();
+        let documented = dir.join("otelcol-documented.yaml");
+        let overrides = dir.join("otelcol-test.yaml");
+        std::fs::write(&documented, documented_collector_config()?)?;
+        std::fs::write(
+            &overrides,
+            format!(
+                "receivers:\n  otlp:\n    protocols:\n      grpc:\n        endpoint: {grpc}\n\
+                 exporters:\n  otlphttp/tally:\n    traces_endpoint: {tally_url}/v1/traces\n\
+                 \x20   retry_on_failure:\n      initial_interval: 500ms\n\
+                 service:\n  telemetry:\n    metrics:\n      level: none\n"
+            ),
+        )?;
+        let log = std::fs::File::create(dir.join("otelcol.log"))?;
+        let mut process = tokio::process::Command::new(binary)
+            .arg(format!("--config=file:{}", documented.display()))
+            .arg(format!("--config=file:{}", overrides.display()))
+            .env("TALLY_INGEST_KEY", key)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(&grpc).await.is_err() {
+            if let Some(status) = process.try_wait()? {
+                anyhow::bail!("the Collector exited ({status}); see otelcol.log in the test logs");
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "the Collector never listened");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(Collector { grpc, _process: process })
+    }
+}
+
+/// A service that exports over gRPC, to an OpenTelemetry Collector configured as docs/otlp.md
+/// shows, which forwards to ingest over HTTP, through a proxy that loses Tally's first answer:
+/// the usage is exact and the Collector's retry counts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdk_over_grpc_through_the_documented_collector() -> anyhow::Result<()> {
+    let Setup { stack, orgs, key } = setup("otelcol").await?;
+    let set = trace_set(&orgs, 30);
+    let (mut expected, _) = set.expected(&orgs);
+    let file = tally_e2e::logs_dir().join("otelcol-trace-set.json");
+    std::fs::write(&file, serde_json::to_vec(&set)?)?;
+    let flaky = FlakyIngest::start(&stack.ingest_url(), 1).await?;
+    let collector = Collector::start(&flaky.url, &key).await?;
+    let python = std::env::var("TALLY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut command = tokio::process::Command::new(python);
+    command
+        .arg(otel_dir().join("python/emit.py"))
+        .arg(&file)
+        .arg(&collector.grpc)
+        .arg("not-sent")
+        .arg("grpc");
+    run(command).await?;
+    // The Collector forwards on its own time: wait for the answer the proxy lost.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while flaky.lost().is_empty() {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "nothing reached ingest");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    add_retried(&mut expected, &flaky.lost(), &orgs);
     assert_usage_eventually(&stack.api(), &expected, Duration::from_secs(60)).await
 }

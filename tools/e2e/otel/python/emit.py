@@ -1,12 +1,15 @@
 """A Python service traced with OpenTelemetry's own SDK, exporting to Tally's ingest over OTLP/HTTP
-(protobuf, gzip) exactly as docs/otlp.md configures it. It replays a generated trace set
-(tools/loadgen's TraceSet, as JSON): one tracer provider per service (its resource), every span
-with its parent, times, attributes, events and status.
+(protobuf, gzip) exactly as docs/otlp.md configures it, or over OTLP/gRPC to an OpenTelemetry
+Collector that forwards to Tally. It replays a generated trace set (tools/loadgen's TraceSet, as
+JSON): one tracer provider per service (its resource), every span with its parent, times,
+attributes, events and status.
 
-    python emit.py SET.json URL KEY
+    python emit.py SET.json URL KEY [http|grpc]
 
-URL is ingest's base URL; the exporter posts to URL/v1/traces. Exits non-zero when an export
-failed after the exporter's own retries.
+With http (the default) URL is ingest's base URL and the exporter posts to URL/v1/traces, with the
+key in its Authorization header. With grpc URL is the Collector's gRPC endpoint (host:port, no
+TLS) and the key is not sent: the Collector holds it. Exits non-zero when an export failed after
+the exporter's own retries.
 """
 
 import json
@@ -74,22 +77,30 @@ def emit(tracer, spec, parent):
     span.end(end_time=int(spec["end_unix_nano"]))
 
 
+def exporter_for(protocol, url, key):
+    if protocol == "http":
+        return OTLPSpanExporter(
+            endpoint=f"{url}/v1/traces",
+            headers={"Authorization": f"Bearer {key}"},
+            compression=Compression.Gzip,
+        )
+    from grpc import Compression as GrpcCompression
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+    return GrpcExporter(endpoint=url, insecure=True, compression=GrpcCompression.Gzip)
+
+
 def main():
-    if len(sys.argv) != 4:
-        print("usage: python emit.py SET.json URL KEY", file=sys.stderr)
+    if len(sys.argv) not in (4, 5):
+        print("usage: python emit.py SET.json URL KEY [http|grpc]", file=sys.stderr)
         return 2
-    path, url, key = sys.argv[1:]
+    path, url, key = sys.argv[1:4]
+    protocol = sys.argv[4] if len(sys.argv) == 5 else "http"
     with open(path, encoding="utf-8") as f:
         trace_set = json.load(f)
     failures = 0
     for service in trace_set["services"]:
-        exporter = Watched(
-            OTLPSpanExporter(
-                endpoint=f"{url}/v1/traces",
-                headers={"Authorization": f"Bearer {key}"},
-                compression=Compression.Gzip,
-            )
-        )
+        exporter = Watched(exporter_for(protocol, url, key))
         provider = TracerProvider(resource=Resource.create(attributes(service["resource"])))
         provider.add_span_processor(BatchSpanProcessor(exporter, max_export_batch_size=64))
         tracer = provider.get_tracer("tally-e2e")
