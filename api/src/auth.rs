@@ -11,6 +11,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use tally_common::keys;
+use tally_store::keys::Scope;
 
 use crate::error::ApiError;
 use crate::session::{PageSession, Role};
@@ -23,12 +24,17 @@ pub enum Caller {
     Reader {
         org_id: String,
     },
-    /// A person of an org, signed in to the page (a portal link or a read key typed into the
-    /// sign-in form): reads what a read key reads, and may change the org's plan.
-    Customer {
+    /// A billing key: reads its org, and may start Checkout and change its plan.
+    Biller {
         org_id: String,
     },
-    /// An ingest key: it sends events, it reads nothing.
+    /// A person of an org, signed in to the page: reads what a read key reads; changes the plan
+    /// only when the session was opened with a portal link or a billing key.
+    Customer {
+        org_id: String,
+        may_change_plan: bool,
+    },
+    /// A key that sends events (an org's ingest key, a service key): it reads nothing.
     Ingester,
 }
 
@@ -53,10 +59,11 @@ impl FromRequestParts<Arc<AppState>> for Caller {
     }
 }
 
-/// The caller a bearer token (the admin token or an api key) stands for. What PostgreSQL says
-/// of a key is reused for a few seconds ([`crate::cache`]).
+/// The caller a bearer token (the admin token, or during a rotation the previous one, or an api
+/// key) stands for. What PostgreSQL says of a key is reused for a few seconds
+/// ([`crate::cache`]); each lookup also marks the key used.
 pub async fn caller_of_token(state: &AppState, token: &str) -> Result<Caller, ApiError> {
-    if keys::constant_time_eq(token.as_bytes(), state.settings.admin_token.expose().as_bytes()) {
+    if is_admin_token(state, token) {
         return Ok(Caller::Admin);
     }
     let hash = keys::hash(token);
@@ -64,13 +71,11 @@ pub async fn caller_of_token(state: &AppState, token: &str) -> Result<Caller, Ap
     let known = match state.key_cache.get(&hash, now) {
         Some(known) => known,
         None => {
-            let key = tally_store::keys::find_live(&state.pool, &hash).await?;
-            let known = key.map(|key| {
-                if key.scope == "read" {
-                    Caller::Reader { org_id: key.org_id }
-                } else {
-                    Caller::Ingester
-                }
+            let key = tally_store::keys::find_live_and_mark_used(&state.pool, &hash).await?;
+            let known = key.map(|key| match (key.scope, key.org_id) {
+                (Scope::Read, Some(org_id)) => Caller::Reader { org_id },
+                (Scope::Billing, Some(org_id)) => Caller::Biller { org_id },
+                _ => Caller::Ingester,
             });
             state.key_cache.put(hash, known.clone(), now);
             known
@@ -81,12 +86,23 @@ pub async fn caller_of_token(state: &AppState, token: &str) -> Result<Caller, Ap
     })
 }
 
+/// The admin token, or during a rotation the one being retired; compared in constant time.
+fn is_admin_token(state: &AppState, token: &str) -> bool {
+    let settings = &state.settings;
+    std::iter::once(&settings.admin_token)
+        .chain(settings.previous_admin_token.as_ref())
+        .any(|admin| keys::constant_time_eq(token.as_bytes(), admin.expose().as_bytes()))
+}
+
 impl Caller {
-    /// What a page session may do: what a read key of its org, or the admin token, may.
+    /// What a page session may do.
     pub fn of_session(session: &PageSession) -> Caller {
         match (&session.role, &session.org_id) {
             (Role::Operator, _) => Caller::Admin,
-            (Role::Customer, Some(org_id)) => Caller::Customer { org_id: org_id.clone() },
+            (Role::Customer, Some(org_id)) => Caller::Customer {
+                org_id: org_id.clone(),
+                may_change_plan: session.may_change_plan,
+            },
             // The table's CHECK makes a customer session without an org impossible.
             (Role::Customer, None) => Caller::Ingester,
         }
@@ -99,35 +115,56 @@ impl Caller {
         }
     }
 
-    /// Allows the admin and `org_id`'s readers, for an org that exists. Another org's reader gets
-    /// 404, as if the org did not exist, so keys cannot probe which orgs exist. (A reader's own
-    /// org always exists: keys and sessions reference their org.)
-    pub async fn require_reader(&self, state: &AppState, org_id: &str) -> Result<(), ApiError> {
+    /// The org a key or a page session belongs to (`None`: the admin, or a key that sends).
+    fn own_org(&self) -> Option<&str> {
         match self {
-            Caller::Admin => require_org(state, org_id).await,
-            Caller::Reader { org_id: own } | Caller::Customer { org_id: own } if own == org_id => {
-                Ok(())
-            }
-            Caller::Reader { .. } | Caller::Customer { .. } => {
-                Err(ApiError::not_found(format!("no org {org_id:?}")))
-            }
-            Caller::Ingester => {
-                Err(ApiError::forbidden("ingest keys cannot read usage; use a read key"))
+            Caller::Reader { org_id }
+            | Caller::Biller { org_id }
+            | Caller::Customer { org_id, .. } => Some(org_id),
+            Caller::Admin | Caller::Ingester => None,
+        }
+    }
+
+    /// Allows the admin and whoever reads `org_id` (its read and billing keys, its page
+    /// sessions), for an org that exists. Another org's caller gets 404, as if the org did not
+    /// exist, so keys cannot probe which orgs exist. (A caller's own org always exists: keys and
+    /// sessions reference their org.)
+    pub async fn require_reader(&self, state: &AppState, org_id: &str) -> Result<(), ApiError> {
+        match (self, self.own_org()) {
+            (Caller::Admin, _) => require_org(state, org_id).await,
+            (_, Some(own)) if own == org_id => Ok(()),
+            (_, Some(_)) => Err(ApiError::not_found(format!("no org {org_id:?}"))),
+            (_, None) => {
+                Err(ApiError::forbidden("keys that send events cannot read; use a read key"))
             }
         }
     }
 
-    /// Allows the admin and a person of `org_id` signed in to the page: changing what an org pays
-    /// takes a person, not a read key in a dashboard's configuration.
-    pub async fn require_customer(&self, state: &AppState, org_id: &str) -> Result<(), ApiError> {
+    /// Allows whoever may change what `org_id` pays: the admin, the org's billing keys, and its
+    /// people signed in with a portal link or a billing key. Not a read key, which sits in
+    /// dashboards' configurations, nor a page session opened with one.
+    pub async fn require_biller(&self, state: &AppState, org_id: &str) -> Result<(), ApiError> {
+        self.require_reader(state, org_id).await?;
         match self {
-            Caller::Reader { org_id: own } if own == org_id => Err(ApiError::forbidden(
-                "a read key cannot change the plan; sign in to the page, or use the admin token",
-            )),
-            Caller::Admin | Caller::Customer { .. } | Caller::Reader { .. } | Caller::Ingester => {
-                self.require_reader(state, org_id).await
+            Caller::Admin | Caller::Biller { .. } => Ok(()),
+            Caller::Customer { may_change_plan: true, .. } => Ok(()),
+            Caller::Reader { .. } | Caller::Customer { .. } | Caller::Ingester => {
+                Err(ApiError::forbidden(
+                    "changing the plan needs a billing key, the page opened with a portal link or a \
+                     billing key, or the admin token",
+                ))
             }
         }
+    }
+
+    /// Allows the admin, and the org's billing keys and plan-changing page sessions: who may see
+    /// and manage an org's keys.
+    pub async fn require_key_manager(
+        &self,
+        state: &AppState,
+        org_id: &str,
+    ) -> Result<(), ApiError> {
+        self.require_biller(state, org_id).await
     }
 }
 

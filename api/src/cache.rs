@@ -40,6 +40,11 @@ impl<V: Clone> TtlCache<V> {
         entries.insert(key, (now, value));
     }
 
+    /// Forgets everything (a key was revoked: this instance stops honouring it at once).
+    pub fn clear(&self) {
+        self.entries.lock().expect("cache lock").clear();
+    }
+
     pub fn forget(&self, key: &str) {
         self.entries.lock().expect("the cache lock is never poisoned").remove(key);
     }

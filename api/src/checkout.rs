@@ -112,15 +112,16 @@ pub struct CheckoutCreated {
     session_id: String,
 }
 
-/// `POST /v1/orgs/{org_id}/checkout` `{"tier", "success_url", "cancel_url"}` (the org's read key
-/// or admin): a Stripe Checkout Session for the tier; answers 201 `{"url", "session_id"}`.
+/// `POST /v1/orgs/{org_id}/checkout` `{"tier", "success_url", "cancel_url"}` (the org's billing
+/// keys and plan-changing sessions, or the admin; never a read key): a Stripe Checkout Session for
+/// the tier; answers 201 `{"url", "session_id"}`.
 pub async fn checkout(
     State(state): State<Arc<AppState>>,
     Path(org_id): Path<String>,
     caller: Caller,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require_reader(&state, &org_id).await?;
+    caller.require_biller(&state, &org_id).await?;
     let request: CheckoutRequest = parse_json(&body)?;
     let tier = parse_tier(&request.tier)?;
     require_http_url("success_url", &request.success_url)?;
@@ -233,8 +234,8 @@ pub struct PlanChangeRequested {
     subscription_id: String,
 }
 
-/// `POST /v1/orgs/{org_id}/plan-changes` `{"tier"}` (a person of the org signed in to the page,
-/// or the admin; a bare read key may not): moves the org's
+/// `POST /v1/orgs/{org_id}/plan-changes` `{"tier"}` (the org's billing keys and plan-changing
+/// sessions, or the admin; never a read key): moves the org's
 /// live Stripe subscription onto the tier's prices, without proration; `202`. Stripe answers
 /// with `customer.subscription.updated`, and the webhook records the tier in the billing log as
 /// for any subscription change: Tally's tier follows Stripe's subscription, never the request.
@@ -244,7 +245,7 @@ pub async fn change_plan(
     caller: Caller,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require_customer(&state, &org_id).await?;
+    caller.require_biller(&state, &org_id).await?;
     let request: PlanChangeRequest = parse_json(&body)?;
     let tier = parse_tier(&request.tier)?;
     let client = stripe_client(&state)?;

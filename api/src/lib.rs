@@ -25,6 +25,7 @@ pub mod billing_log;
 pub mod cache;
 pub mod checkout;
 pub mod error;
+pub mod keys;
 pub mod metrics;
 pub mod orgs;
 pub mod page;
@@ -38,7 +39,7 @@ pub mod webhooks;
 
 use std::sync::Arc;
 
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use sqlx::PgPool;
 use tally_common::{probes, shutdown::Shutdown};
@@ -64,7 +65,12 @@ pub struct AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/orgs", post(orgs::create_org).get(orgs::list_orgs))
-        .route("/v1/orgs/{org_id}/keys", post(orgs::create_key))
+        .route("/v1/orgs/{org_id}/keys", post(keys::create_org_key).get(keys::list_org_keys))
+        .route("/v1/orgs/{org_id}/keys/{key_id}", delete(keys::revoke_org_key))
+        .route("/v1/orgs/{org_id}/keys/{key_id}/rotate", post(keys::rotate_org_key))
+        .route("/v1/service-keys", post(keys::create_service_key).get(keys::list_service_keys))
+        .route("/v1/service-keys/{key_id}", delete(keys::revoke_service_key))
+        .route("/v1/service-keys/{key_id}/rotate", post(keys::rotate_service_key))
         .route("/v1/orgs/{org_id}/portal-sessions", post(sign_in::create_portal_link))
         .route("/v1/orgs/{org_id}/usage", get(usage::period_usage))
         .route("/v1/orgs/{org_id}/usage/daily", get(usage::daily_usage))
@@ -103,7 +109,10 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     let pricing = settings.common.pricing_file.load(tally_pricing::Pricing::configured)?;
     let billing_producer = billing_log::billing_producer(&settings.common.kafka_brokers)?;
     let stripe = settings.stripe.as_ref().map(tally_stripe::StripeSettings::client);
-    let link_signer = session::LinkSigner::new(settings.admin_token.expose());
+    let link_signer = session::LinkSigner::new(
+        settings.admin_token.expose(),
+        settings.previous_admin_token.as_ref().map(|t| t.expose()),
+    );
     let public_origin = session::origin_of(&settings.public_url).to_string();
     let state = Arc::new(AppState {
         settings: settings.clone(),

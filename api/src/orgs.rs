@@ -1,18 +1,16 @@
-//! Admin endpoints: orgs and their keys.
+//! Admin endpoints: orgs (their keys: [`crate::keys`]).
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use chrono::{DateTime, Utc};
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use tally_common::keys;
 
-use crate::auth::{require_org, Caller};
+use crate::auth::Caller;
 use crate::billing::{usage_billing, PercentUsed, PeriodBilling, UsageWarning};
 use tally_store::invoices::billed_usage;
 
@@ -57,49 +55,6 @@ pub async fn create_org(
     };
     tracing::info!(org_id = %org.org_id, "org created");
     Ok((StatusCode::CREATED, Json(OrgCreated { org_id: org.org_id, name, created_at })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewKey {
-    scope: Scope,
-}
-
-#[derive(Deserialize, Clone, Copy)]
-#[serde(rename_all = "snake_case")]
-enum Scope {
-    Read,
-    Ingest,
-}
-
-/// A new key: the only time it is shown (only its hash is stored).
-#[derive(Serialize)]
-pub struct KeyCreated {
-    org_id: String,
-    scope: &'static str,
-    key: String,
-}
-
-/// `POST /v1/orgs/{org_id}/keys` `{"scope": "read" | "ingest"}` (admin): a new key; 201.
-pub async fn create_key(
-    State(state): State<Arc<AppState>>,
-    Path(org_id): Path<String>,
-    caller: Caller,
-    body: Bytes,
-) -> Result<impl IntoResponse, ApiError> {
-    caller.require_admin()?;
-    let request: NewKey = parse_json(&body)?;
-    require_org(&state, &org_id).await?;
-    let (scope, prefix) = match request.scope {
-        Scope::Read => ("read", "tally_read_"),
-        Scope::Ingest => ("ingest", "tally_ingest_"),
-    };
-    let mut secret = [0u8; 32];
-    rand::rng().fill_bytes(&mut secret);
-    let key = format!("{prefix}{}", hex::encode(secret));
-    tally_store::keys::insert(&state.pool, &keys::hash(&key), &org_id, scope).await?;
-    tracing::info!(org_id = %org_id, scope, "key created");
-    Ok((StatusCode::CREATED, Json(KeyCreated { org_id, scope, key })))
 }
 
 // ---- the operator's list --------------------------------------------------------------------

@@ -53,6 +53,8 @@ impl Role {
 #[derive(Debug, Clone, Serialize)]
 pub struct PageSession {
     pub role: Role,
+    /// Whether this person may start Checkout and change the org's plan (an operator always may).
+    pub may_change_plan: bool,
     pub org_id: Option<String>,
     pub expires_at: DateTime<Utc>,
     pub csrf_token: String,
@@ -84,8 +86,8 @@ pub fn session_id<'h>(state: &AppState, headers: &'h HeaderMap) -> Option<&'h st
 }
 
 /// The session a request's cookie opens, if any. An unknown or expired cookie opens none, and so
-/// does a session whose credential no longer holds: the read key it was opened with has been
-/// revoked, or (for operator and portal sessions) the admin token has been rotated.
+/// does a session whose credential no longer holds: the key it was opened with has been revoked
+/// or has expired, or (for operator and portal sessions) the admin token has been retired.
 pub async fn session_of_request(
     state: &AppState,
     headers: &HeaderMap,
@@ -98,10 +100,13 @@ pub async fn session_of_request(
     let session = match state.session_cache.get(&hash, now) {
         Some(session) => session,
         None => {
-            let fingerprint = state.link_signer.admin_fingerprint();
-            let row = sessions::find_live(&state.pool, &hash, &fingerprint).await?;
+            let fingerprints = state.link_signer.admin_fingerprints();
+            let row = sessions::find_live(&state.pool, &hash, &fingerprints).await?;
             let session = row.map(|row| PageSession {
                 role: if row.role == "operator" { Role::Operator } else { Role::Customer },
+                // A session opened with a read key reads; one opened with a billing key or a
+                // portal link may also change the plan.
+                may_change_plan: row.opened_by != "read_key",
                 org_id: row.org_id,
                 expires_at: row.expires_at,
                 csrf_token: row.csrf_token,
@@ -190,36 +195,54 @@ impl LinkRefusal {
     }
 }
 
-/// Signs and checks portal links.
+/// Signs and checks portal links, and fingerprints the admin token for the sessions it opens.
+/// During a rotation (`TALLY_ADMIN_TOKEN_PREVIOUS`) it holds two keys: new links and sessions
+/// use the current token's, and what the previous token opened still holds.
 pub struct LinkSigner {
-    key: [u8; 32],
+    /// The current token's key first.
+    keys: Vec<[u8; 32]>,
 }
 
 impl LinkSigner {
-    /// The signing key is derived from the admin token: rotating the token retires every link.
-    pub fn new(admin_token: &str) -> LinkSigner {
-        let mut mac = Hmac::<Sha256>::new_from_slice(admin_token.as_bytes())
-            .expect("HMAC takes any key length");
-        mac.update(b"tally portal links v1");
-        LinkSigner { key: mac.finalize().into_bytes().into() }
+    /// The signing keys are derived from the admin tokens: retiring a token retires every link
+    /// and session it opened.
+    pub fn new(admin_token: &str, previous: Option<&str>) -> LinkSigner {
+        let derive = |token: &str| -> [u8; 32] {
+            let mut mac = Hmac::<Sha256>::new_from_slice(token.as_bytes())
+                .expect("HMAC takes any key length");
+            mac.update(b"tally portal links v1");
+            mac.finalize().into_bytes().into()
+        };
+        LinkSigner { keys: std::iter::once(admin_token).chain(previous).map(derive).collect() }
     }
 
-    fn mac(&self, id: &str, expires: i64) -> Hmac<Sha256> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
+    fn mac(key: &[u8; 32], id: &str, expires: i64) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
         mac.update(format!("{id}.{expires}").as_bytes());
         mac
     }
 
-    /// Stands for the admin token in `page_sessions.credential`, without being it: sessions opened
-    /// with the token, or with a link it signed, end when it is rotated.
-    pub fn admin_fingerprint(&self) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
+    fn fingerprint(key: &[u8; 32]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
         mac.update(b"sessions");
         hex::encode(mac.finalize().into_bytes())
     }
 
+    /// Stands for the admin token in `page_sessions.credential`, without being it: sessions opened
+    /// with the token, or with a link it signed, end when it is retired.
+    pub fn admin_fingerprint(&self) -> String {
+        Self::fingerprint(&self.keys[0])
+    }
+
+    /// The fingerprints whose sessions still hold: the current token's and, during a rotation,
+    /// the previous one's.
+    pub fn admin_fingerprints(&self) -> Vec<String> {
+        self.keys.iter().map(Self::fingerprint).collect()
+    }
+
     pub fn token(&self, id: &str, expires: i64) -> String {
-        format!("{id}.{expires}.{}", hex::encode(self.mac(id, expires).finalize().into_bytes()))
+        let signature = Self::mac(&self.keys[0], id, expires).finalize().into_bytes();
+        format!("{id}.{expires}.{}", hex::encode(signature))
     }
 
     /// The link id of a well-signed, unexpired token.
@@ -232,7 +255,10 @@ impl LinkSigner {
         };
         let expires: i64 = expires.parse().map_err(|_| LinkRefusal::Invalid)?;
         let signature = hex::decode(signature).map_err(|_| LinkRefusal::Invalid)?;
-        self.mac(id, expires).verify_slice(&signature).map_err(|_| LinkRefusal::Invalid)?;
+        if !self.keys.iter().any(|key| Self::mac(key, id, expires).verify_slice(&signature).is_ok())
+        {
+            return Err(LinkRefusal::Invalid);
+        }
         if now >= expires {
             return Err(LinkRefusal::Expired);
         }
@@ -246,7 +272,7 @@ mod tests {
 
     #[test]
     fn portal_links_refuse_changes_and_expiry() {
-        let signer = LinkSigner::new("an admin token of some length");
+        let signer = LinkSigner::new("an admin token of some length", None);
         let token = signer.token("0123abcd", 1_000);
         assert_eq!(signer.check(&token, 999), Ok("0123abcd"));
         assert_eq!(signer.check(&token, 1_000), Err(LinkRefusal::Expired));
@@ -263,9 +289,15 @@ mod tests {
         let last = flipped.pop().unwrap();
         flipped.push(if last == '0' { '1' } else { '0' });
         assert_eq!(signer.check(&flipped, 999), Err(LinkRefusal::Invalid));
-        // Another admin token signs differently.
+        // Another admin token signs differently; during a rotation the previous one still holds,
+        // and once it is retired its links do not.
+        let rotated =
+            LinkSigner::new("another admin token of length", Some("an admin token of some length"));
+        assert_eq!(rotated.check(&token, 999), Ok("0123abcd"));
+        assert_eq!(rotated.admin_fingerprints()[1], signer.admin_fingerprint());
+        assert_ne!(rotated.admin_fingerprint(), signer.admin_fingerprint());
         assert_eq!(
-            LinkSigner::new("another admin token of length").check(&token, 999),
+            LinkSigner::new("another admin token of length", None).check(&token, 999),
             Err(LinkRefusal::Invalid)
         );
         for bad in ["", "a.b", "a.1.zz", "a.1.00.extra", "a.x.00"] {
@@ -287,6 +319,7 @@ mod tests {
     fn csrf_needs_the_token_and_the_own_origin() {
         let session = PageSession {
             role: Role::Customer,
+            may_change_plan: true,
             org_id: Some("acme".into()),
             expires_at: Utc::now(),
             csrf_token: "t0k".into(),

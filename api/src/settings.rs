@@ -11,6 +11,9 @@ pub struct Settings {
     pub addr: SocketAddr,
     /// `TALLY_ADMIN_TOKEN`: required; `make up` generates one into `.tally/admin-token`.
     pub admin_token: Secret,
+    /// `TALLY_ADMIN_TOKEN_PREVIOUS`: during a rotation, the token being retired, still accepted
+    /// (with the sessions and portal links it opened) until it is unset (docs/security.md).
+    pub previous_admin_token: Option<Secret>,
     /// Stripe, for Checkout (`TALLY_STRIPE_SECRET_KEY`, `TALLY_STRIPE_API_BASE`); `None` when no
     /// key is set, and Checkout answers 503 `stripe_not_configured`.
     pub stripe: Option<tally_stripe::StripeSettings>,
@@ -56,6 +59,16 @@ impl Settings {
                 message: "must be at least 16 characters".into(),
             });
         }
+        let previous_admin_token = std::env::var("TALLY_ADMIN_TOKEN_PREVIOUS")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .map(Secret::new);
+        if previous_admin_token.as_ref().is_some_and(|p| p.expose().len() < 16) {
+            return Err(SettingError {
+                name: "TALLY_ADMIN_TOKEN_PREVIOUS",
+                message: "must be at least 16 characters".into(),
+            });
+        }
         let api_addr = addr("TALLY_API_ADDR", "127.0.0.1:8080")?;
         let public_url = std::env::var("TALLY_PUBLIC_URL")
             .ok()
@@ -77,6 +90,7 @@ impl Settings {
             public_url: public_url.trim_end_matches('/').to_string(),
             pipeline_stages,
             admin_token,
+            previous_admin_token,
             stripe: tally_stripe::StripeSettings::from_env_optional()?,
             stripe_webhook_secret: std::env::var("TALLY_STRIPE_WEBHOOK_SECRET")
                 .ok()

@@ -50,6 +50,8 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
 enum Credential<'a> {
     /// A read key, by its hash: revoking the key ends the session.
     ReadKey(&'a str),
+    /// A billing key, by its hash: likewise; the session may also change the plan.
+    BillingKey(&'a str),
     /// The admin token (operator sessions), or a portal link signed with it: rotating the token
     /// ends the session.
     AdminToken,
@@ -60,6 +62,7 @@ impl Credential<'_> {
     fn opened_by(&self) -> &'static str {
         match self {
             Credential::ReadKey(_) => "read_key",
+            Credential::BillingKey(_) => "billing_key",
             Credential::AdminToken => "admin_token",
             Credential::PortalLink => "portal",
         }
@@ -77,12 +80,13 @@ async fn open_session(
     let id = random_hex(32);
     let session = PageSession {
         role,
+        may_change_plan: !matches!(credential, Credential::ReadKey(_)),
         org_id: org_id.map(str::to_string),
         expires_at: Utc::now() + Duration::hours(SESSION_HOURS),
         csrf_token: random_hex(32),
     };
     let stored_credential = match credential {
-        Credential::ReadKey(hash) => hash.to_string(),
+        Credential::ReadKey(hash) | Credential::BillingKey(hash) => hash.to_string(),
         Credential::AdminToken | Credential::PortalLink => state.link_signer.admin_fingerprint(),
     };
     let new = sessions::NewSession {
@@ -130,8 +134,8 @@ struct SignInRequest {
     key: String,
 }
 
-/// `POST /v1/sessions` `{"key"}`: a read key opens a customer session, the admin token an
-/// operator session.
+/// `POST /v1/sessions` `{"key"}`: a read key opens a customer session that reads, a billing key
+/// one that may also change the plan, the admin token an operator session.
 pub async fn sign_in(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -151,11 +155,14 @@ pub async fn sign_in(
         Ok(Caller::Reader { org_id }) => {
             (Role::Customer, Some(org_id), Credential::ReadKey(&key_hash))
         }
+        Ok(Caller::Biller { org_id }) => {
+            (Role::Customer, Some(org_id), Credential::BillingKey(&key_hash))
+        }
         Ok(_) => {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "key_not_allowed",
-                "an ingest key cannot sign in; use a read key",
+                "a key that sends events cannot sign in; use a read or billing key",
             ))
         }
         Err(e) if e.status == StatusCode::UNAUTHORIZED => return Err(refused()),

@@ -8,7 +8,7 @@ use tally_schemas::{FieldError, FieldErrorCode};
 use crate::accept::{Candidate, Outcome};
 use crate::metrics;
 use crate::publish::{PublishError, Publisher};
-use crate::registry::Registry;
+use crate::registry::{Grant, Registry};
 
 /// What a request came to, once Kafka acknowledged its events.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -18,14 +18,27 @@ pub struct Admitted {
     pub unmapped: usize,
 }
 
-/// Rejects the events of orgs the registry does not know, publishes the rest with the request's
-/// arrival time, and counts the outcomes.
+/// Rejects the events of orgs the key may not send for, then those of orgs the registry does not
+/// know, publishes the rest with the request's arrival time, and counts the outcomes. The key's
+/// grant is checked first, so that a key learns nothing of orgs outside it (not even whether
+/// they exist).
 pub async fn admit(
     registry: &Registry,
+    grant: &Grant,
     publisher: &Publisher,
     candidates: &mut [Candidate],
     arrival: DateTime<Utc>,
 ) -> Result<Admitted, PublishError> {
+    for candidate in candidates.iter_mut() {
+        if let Outcome::Accepted(record) = &candidate.outcome {
+            if !grant.allows(&record.org_id) {
+                candidate.outcome = Outcome::Rejected(FieldError::new(
+                    FieldErrorCode::OrgNotAllowed,
+                    format!("org_id: this key may not send events for org {:?}", record.org_id),
+                ));
+            }
+        }
+    }
     let unknown = registry
         .unknown_orgs(candidates.iter().filter_map(Candidate::accepted).map(|r| r.org_id.as_str()))
         .await;

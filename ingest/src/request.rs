@@ -2,6 +2,7 @@
 //! the closed set of reasons a whole request is refused.
 
 use std::io::Read;
+use std::sync::Arc;
 
 use axum::body::{to_bytes, Body, Bytes};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -9,7 +10,7 @@ use tally_common::keys;
 use tally_formats::FormatError;
 
 use crate::publish::PublishError;
-use crate::registry::Registry;
+use crate::registry::{Grant, Registry};
 
 /// Why a whole request was refused. Each door renders it in its own format (a JSON error body
 /// for `/v1/events`, a `google.rpc.Status` for `/v1/traces`), with the same status and code.
@@ -96,14 +97,15 @@ impl BodyError {
     }
 }
 
-/// Checks the ingest key of `Authorization: Bearer <key>`.
-pub async fn authorize(registry: &Registry, headers: &HeaderMap) -> Result<(), RequestError> {
+/// Checks the key of `Authorization: Bearer <key>`: a live key that sends (an org's ingest key
+/// or a service key). Answers what it may send for.
+pub async fn authorize(
+    registry: &Registry,
+    headers: &HeaderMap,
+) -> Result<Arc<Grant>, RequestError> {
     let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let key = keys::bearer(auth).ok_or(RequestError::MissingKey)?;
-    if !registry.is_ingest_key(&keys::hash(key)).await {
-        return Err(RequestError::UnknownKey);
-    }
-    Ok(())
+    registry.sending_key(&keys::hash(key)).await.ok_or(RequestError::UnknownKey)
 }
 
 /// The request's `Content-Type` without its parameters, lower-cased ("" when there is none).

@@ -19,7 +19,7 @@ use crate::admit::{admit, Admitted};
 use crate::metrics;
 use crate::otlp::{self, Encoding, PartialSuccess, RpcStatus};
 use crate::publish::Publisher;
-use crate::registry::Registry;
+use crate::registry::{Grant, Registry};
 use crate::request::{authorize, content_type, read_body, BodyError, RequestError};
 use crate::settings::Settings;
 use tally_formats::Decoded;
@@ -44,11 +44,13 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// (the time ingest accepted it), each item checked, then admitted to the log.
 async fn check_and_admit(
     state: &AppState,
+    grant: &Grant,
     items: Vec<Decoded>,
 ) -> Result<(Vec<Candidate>, Admitted), RequestError> {
     let arrival = chrono::Utc::now();
     let mut candidates: Vec<Candidate> = items.into_iter().map(|i| accept(i, arrival)).collect();
-    let admitted = admit(&state.registry, &state.publisher, &mut candidates, arrival).await?;
+    let admitted =
+        admit(&state.registry, grant, &state.publisher, &mut candidates, arrival).await?;
     Ok((candidates, admitted))
 }
 
@@ -110,13 +112,13 @@ async fn events(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, RequestError> {
-    authorize(&state.registry, headers).await?;
+    let grant = authorize(&state.registry, headers).await?;
     let bytes = read_body(headers, body, state.settings.max_body_bytes).await?;
     let content_type = content_type(headers);
     let ndjson = content_type == "application/x-ndjson" || content_type == "application/ndjson";
     let items = tally_formats::native::decode(&bytes, ndjson, state.settings.max_events)
         .map_err(BodyError::from)?;
-    let (candidates, admitted) = check_and_admit(state, items).await?;
+    let (candidates, admitted) = check_and_admit(state, &grant, items).await?;
     let results: Vec<EventResult<'_>> = candidates
         .iter()
         .map(|c| match &c.outcome {
@@ -197,13 +199,13 @@ async fn traces(
     body: Body,
     encoding: Option<Encoding>,
 ) -> Result<Response, RequestError> {
-    authorize(&state.registry, headers).await?;
+    let grant = authorize(&state.registry, headers).await?;
     let encoding =
         encoding.ok_or_else(|| BodyError::UnsupportedContentType(content_type(headers)))?;
     let bytes = read_body(headers, body, state.settings.max_body_bytes).await?;
     let items = tally_formats::otlp::decode(&bytes, encoding, state.settings.max_events)
         .map_err(BodyError::from)?;
-    let (candidates, admitted) = check_and_admit(state, items).await?;
+    let (candidates, admitted) = check_and_admit(state, &grant, items).await?;
     let not_metered = PartialSuccess::of(&candidates, admitted);
     let answer = otlp::encode_response(&not_metered.response(), encoding);
     Ok(otlp_body(encoding, answer))

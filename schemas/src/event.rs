@@ -125,6 +125,9 @@ pub enum FieldErrorCode {
     OutOfWindow,
     /// The org does not exist.
     UnknownOrg,
+    /// The key may not send events for this org (an org's ingest key sends only for its org; a
+    /// service key only for the orgs it lists).
+    OrgNotAllowed,
 }
 
 impl FieldErrorCode {
@@ -136,6 +139,7 @@ impl FieldErrorCode {
             FieldErrorCode::InvalidField => "invalid_field",
             FieldErrorCode::OutOfWindow => "out_of_window",
             FieldErrorCode::UnknownOrg => "unknown_org",
+            FieldErrorCode::OrgNotAllowed => "org_not_allowed",
         }
     }
 }

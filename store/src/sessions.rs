@@ -12,27 +12,29 @@ pub struct SessionRow {
     pub org_id: Option<String>,
     /// `customer` or `operator`.
     pub role: String,
+    /// `portal`, `read_key`, `billing_key` or `admin_token`.
+    pub opened_by: String,
     pub csrf_token: String,
     pub expires_at: DateTime<Utc>,
 }
 
-/// The unexpired session of this hash whose credential still holds: the read key it was opened
-/// with is not revoked, or (opened with the admin token or a portal link) `admin_fingerprint`
-/// is the one it was opened under.
+/// The unexpired session of this hash whose credential still holds: the key it was opened with
+/// is live, or (opened with the admin token or a portal link) it was opened under one of
+/// `admin_fingerprints`.
 pub async fn find_live(
     pool: &PgPool,
     session_hash: &str,
-    admin_fingerprint: &str,
+    admin_fingerprints: &[String],
 ) -> sqlx::Result<Option<SessionRow>> {
     sqlx::query_as(
-        "SELECT s.org_id, s.role, s.csrf_token, s.expires_at FROM page_sessions s
+        "SELECT s.org_id, s.role, s.opened_by, s.csrf_token, s.expires_at FROM page_sessions s
          WHERE s.session_hash = $1 AND s.expires_at > now()
-           AND CASE WHEN s.opened_by = 'read_key'
-                    THEN EXISTS (SELECT 1 FROM api_keys k WHERE k.key_hash = s.credential AND k.revoked_at IS NULL)
-                    ELSE s.credential = $2 END",
+           AND CASE WHEN s.opened_by IN ('read_key', 'billing_key')
+                    THEN EXISTS (SELECT 1 FROM live_api_keys k WHERE k.key_hash = s.credential)
+                    ELSE s.credential = ANY($2) END",
     )
     .bind(session_hash)
-    .bind(admin_fingerprint)
+    .bind(admin_fingerprints)
     .fetch_optional(pool)
     .await
 }
@@ -42,9 +44,9 @@ pub struct NewSession<'a> {
     pub session_hash: &'a str,
     pub org_id: Option<&'a str>,
     pub role: &'a str,
-    /// `read_key`, `admin_token` or `portal`.
+    /// `read_key`, `billing_key`, `admin_token` or `portal`.
     pub opened_by: &'a str,
-    /// The hash of the read key, or the admin token's fingerprint.
+    /// The hash of the key, or the admin token's fingerprint.
     pub credential: &'a str,
     pub csrf_token: &'a str,
     pub expires_at: DateTime<Utc>,

@@ -138,7 +138,9 @@ function page(route: Route, session: Session, search: URLSearchParams) {
   switch (route.name) {
     case 'home':
       if (operator) return <Redirect to={`${BASE}/admin`} />;
-      return <OrgPage orgId={session.org_id ?? ''} admin={false} checkoutReturn={checkoutReturn} />;
+      return (
+        <OrgPage orgId={session.org_id ?? ''} admin={false} mayChangePlan={session.may_change_plan} checkoutReturn={checkoutReturn} />
+      );
     case 'invoice':
       if (operator) return <Redirect to={`${BASE}/admin`} />;
       return <InvoicePage orgId={session.org_id ?? ''} period={route.period} admin={false} />;

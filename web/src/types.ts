@@ -8,6 +8,9 @@ export type Role = 'customer' | 'operator';
 
 export interface Session {
   role: Role;
+  /** Whether this session may start Checkout and change the plan (opened with a portal link, a
+   * billing key or the admin token; not with a read key). */
+  may_change_plan: boolean;
   org_id: string | null;
   expires_at: string;
   csrf_token: string;

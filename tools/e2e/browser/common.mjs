@@ -32,7 +32,7 @@ export async function portalLink(org) {
 /** Signs a page in as the operator, through the sign-in form. */
 export async function signInOperator(page) {
   await page.goto(`${API}/app/signin`);
-  await page.getByLabel('Read key or admin token').fill(ADMIN_TOKEN);
+  await page.getByLabel('Read or billing key, or admin token').fill(ADMIN_TOKEN);
   await page.getByRole('button', { name: /sign in/i }).click();
   await page.locator('[data-tally="org-row"]').first().waitFor();
 }

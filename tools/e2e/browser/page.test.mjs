@@ -264,9 +264,18 @@ say('sign-in refuses what it should, with its code; signing out ends the session
   assert.equal(bearer.status, 403, 'a bare read key cannot change what an org pays');
   const { context, page: p } = await newPage(PHONE);
   await p.goto(`${API}/app/signin`);
-  await p.getByLabel('Read key or admin token').fill(config.read_keys.near);
+  await p.getByLabel('Read or billing key, or admin token').fill(config.read_keys.near);
   await p.getByRole('button', { name: /sign in/i }).click();
   await p.locator('[data-tally="traces"]').waitFor();
+  // A read key's session reads: the plans are shown, with no way to buy or switch.
+  await p.locator('[data-tally-note="read-only"]').waitFor();
+  assert.equal(await p.getByRole('button', { name: /^(Subscribe to|Switch to)/ }).count(), 0, 'a read key cannot change the plan');
+  const csrf = await p.evaluate(async () => (await (await fetch('/v1/sessions/current')).json()).csrf_token);
+  const refused = await p.evaluate(async ([org, token]) => {
+    const r = await fetch(`/v1/orgs/${org}/checkout`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-tally-csrf': token }, body: JSON.stringify({ tier: 'growth', success_url: location.origin + '/app/', cancel_url: location.origin + '/app/' }) });
+    return `${r.status} ${(await r.json()).error?.code}`;
+  }, [config.orgs.near, csrf]);
+  assert.equal(refused, '403 forbidden', 'nor start Checkout through the api');
   await p.getByRole('button', { name: /sign out/i }).click();
   await p.waitForURL(/\/app\/signin/);
   const after = await p.evaluate(async () => (await fetch('/v1/sessions/current')).status);
@@ -276,13 +285,13 @@ say('sign-in refuses what it should, with its code; signing out ends the session
 
 // ---- Checkout and tier changes ------------------------------------------------------------------
 
-say('a customer without a subscription buys growth through Checkout');
+say('a customer without a subscription, signed in with a billing key, buys growth through Checkout');
 {
-  const readKey = await apiOk(`/v1/orgs/${config.orgs.buyer}/keys`, { method: 'POST', body: { scope: 'read' } });
-  secrets.add(readKey.key);
+  const billingKey = await apiOk(`/v1/orgs/${config.orgs.buyer}/keys`, { method: 'POST', body: { scope: 'billing' } });
+  secrets.add(billingKey.key);
   const { context, page: p } = await newPage(DESKTOP);
   await p.goto(`${API}/app/signin`);
-  await p.getByLabel('Read key or admin token').fill(readKey.key);
+  await p.getByLabel('Read or billing key, or admin token').fill(billingKey.key);
   await p.getByRole('button', { name: /sign in/i }).click();
   await p.locator('[data-tally="tier"]').waitFor();
   assert.equal(await figure(p, 'tier'), 'starter');
@@ -322,7 +331,7 @@ say('the operator signs in with the admin token and sees every org, sorted and p
 {
   const { context, page: p } = await newPage(DESKTOP);
   await p.goto(`${API}/app/signin`);
-  await p.getByLabel('Read key or admin token').fill(config.admin_token);
+  await p.getByLabel('Read or billing key, or admin token').fill(config.admin_token);
   await p.getByRole('button', { name: /sign in/i }).click();
   await p.waitForURL(/\/app\/admin/);
   const settled = () => eventually('the list settles', async () => !(await p.getByText('(updating…)').count()));
@@ -404,7 +413,7 @@ for (const viewport of [PHONE, DESKTOP]) {
   const { context: c2, page: p2 } = await newPage(viewport, { bypassCSP: true });
   await p2.goto(`${API}/app/signin`);
   await axe(p2, `the sign-in page at ${viewport.width} px`);
-  await p2.getByLabel('Read key or admin token').fill(config.admin_token);
+  await p2.getByLabel('Read or billing key, or admin token').fill(config.admin_token);
   await p2.getByRole('button', { name: /sign in/i }).click();
   await p2.locator('[data-tally="org-row"]').first().waitFor();
   await axe(p2, `the operator's page at ${viewport.width} px`);

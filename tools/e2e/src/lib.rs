@@ -51,6 +51,24 @@ pub fn logs_dir() -> PathBuf {
     dir
 }
 
+/// Signs in to the page at `api_url` with a key or the admin token; the session cookie
+/// (`name=value`) to send back.
+pub async fn sign_in(api_url: &str, key: &str) -> anyhow::Result<String> {
+    let response = reqwest::Client::new()
+        .post(format!("{api_url}/v1/sessions"))
+        .json(&serde_json::json!({ "key": key }))
+        .send()
+        .await?;
+    anyhow::ensure!(response.status().as_u16() == 201, "signing in: {}", response.status());
+    response
+        .headers()
+        .get(reqwest::header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("no session cookie"))
+}
+
 /// A short random suffix for org and event ids.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}{:08x}", rand::random::<u32>())

@@ -137,7 +137,8 @@ async fn bad_input_is_refused_clearly_and_harms_nothing() -> anyhow::Result<()> 
             "invalid_field",
             "out_of_window",
             "out_of_window",
-            "unknown_org",
+            // An org's ingest key sends for its org only; it is not told whether another exists.
+            "org_not_allowed",
             "invalid_field",
             "malformed_event",
             "accepted"

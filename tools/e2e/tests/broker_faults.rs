@@ -30,7 +30,7 @@ async fn usage_is_exact_across_broker_restarts_and_kills() -> anyhow::Result<()>
     for org in &orgs {
         api.ensure_org(org, "Broker restart test org").await?;
     }
-    let key = api.create_key(&orgs[0], "ingest").await?;
+    let key = api.create_service_key(None).await?;
     let now = chrono::Utc::now();
     let workload = WorkloadSpec {
         orgs,

@@ -16,7 +16,7 @@ async fn usage_is_exact_after_repeated_kill_9() -> anyhow::Result<()> {
     for org in &orgs {
         api.ensure_org(org, "Crash test org").await?;
     }
-    let key = api.create_key(&orgs[0], "ingest").await?;
+    let key = api.create_service_key(None).await?;
     let now = chrono::Utc::now();
     let workload = WorkloadSpec {
         orgs,

@@ -17,7 +17,7 @@ async fn two_instances_per_stage_and_a_failover_stay_exact() -> anyhow::Result<(
     for org in &orgs {
         api.ensure_org(org, "Instances test org").await?;
     }
-    let key = api.create_key(&orgs[0], "ingest").await?;
+    let key = api.create_service_key(None).await?;
     let now = chrono::Utc::now();
     let workload = WorkloadSpec {
         orgs,

@@ -8,6 +8,7 @@ mod billing;
 mod broker_faults;
 mod crash_recovery;
 mod instances;
+mod keys;
 mod otel_sdks;
 mod otlp;
 mod page;

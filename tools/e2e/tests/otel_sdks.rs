@@ -32,7 +32,7 @@ async fn setup(prefix: &str) -> anyhow::Result<Setup> {
     for org in &orgs {
         api.ensure_org(org, "OpenTelemetry SDK org").await?;
     }
-    let key = api.create_key(&orgs[0], "ingest").await?;
+    let key = api.create_service_key(None).await?;
     Ok(Setup { stack, orgs, key })
 }
 

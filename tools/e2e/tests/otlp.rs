@@ -163,7 +163,7 @@ async fn spans_are_metered_exactly_in_protobuf_and_json_and_a_retry_counts_once(
     for org in &orgs {
         api.ensure_org(org, "OTLP org").await?;
     }
-    let key = api.create_key(&orgs[0], "ingest").await?;
+    let key = api.create_service_key(None).await?;
     let set = TraceSetSpec {
         orgs: orgs.clone(),
         unknown_org: unique("nobody-"),

@@ -84,7 +84,9 @@ async fn the_page_shows_what_the_api_says() -> anyhow::Result<()> {
     for (i, id) in quiet.iter().enumerate() {
         api.ensure_org(id, &format!("Quiet org {i}")).await?;
     }
-    let ingest_key = api.create_key(&near, "ingest").await?;
+    // The workload's emitter sends for every org of the test: a service key for all orgs.
+    let ingest_key = api.create_service_key(None).await?;
+    let over_billing_key = api.create_key(&over, "billing").await?;
     let near_read_key = api.create_key(&near, "read").await?;
     let over_read_key = api.create_key(&over, "read").await?;
     let ingest_key_of_other = api.create_key(&over, "ingest").await?;
@@ -156,7 +158,7 @@ async fn the_page_shows_what_the_api_says() -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let session: Value = http
         .post(format!("{base}/v1/orgs/{over}/checkout"))
-        .bearer_auth(&over_read_key)
+        .bearer_auth(&over_billing_key)
         .json(&json!({"tier": "starter", "success_url": format!("{base}/app/"), "cancel_url": format!("{base}/app/")}))
         .send()
         .await?
@@ -214,19 +216,7 @@ async fn the_page_shows_what_the_api_says() -> anyhow::Result<()> {
 
     // A session lasts only while the read key it was opened with holds: revoked in PostgreSQL,
     // the key and its session stop working within the api's 5 s memory of them.
-    let signed_in = http
-        .post(format!("{base}/v1/sessions"))
-        .json(&json!({"key": near_read_key}))
-        .send()
-        .await?;
-    assert_eq!(signed_in.status(), 201);
-    let cookie = signed_in
-        .headers()
-        .get(reqwest::header::SET_COOKIE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .ok_or_else(|| anyhow::anyhow!("no session cookie"))?
-        .to_string();
+    let cookie = tally_e2e::sign_in(&base, &near_read_key).await?;
     let current = |cookie: String| {
         let (http, base) = (http.clone(), base.clone());
         async move {

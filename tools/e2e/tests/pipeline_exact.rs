@@ -16,7 +16,7 @@ async fn generated_workload_ends_in_exact_usage() -> anyhow::Result<()> {
     for org in &orgs {
         api.ensure_org(org, "Exact test org").await?;
     }
-    let key = api.create_key(&orgs[0], "ingest").await?;
+    let key = api.create_service_key(None).await?;
 
     let now = chrono::Utc::now();
     let spec = WorkloadSpec {

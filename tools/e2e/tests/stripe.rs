@@ -91,7 +91,8 @@ async fn usage_reaches_stripe_exactly_once_through_faults_and_kills() -> anyhow:
     // Checkout refuses what it cannot sell, with a code, and asks Stripe for nothing.
     let other = unique("stripe-other-");
     api.ensure_org(&other, "Another org").await?;
-    let other_key = api.create_key(&other, "read").await?;
+    let other_key = api.create_key(&other, "billing").await?;
+    let other_read = api.create_key(&other, "read").await?;
     let other_ingest = api.create_key(&other, "ingest").await?;
     let checkout = |key: String, body: Value| {
         let url = format!("{base}/v1/orgs/{other}/checkout");
@@ -120,6 +121,7 @@ async fn usage_reaches_stripe_exactly_once_through_faults_and_kills() -> anyhow:
             "invalid_field",
         ),
         ("ingest key", other_ingest.clone(), with(json!({"tier": "growth"})), 403, "forbidden"),
+        ("read key", other_read.clone(), with(json!({"tier": "growth"})), 403, "forbidden"),
     ] {
         let (got, body) = checkout(key, body).await?;
         assert_eq!((got, body["error"]["code"].as_str()), (status, Some(code)), "{name}: {body}");
@@ -133,12 +135,12 @@ async fn usage_reaches_stripe_exactly_once_through_faults_and_kills() -> anyhow:
     for tier in ["starter", "growth", "business"] {
         let org = unique(&format!("stripe-{tier}-"));
         api.ensure_org(&org, "Stripe test org").await?;
-        let read_key = api.create_key(&org, "read").await?;
+        let billing_key = api.create_key(&org, "billing").await?;
         let ingest_key = api.create_key(&org, "ingest").await?;
         let (status, session) = request(
             reqwest::Method::POST,
             &format!("{base}/v1/orgs/{org}/checkout"),
-            &read_key,
+            &billing_key,
             Some(json!({"tier": tier, "success_url": "https://example.com/ok", "cancel_url": "https://example.com/cancel"})),
         )
         .await?;
@@ -154,20 +156,20 @@ async fn usage_reaches_stripe_exactly_once_through_faults_and_kills() -> anyhow:
                 let (_, s) = request(
                     reqwest::Method::GET,
                     &format!("{base}/v1/orgs/{org}/subscription"),
-                    &read_key,
+                    &billing_key,
                     None,
                 )
                 .await?;
                 Ok(s["stripe"]["customer_id"].as_str().is_some().then(|| s["stripe"].clone()))
             })
             .await?;
-        orgs.insert(org.clone(), (tier, read_key, ingest_key, link));
+        orgs.insert(org.clone(), (tier, billing_key, ingest_key, link));
     }
-    let (org, (_, read_key, ..)) = orgs.iter().next().unwrap();
+    let (org, (_, billing_key, ..)) = orgs.iter().next().unwrap();
     let (status, body) = request(
         reqwest::Method::POST,
         &format!("{base}/v1/orgs/{org}/checkout"),
-        read_key,
+        billing_key,
         Some(with(json!({"tier": "enterprise"}))),
     )
     .await?;
@@ -365,7 +367,7 @@ async fn usage_reaches_stripe_exactly_once_through_faults_and_kills() -> anyhow:
 
     // Stripe invoices the period from its meters and graduated prices; the invoice comes back on
     // a webhook and sits beside Tally's, equal to the cent.
-    for (org, (_, read_key, _, link)) in &orgs {
+    for (org, (_, billing_key, _, link)) in &orgs {
         let subscription = link["subscription_id"].as_str().unwrap();
         let invoice = stripe
             .standin("invoices", json!({"subscription": subscription, "period_start": period.start().timestamp(), "period_end": period.end().timestamp()}))
@@ -375,7 +377,7 @@ async fn usage_reaches_stripe_exactly_once_through_faults_and_kills() -> anyhow:
                 let (_, i) = request(
                     reqwest::Method::GET,
                     &format!("{base}/v1/orgs/{org}/invoices/{period}"),
-                    read_key,
+                    billing_key,
                     None,
                 )
                 .await?;
@@ -396,7 +398,7 @@ async fn usage_reaches_stripe_exactly_once_through_faults_and_kills() -> anyhow:
             let (_, i) = request(
                 reqwest::Method::GET,
                 &format!("{base}/v1/orgs/{org}/invoices/{period}"),
-                read_key,
+                billing_key,
                 None,
             )
             .await?;

@@ -39,7 +39,7 @@ impl Api {
         }
     }
 
-    /// Creates a key (`read` or `ingest`) for an org and returns it.
+    /// Creates a key (`read`, `billing` or `ingest`) for an org and returns it.
     pub async fn create_key(&self, org_id: &str, scope: &str) -> anyhow::Result<String> {
         let response = self
             .client
@@ -50,6 +50,27 @@ impl Api {
             .await?;
         if response.status().as_u16() != 201 {
             bail!("creating a key: {}", response.status());
+        }
+        let value: Value = response.json().await?;
+        Ok(value["key"].as_str().context("key in answer")?.to_string())
+    }
+
+    /// Creates a service key, for the company's own emitters, that sends for `orgs`, or for all
+    /// orgs when `None`, and returns it.
+    pub async fn create_service_key(&self, orgs: Option<&[String]>) -> anyhow::Result<String> {
+        let body = match orgs {
+            Some(orgs) => json!({"name": "tally tools", "orgs": orgs}),
+            None => json!({"name": "tally tools", "all_orgs": true}),
+        };
+        let response = self
+            .client
+            .post(format!("{}/v1/service-keys", self.base))
+            .bearer_auth(&self.admin_token)
+            .json(&body)
+            .send()
+            .await?;
+        if response.status().as_u16() != 201 {
+            bail!("creating a service key: {}", response.status());
         }
         let value: Value = response.json().await?;
         Ok(value["key"].as_str().context("key in answer")?.to_string())

@@ -350,7 +350,7 @@ pub async fn run(endpoints: anyhow::Result<Endpoints>) -> anyhow::Result<()> {
     }
     let probe_org = format!("{run}-probe");
     ep.api.ensure_org(&probe_org, "Benchmark probe").await?;
-    let key = ep.api.create_key(&orgs[0], "ingest").await?;
+    let key = ep.api.create_service_key(Some(&orgs)).await?;
     let ended_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
     let kib = serde_json::to_string(&tally_loadgen::generate::payload(&mut rng, 1024))?;

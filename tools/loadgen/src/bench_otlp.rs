@@ -118,7 +118,7 @@ pub async fn run(endpoints: anyhow::Result<Endpoints>) -> anyhow::Result<()> {
     for org in &orgs {
         ep.api.ensure_org(org, "Benchmark org").await?;
     }
-    let key = ep.api.create_key(&orgs[0], "ingest").await?;
+    let key = ep.api.create_service_key(Some(&orgs)).await?;
     let ended_at = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let ended_nanos = now.timestamp_nanos_opt().expect("a time before 2262") as u64;
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);

@@ -77,7 +77,7 @@ async fn prepare(ep: &Endpoints, orgs: u64) -> anyhow::Result<()> {
             }));
         }
     }
-    let key = ep.api.create_key(&org(0), "ingest").await?;
+    let key = ep.api.create_service_key(None).await?;
     Sender::new(&ep.ingest_url, &key).send_all(&events, 1000, 8).await?;
     // Every org's count, as the api shows it.
     let period = period.to_string();

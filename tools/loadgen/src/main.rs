@@ -56,7 +56,9 @@ async fn demo() -> anyhow::Result<()> {
     for (id, name) in DEMO_ORGS {
         ep.api.ensure_org(id, name).await?;
     }
-    let ingest_key = ep.api.create_key("acme", "ingest").await?;
+    // The demo's emitter sends for every demo org: a service key listing them.
+    let demo_orgs: Vec<String> = DEMO_ORGS.iter().map(|(id, _)| id.to_string()).collect();
+    let ingest_key = ep.api.create_service_key(Some(&demo_orgs)).await?;
     // acme buys the business tier through Stripe Checkout (on the stand-in `make up` runs).
     let stripe = stripe_demo::StripeDemo::connect(&ep.api_url, &ep.admin_token).await;
     let acme_customer = match &stripe {

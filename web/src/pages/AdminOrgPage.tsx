@@ -13,7 +13,7 @@ export function AdminOrgPage({ orgId, checkoutReturn }: { orgId: string; checkou
       <p class="no-print">
         <a href="/app/admin#orgs">← All orgs</a>
       </p>
-      <OrgPage orgId={orgId} admin checkoutReturn={checkoutReturn} extra={(reload) => <AdminPanel orgId={orgId} onChanged={reload} />} />
+      <OrgPage orgId={orgId} admin mayChangePlan checkoutReturn={checkoutReturn} extra={(reload) => <AdminPanel orgId={orgId} onChanged={reload} />} />
     </>
   );
 }

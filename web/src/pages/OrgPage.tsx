@@ -15,6 +15,8 @@ interface Props {
   orgId: string;
   /** An operator's view of the org (links stay under /app/admin/orgs/…). */
   admin: boolean;
+  /** Whether the signed-in person may change the plan (not a session opened with a read key). */
+  mayChangePlan: boolean;
   /** `?checkout=` on arrival. */
   checkoutReturn: string | null;
   /** Extra sections (the operator's panel), given a way to reload the page's figures. */
@@ -30,7 +32,7 @@ const SECTIONS: [string, string][] = [
 ];
 
 /** The customer's page of one org: this period, plan, history, invoices, late events. */
-export function OrgPage({ orgId, admin, checkoutReturn, extra }: Props) {
+export function OrgPage({ orgId, admin, mayChangePlan, checkoutReturn, extra }: Props) {
   const [version, setVersion] = useState(0);
   const usage = useResource((s) => getUsage(orgId, undefined, s), [orgId, version]);
   const projection = useResource((s) => getProjection(orgId, s), [orgId, version]);
@@ -83,6 +85,7 @@ export function OrgPage({ orgId, admin, checkoutReturn, extra }: Props) {
         pricing={pricing}
         subscription={subscription}
         checkoutReturn={checkoutReturn}
+        mayChangePlan={mayChangePlan}
         onChanged={reloadAll}
         returnPath={returnPath}
       />

@@ -17,6 +17,8 @@ interface Props {
   subscription: Resource<Subscription>;
   /** `?checkout=` on arrival: back from Stripe Checkout. */
   checkoutReturn: string | null;
+  /** Whether this person may subscribe or switch (a read key's session only reads). */
+  mayChangePlan: boolean;
   /** Called when the plan has changed: the page reloads its figures. */
   onChanged: () => void;
   /** Where Checkout sends the browser back to (this page's path). */
@@ -59,7 +61,7 @@ export async function pollSubscription(orgId: string, done: (s: Subscription) =>
   return false;
 }
 
-export function Plan({ orgId, usage, projection, pricing, subscription, checkoutReturn, onChanged, returnPath }: Props) {
+export function Plan({ orgId, usage, projection, pricing, subscription, checkoutReturn, mayChangePlan, onChanged, returnPath }: Props) {
   const [status, setStatus] = useState<Status>({ kind: 'idle' });
   const [switchTo, setSwitchTo] = useState<string | null>(null);
   const [busy, setBusy] = useState<string | null>(null);
@@ -157,6 +159,7 @@ export function Plan({ orgId, usage, projection, pricing, subscription, checkout
           usage={usage.data}
           projection={projection}
           busy={busy}
+          mayChangePlan={mayChangePlan}
           onSubscribe={subscribe}
           onSwitch={setSwitchTo}
         />
@@ -213,6 +216,7 @@ interface EstimatorProps {
   usage: PeriodUsage | null;
   projection: Resource<Projection>;
   busy: string | null;
+  mayChangePlan: boolean;
   onSubscribe: (tier: string) => void;
   onSwitch: (tier: string) => void;
 }
@@ -221,7 +225,7 @@ function find(list: Estimate[] | undefined, tier: string): Estimate | undefined 
   return list?.find((e) => e.tier === tier);
 }
 
-function Estimator({ pricing, sub, usage, projection, busy, onSubscribe, onSwitch }: EstimatorProps) {
+function Estimator({ pricing, sub, usage, projection, busy, mayChangePlan, onSubscribe, onSwitch }: EstimatorProps) {
   const subscribed = sub.stripe !== null && isLive(sub.stripe.status);
   const p = projection.data;
   const period = usage ? periodLabel(usage.period.id) : 'this period';
@@ -232,6 +236,12 @@ function Estimator({ pricing, sub, usage, projection, busy, onSubscribe, onSwitc
         Each plan priced on this period's usage so far and on the projection for the whole period, with the same prices as
         invoices (pricing {pricing.version}).
       </p>
+      {!mayChangePlan && (
+        <p class="notice" data-tally-note="read-only">
+          You signed in with a read key, which reads usage only. To change the plan, sign in with a billing key or the link
+          your account manager sends.
+        </p>
+      )}
       {projection.state === 'error' && p === null && (
         <ErrorMessage what="the estimates" error={projection.error} retry={projection.reload} />
       )}
@@ -309,7 +319,9 @@ function Estimator({ pricing, sub, usage, projection, busy, onSubscribe, onSwitc
                     )}
                   </td>
                   <td>
-                    {!subscribed ? (
+                    {!mayChangePlan ? (
+                      isCurrent ? <span class="muted">Your plan</span> : null
+                    ) : !subscribed ? (
                       <button type="button" class="primary" disabled={busy !== null} onClick={() => onSubscribe(t.tier)}>
                         {busy === t.tier ? 'Opening…' : `Subscribe to ${t.name}`}
                       </button>

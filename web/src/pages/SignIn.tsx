@@ -38,7 +38,7 @@ export function SignIn({ notice }: { notice?: string | null }) {
         </p>
       )}
       <form class="card" onSubmit={submit} noValidate>
-        <label for="key">Read key or admin token</label>
+        <label for="key">Read or billing key, or admin token</label>
         <input
           id="key"
           name="key"
