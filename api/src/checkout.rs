@@ -172,6 +172,11 @@ pub async fn checkout(
             "Stripe returned a session without a url",
         )
     })?;
+    // Recorded before the customer can complete it: the webhook acts only on sessions Tally
+    // created. A failure here leaves a session Stripe has and Tally does not: the request fails,
+    // and a completion of that session links nothing.
+    tally_store::stripe::record_checkout_session(&state.pool, &session.id, &org_id, tier.as_str())
+        .await?;
     tracing::info!(org_id = %org_id, tier = %tier, session_id = %session.id, "checkout session created");
     Ok((StatusCode::CREATED, Json(CheckoutCreated { url, session_id: session.id.to_string() })))
 }

@@ -86,6 +86,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/orgs/{org_id}/invoices/{period}", get(billing::get_invoice))
         .route("/v1/orgs/{org_id}/checkout", post(checkout::checkout))
         .route("/v1/stripe/webhooks", post(webhooks::webhook))
+        .route("/v1/stripe/webhook-events/failed", get(webhooks::failed_events))
+        .route("/v1/stripe/webhook-events/retry", post(webhooks::retry_failed_events))
         .route("/v1/pricing", get(billing::get_pricing))
         .route("/v1/pricing/estimate", post(billing::estimate))
         .route("/v1/pipeline", get(pipeline::pipeline))

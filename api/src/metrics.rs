@@ -7,7 +7,10 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
-use prometheus::{register_histogram_vec, register_int_counter_vec, HistogramVec, IntCounterVec};
+use prometheus::{
+    register_histogram_vec, register_int_counter_vec, register_int_gauge, HistogramVec,
+    IntCounterVec, IntGauge,
+};
 
 pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
@@ -78,6 +81,16 @@ pub static WEBHOOK_OUTCOMES: LazyLock<IntCounterVec> = LazyLock::new(|| {
         "tally_api_stripe_events_processed_total",
         "Stripe events processed, by outcome.",
         &["outcome"]
+    )
+    .expect("metric registers")
+});
+
+/// Stripe events the webhook sweeper gave up on after its attempts: each needs an operator
+/// (`GET /v1/stripe/webhook-events/failed`, then `POST .../retry`). Alert when above 0.
+pub static WEBHOOK_EVENTS_FAILED: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "tally_api_stripe_events_failed",
+        "Stripe events not processed after every attempt; they wait for an operator to retry them."
     )
     .expect("metric registers")
 });

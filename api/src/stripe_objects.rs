@@ -97,6 +97,7 @@ fn metadata_value<'a>(metadata: &'a Option<Metadata>, key: &str) -> Option<&'a s
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct CheckoutSession {
+    id: Option<String>,
     client_reference_id: Option<String>,
     customer: Option<Expandable>,
     subscription: Option<Expandable>,
@@ -104,6 +105,11 @@ pub struct CheckoutSession {
 }
 
 impl CheckoutSession {
+    /// The session's id (`cs_…`).
+    pub fn id(&self) -> Option<&str> {
+        non_empty(&self.id)
+    }
+
     /// The org: the session's `client_reference_id`, else its metadata's.
     pub fn org_id(&self) -> Option<&str> {
         non_empty(&self.client_reference_id).or_else(|| metadata_value(&self.metadata, ORG_ID_KEY))

@@ -32,7 +32,8 @@ use sha2::Sha256;
 use tally_pricing::stripe::plans;
 use tally_schemas::{SubscriptionChangedV1, SubscriptionSource, Tier};
 
-use crate::error::ApiError;
+use crate::auth::Caller;
+use crate::error::{parse_json, ApiError};
 use crate::stripe_objects::{is_live, CheckoutSession, Event, Invoice, Subscription};
 use crate::AppState;
 use tally_store::Tx;
@@ -189,6 +190,8 @@ pub enum WebhookOutcome {
     Superseded,
     /// The event names no org Tally knows.
     UnknownOrg,
+    /// A completed Checkout Session that Tally did not create for the org it names.
+    UnknownSession,
     /// An event of a subscription other than the org's live one.
     OtherSubscription,
     /// A type Tally does not act on (or an object it cannot read).
@@ -203,6 +206,7 @@ impl WebhookOutcome {
             WebhookOutcome::InvoiceStored => "invoice_stored",
             WebhookOutcome::Superseded => "superseded",
             WebhookOutcome::UnknownOrg => "unknown_org",
+            WebhookOutcome::UnknownSession => "unknown_session",
             WebhookOutcome::OtherSubscription => "other_subscription",
             WebhookOutcome::Ignored => "ignored",
         }
@@ -349,6 +353,19 @@ async fn checkout_completed(
     if !tally_store::orgs::exists(&mut **tx, org_id).await? {
         return Ok(WebhookOutcome::UnknownOrg);
     }
+    // Only a session Tally created, for this org: its record, not the event's metadata, says
+    // which tier was bought.
+    let Some(session_id) = session.id() else { return Ok(WebhookOutcome::UnknownSession) };
+    let Some(tier) = tally_store::stripe::complete_checkout_session(tx, session_id, org_id).await?
+    else {
+        tracing::warn!(
+            event_id,
+            session_id,
+            org_id,
+            "a completed Checkout Session Tally did not create for this org; ignored"
+        );
+        return Ok(WebhookOutcome::UnknownSession);
+    };
     // Linking is the newest fact about the org only if no newer subscription event was applied.
     let linked = tally_store::stripe::link_checkout(
         tx,
@@ -361,7 +378,7 @@ async fn checkout_completed(
     if !linked {
         return Ok(WebhookOutcome::Superseded);
     }
-    if let Some(tier) = session.tier().and_then(|t| t.parse::<Tier>().ok()) {
+    if let Ok(tier) = tier.parse::<Tier>() {
         record_tier(state, event_id, org_id, tier, created).await?;
     }
     Ok(WebhookOutcome::Linked)
@@ -470,6 +487,70 @@ async fn invoice_changed(
     Ok(if stored { WebhookOutcome::InvoiceStored } else { WebhookOutcome::Superseded })
 }
 
+// ---- events that keep failing ---------------------------------------------------------------
+
+#[derive(Serialize)]
+pub struct FailedEvents {
+    events: Vec<tally_store::stripe::FailedEvent>,
+}
+
+/// `GET /v1/stripe/webhook-events/failed` (admin): the events the sweeper gave up on after
+/// `MAX_ATTEMPTS` failed attempts, oldest first, with their last error.
+pub async fn failed_events(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Json<FailedEvents>, ApiError> {
+    caller.require_admin()?;
+    let events = tally_store::stripe::failed_events(&state.pool, MAX_ATTEMPTS).await?;
+    crate::metrics::WEBHOOK_EVENTS_FAILED.set(events.len() as i64);
+    Ok(Json(FailedEvents { events }))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RetryRequest {
+    event_ids: Option<Vec<String>>,
+}
+
+#[derive(Serialize)]
+pub struct Retried {
+    /// Events given a fresh set of attempts.
+    retried: usize,
+    /// Of those, processed now.
+    processed: usize,
+    /// Of those, failing again now; the sweeper keeps trying them.
+    failing: usize,
+}
+
+/// `POST /v1/stripe/webhook-events/retry` `{"event_ids"?}` (admin): gives the events the sweeper
+/// gave up on (those listed, or all) a fresh set of attempts, and tries each once now, in the
+/// order Stripe created them.
+pub async fn retry_failed_events(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Json<Retried>, ApiError> {
+    caller.require_admin()?;
+    let request: RetryRequest =
+        if body.is_empty() { RetryRequest::default() } else { parse_json(&body)? };
+    let ids = tally_store::stripe::reset_failed_events(
+        &state.pool,
+        MAX_ATTEMPTS,
+        request.event_ids.as_deref(),
+    )
+    .await?;
+    let mut processed = 0;
+    for id in &ids {
+        if try_process_event(&state, id).await.is_ok() {
+            processed += 1;
+        }
+    }
+    let failed = tally_store::stripe::count_failed_events(&state.pool, MAX_ATTEMPTS).await?;
+    crate::metrics::WEBHOOK_EVENTS_FAILED.set(failed);
+    tracing::info!(retried = ids.len(), processed, "failed Stripe events retried by an operator");
+    Ok(Json(Retried { retried: ids.len(), processed, failing: ids.len() - processed }))
+}
+
 // ---- the sweeper -----------------------------------------------------------------------------
 
 /// Finishes events whose processing was interrupted (a crash, Kafka unavailable), oldest first.
@@ -481,6 +562,10 @@ pub async fn sweep_interrupted_events(
         tokio::select! {
             _ = tokio::time::sleep(SWEEP_EVERY) => {}
             _ = shutdown.clone().requested() => return,
+        }
+        match tally_store::stripe::count_failed_events(&state.pool, MAX_ATTEMPTS).await {
+            Ok(failed) => crate::metrics::WEBHOOK_EVENTS_FAILED.set(failed),
+            Err(e) => tracing::warn!(error = %e, "webhook sweeper cannot read PostgreSQL"),
         }
         let ids = match tally_store::stripe::interrupted_events(&state.pool, MAX_ATTEMPTS).await {
             Ok(ids) => ids,

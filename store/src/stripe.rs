@@ -1,4 +1,5 @@
-//! What Tally stores of Stripe: `stripe_customers` (an org's customer and subscription),
+//! What Tally stores of Stripe: `checkout_sessions` (the sessions Tally created),
+//! `stripe_customers` (an org's customer and subscription),
 //! `stripe_invoices` (Stripe's invoice of a period, beside Tally's) and
 //! `stripe_webhook_events` (every verified event, once, with its processing).
 
@@ -7,6 +8,44 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use crate::Tx;
+
+// ---- checkout_sessions -----------------------------------------------------------------------
+
+/// Records a Checkout Session Tally created for `org_id`.
+pub async fn record_checkout_session(
+    pool: &PgPool,
+    session_id: &str,
+    org_id: &str,
+    tier: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO checkout_sessions (session_id, org_id, tier) VALUES ($1, $2, $3)
+         ON CONFLICT (session_id) DO NOTHING",
+    )
+    .bind(session_id)
+    .bind(org_id)
+    .bind(tier)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The tier of a Checkout Session Tally created for `org_id`, marked completed; `None` when
+/// Tally did not create that session for that org.
+pub async fn complete_checkout_session(
+    tx: &mut Tx<'_>,
+    session_id: &str,
+    org_id: &str,
+) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar(
+        "UPDATE checkout_sessions SET completed_at = COALESCE(completed_at, now())
+          WHERE session_id = $1 AND org_id = $2 RETURNING tier",
+    )
+    .bind(session_id)
+    .bind(org_id)
+    .fetch_optional(&mut **tx)
+    .await
+}
 
 // ---- stripe_customers ------------------------------------------------------------------------
 
@@ -228,6 +267,58 @@ pub async fn record_failed_attempt(pool: &PgPool, event_id: &str, error: &str) -
         .execute(pool)
         .await?;
     Ok(())
+}
+
+/// An event the sweeper gave up on: `max_attempts` failed attempts, still unprocessed.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct FailedEvent {
+    pub event_id: String,
+    #[sqlx(rename = "type")]
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub created: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+}
+
+/// The events the sweeper gave up on, oldest first, at most 1,000.
+pub async fn failed_events(pool: &PgPool, max_attempts: i32) -> sqlx::Result<Vec<FailedEvent>> {
+    sqlx::query_as(
+        "SELECT event_id, type, created, received_at, attempts, last_error FROM stripe_webhook_events
+         WHERE processed_at IS NULL AND attempts >= $1 ORDER BY created, received_at LIMIT 1000",
+    )
+    .bind(max_attempts)
+    .fetch_all(pool)
+    .await
+}
+
+/// How many events the sweeper gave up on.
+pub async fn count_failed_events(pool: &PgPool, max_attempts: i32) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM stripe_webhook_events WHERE processed_at IS NULL AND attempts >= $1",
+    )
+    .bind(max_attempts)
+    .fetch_one(pool)
+    .await
+}
+
+/// Gives events the sweeper gave up on a fresh set of attempts: those of `event_ids`, or all
+/// when `None`. Returns the ids given back.
+pub async fn reset_failed_events(
+    pool: &PgPool,
+    max_attempts: i32,
+    event_ids: Option<&[String]>,
+) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "UPDATE stripe_webhook_events SET attempts = 0
+          WHERE processed_at IS NULL AND attempts >= $1 AND ($2::text[] IS NULL OR event_id = ANY($2))
+          RETURNING event_id",
+    )
+    .bind(max_attempts)
+    .bind(event_ids)
+    .fetch_all(pool)
+    .await
 }
 
 /// Events left unprocessed for more than 5 seconds with fewer than `max_attempts` failed

@@ -472,12 +472,13 @@ async fn webhooks_are_verified_and_each_event_is_processed_once() -> anyhow::Res
     };
     let now = Utc::now().timestamp();
     let customer = format!("cus_{}", unique("w"));
+    let session_id = format!("cs_test_{}", unique("w"));
     let completed_id = format!("evt_{}", unique("completed"));
     let completed = event(
         &completed_id,
         "checkout.session.completed",
         json!({
-            "id": "cs_test_1", "object": "checkout.session", "client_reference_id": org, "customer": customer,
+            "id": session_id, "object": "checkout.session", "client_reference_id": org, "customer": customer,
             "subscription": "sub_w1", "metadata": {"tally_org_id": org, "tally_tier": "business"}, "mode": "subscription", "status": "complete"
         }),
     );
@@ -506,6 +507,15 @@ async fn webhooks_are_verified_and_each_event_is_processed_once() -> anyhow::Res
         assert_eq!((status, body["error"]["code"].as_str()), (400, Some(code)), "{name}: {body}");
     }
     assert_eq!(stored(completed_id.clone()).await?, 0, "a refused webhook stores nothing");
+
+    // The session is one Tally created for the org (as `POST .../checkout` records it).
+    sqlx::query(
+        "INSERT INTO checkout_sessions (session_id, org_id, tier) VALUES ($1, $2, 'business')",
+    )
+    .bind(&session_id)
+    .bind(&org)
+    .execute(&pool)
+    .await?;
 
     // Several signatures, one of them valid (as while a secret is rolled): accepted.
     let (status, body) =
@@ -579,6 +589,35 @@ async fn webhooks_are_verified_and_each_event_is_processed_once() -> anyhow::Res
         }
     };
     assert_eq!(processed(completed_id.clone()).await?, "linked");
+    // A completed session Tally did not create (made elsewhere in the account), and one Tally
+    // created for another org but naming this one: neither links anything.
+    let other_org = unique("webhook-other-");
+    api.ensure_org(&other_org, "Another webhook org").await?;
+    let theirs = format!("cs_test_{}", unique("theirs"));
+    sqlx::query(
+        "INSERT INTO checkout_sessions (session_id, org_id, tier) VALUES ($1, $2, 'enterprise')",
+    )
+    .bind(&theirs)
+    .bind(&other_org)
+    .execute(&pool)
+    .await?;
+    for foreign in [format!("cs_test_{}", unique("elsewhere")), theirs] {
+        let id = format!("evt_{}", unique("foreign"));
+        let body = event(
+            &id,
+            "checkout.session.completed",
+            json!({
+                "id": foreign, "object": "checkout.session", "client_reference_id": org, "customer": format!("cus_{}", unique("x")),
+                "subscription": "sub_foreign", "metadata": {"tally_org_id": org, "tally_tier": "enterprise"}, "mode": "subscription", "status": "complete"
+            }),
+        );
+        let t = Utc::now().timestamp();
+        let (status, _) =
+            post(body.clone(), Some(format!("t={t},v1={}", sign(&secret, t, body.as_bytes()))))
+                .await?;
+        assert_eq!(status, 200);
+        assert_eq!(processed(id).await?, "unknown_session");
+    }
     // Another subscription of the same customer, while the linked one is live: not Tally's bill.
     let other_id = format!("evt_{}", unique("other"));
     let other = event(
@@ -671,5 +710,74 @@ async fn webhooks_are_verified_and_each_event_is_processed_once() -> anyhow::Res
         shown["stripe"],
         json!({"invoice_id": invoice_id, "status": "open", "total_cents": 12_345, "currency": "usd"})
     );
+
+    // An event the sweeper gave up on (50 failed attempts) waits for an operator: listed, counted
+    // by a metric, and processed when retried.
+    let stuck_id = format!("evt_{}", unique("stuck"));
+    let stuck: Value = serde_json::from_str(&event(
+        &stuck_id,
+        "customer.subscription.updated",
+        json!({
+            "id": "sub_w1", "object": "subscription", "customer": customer, "status": "canceled",
+            "metadata": {"tally_org_id": org}, "items": {"object": "list", "data": []}
+        }),
+    ))?;
+    sqlx::query(
+        "INSERT INTO stripe_webhook_events (event_id, type, created, payload, attempts, last_error)
+         VALUES ($1, 'customer.subscription.updated', now(), $2, 50, 'the billing log: timed out')",
+    )
+    .bind(&stuck_id)
+    .bind(&stuck)
+    .execute(&pool)
+    .await?;
+    let admin = stack.admin_token.clone();
+    let base = stack.api_url();
+    let (status, failed) = request(
+        reqwest::Method::GET,
+        &format!("{base}/v1/stripe/webhook-events/failed"),
+        &admin,
+        None,
+    )
+    .await?;
+    assert_eq!(status, 200, "{failed}");
+    let listed: Vec<&str> = failed["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [stuck_id.as_str()], "{failed}");
+    assert_eq!(failed["events"][0]["last_error"], "the billing log: timed out");
+    assert_eq!(stack.metric("api", "tally_api_stripe_events_failed").await, Some(1.0));
+    let (status, _) = request(
+        reqwest::Method::GET,
+        &format!("{base}/v1/stripe/webhook-events/failed"),
+        &read_key,
+        None,
+    )
+    .await?;
+    assert_eq!(status, 403, "an operator's job");
+    let (status, retried) = request(
+        reqwest::Method::POST,
+        &format!("{base}/v1/stripe/webhook-events/retry"),
+        &admin,
+        Some(json!({})),
+    )
+    .await?;
+    assert_eq!(
+        (status, retried["retried"].as_u64(), retried["processed"].as_u64()),
+        (200, Some(1), Some(1)),
+        "{retried}"
+    );
+    assert_eq!(processed(stuck_id).await?, "superseded", "the subscription was canceled already");
+    let (_, failed) = request(
+        reqwest::Method::GET,
+        &format!("{base}/v1/stripe/webhook-events/failed"),
+        &admin,
+        None,
+    )
+    .await?;
+    assert_eq!(failed["events"], json!([]));
+    assert_eq!(stack.metric("api", "tally_api_stripe_events_failed").await, Some(0.0));
     Ok(())
 }
