@@ -26,8 +26,10 @@ use stripe_billing::subscription::{
 };
 use stripe_checkout::checkout_session::{
     CreateCheckoutSession, CreateCheckoutSessionLineItems, CreateCheckoutSessionSubscriptionData,
+    ExpireCheckoutSession, RetrieveCheckoutSession,
 };
 use stripe_product::price::ListPrice;
+use stripe_shared::CheckoutSessionStatus;
 use tally_pricing::stripe::{plans, PriceKind};
 use tally_schemas::Tier;
 use tally_stripe::StripeCallError;
@@ -128,6 +130,9 @@ pub async fn checkout(
     require_http_url("cancel_url", &request.cancel_url)?;
     let client = stripe_client(&state)?;
 
+    // Checkouts of one org, one at a time: the org's row is locked until this one is recorded.
+    let mut tx = state.pool.begin().await?;
+    tally_store::stripe::lock_org_for_checkout(&mut tx, &org_id).await?;
     let link = tally_store::stripe::customer_link(&state.pool, &org_id).await?;
     if link.as_ref().is_some_and(|l| l.subscription_status.as_deref().is_some_and(is_live)) {
         // A second subscription would bill the same usage twice (both would carry the metered
@@ -137,6 +142,12 @@ pub async fn checkout(
             "already_subscribed",
             format!("org {org_id:?} has a live Stripe subscription; change its tier in Stripe (the customer portal) instead"),
         ));
+    }
+    // An earlier Checkout still open is expired first, in Stripe: of two Checkouts started at
+    // once, only the later can complete, so they never make two subscriptions.
+    if let Some(open) = tally_store::stripe::open_checkout_session(&mut tx, &org_id).await? {
+        expire_open_session(client, &open).await?;
+        tally_store::stripe::expire_checkout_session(&mut tx, &open).await?;
     }
     let line_items = tier_prices(&state, client, tier)
         .await?
@@ -175,10 +186,40 @@ pub async fn checkout(
     // Recorded before the customer can complete it: the webhook acts only on sessions Tally
     // created. A failure here leaves a session Stripe has and Tally does not: the request fails,
     // and a completion of that session links nothing.
-    tally_store::stripe::record_checkout_session(&state.pool, &session.id, &org_id, tier.as_str())
+    tally_store::stripe::record_checkout_session(&mut tx, &session.id, &org_id, tier.as_str())
         .await?;
+    tx.commit().await?;
     tracing::info!(org_id = %org_id, tier = %tier, session_id = %session.id, "checkout session created");
     Ok((StatusCode::CREATED, Json(CheckoutCreated { url, session_id: session.id.to_string() })))
+}
+
+/// Expires the org's open Checkout Session in Stripe. One that was completed meanwhile means the
+/// org is subscribing: 409 `already_subscribed`. One that expired by itself is fine.
+async fn expire_open_session(
+    client: &tally_stripe::StripeHttp,
+    session_id: &str,
+) -> Result<(), ApiError> {
+    let expired = ExpireCheckoutSession::new(session_id).send(client).await;
+    if expired.is_ok() {
+        return Ok(());
+    }
+    let session =
+        RetrieveCheckoutSession::new(session_id).send(client).await.map_err(stripe_error)?;
+    match session.status {
+        Some(CheckoutSessionStatus::Expired) => Ok(()),
+        Some(CheckoutSessionStatus::Complete) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_subscribed",
+            "a Checkout of this org has just completed; its subscription is on its way",
+        )),
+        _ => Err(expired.map_err(stripe_error).err().unwrap_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "stripe_error",
+                "Stripe did not expire the open Checkout Session",
+            )
+        })),
+    }
 }
 
 /// The Stripe price ids of a tier's three prices (found by lookup key), each with whether it is

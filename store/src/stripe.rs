@@ -11,9 +11,40 @@ use crate::Tx;
 
 // ---- checkout_sessions -----------------------------------------------------------------------
 
-/// Records a Checkout Session Tally created for `org_id`.
+/// Locks the org's row for the rest of `tx`: Checkouts of one org are started one at a time.
+/// `false` when there is no such org.
+pub async fn lock_org_for_checkout(tx: &mut Tx<'_>, org_id: &str) -> sqlx::Result<bool> {
+    let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM orgs WHERE org_id = $1 FOR UPDATE")
+        .bind(org_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(found.is_some())
+}
+
+/// The org's open Checkout Session, if any (at most one: a unique index).
+pub async fn open_checkout_session(tx: &mut Tx<'_>, org_id: &str) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar(
+        "SELECT session_id FROM checkout_sessions WHERE org_id = $1 AND state = 'open'",
+    )
+    .bind(org_id)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+/// Marks a session expired (Stripe expired it, or it ran out).
+pub async fn expire_checkout_session(tx: &mut Tx<'_>, session_id: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE checkout_sessions SET state = 'expired' WHERE session_id = $1 AND state = 'open'",
+    )
+    .bind(session_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Records a Checkout Session Tally created for `org_id`, open.
 pub async fn record_checkout_session(
-    pool: &PgPool,
+    tx: &mut Tx<'_>,
     session_id: &str,
     org_id: &str,
     tier: &str,
@@ -25,7 +56,7 @@ pub async fn record_checkout_session(
     .bind(session_id)
     .bind(org_id)
     .bind(tier)
-    .execute(pool)
+    .execute(&mut **tx)
     .await?;
     Ok(())
 }
@@ -38,7 +69,7 @@ pub async fn complete_checkout_session(
     org_id: &str,
 ) -> sqlx::Result<Option<String>> {
     sqlx::query_scalar(
-        "UPDATE checkout_sessions SET completed_at = COALESCE(completed_at, now())
+        "UPDATE checkout_sessions SET completed_at = COALESCE(completed_at, now()), state = 'complete'
           WHERE session_id = $1 AND org_id = $2 RETURNING tier",
     )
     .bind(session_id)

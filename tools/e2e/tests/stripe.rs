@@ -178,6 +178,51 @@ async fn usage_reaches_stripe_exactly_once_through_faults_and_kills() -> anyhow:
         (409, Some("already_subscribed")),
         "a second subscription would bill twice: {body}"
     );
+    // Three Checkouts of one org started at once: each expires the org's earlier open one in
+    // Stripe before it opens its own, so only one can be paid, and the org ends with one
+    // subscription.
+    let racer = unique("stripe-race-");
+    api.ensure_org(&racer, "Checkout race org").await?;
+    let racer_key = api.create_key(&racer, "billing").await?;
+    let racer_url = format!("{base}/v1/orgs/{racer}/checkout");
+    let start = || {
+        request(
+            reqwest::Method::POST,
+            &racer_url,
+            &racer_key,
+            Some(with(json!({"tier": "growth"}))),
+        )
+    };
+    let (one, two, three) = tokio::join!(start(), start(), start());
+    let mut sessions = Vec::new();
+    for (status, body) in [one?, two?, three?] {
+        assert_eq!(status, 201, "{body}");
+        sessions.push(body["session_id"].as_str().unwrap().to_string());
+    }
+    let mut paid = Vec::new();
+    for id in &sessions {
+        if stripe.standin(&format!("checkout/sessions/{id}/complete"), json!({})).await.is_ok() {
+            paid.push(id.clone());
+        }
+    }
+    assert_eq!(paid.len(), 1, "only the last Checkout can be paid: {sessions:?}");
+    let raced = eventually("the raced Checkout links its org", Duration::from_secs(30), || async {
+        let (_, s) = request(
+            reqwest::Method::GET,
+            &format!("{base}/v1/orgs/{racer}/subscription"),
+            &racer_key,
+            None,
+        )
+        .await?;
+        Ok(s["stripe"]["customer_id"].as_str().is_some().then(|| s["stripe"].clone()))
+    })
+    .await?;
+    let subscriptions = stripe
+        .get(&format!("/v1/subscriptions?customer={}", raced["customer_id"].as_str().unwrap()))
+        .await?;
+    assert_eq!(subscriptions["data"].as_array().map(Vec::len), Some(1), "{subscriptions}");
+    assert_eq!(subscription_changes(&racer)?.len(), 1);
+
     for (org, (tier, ..)) in &orgs {
         let changes = subscription_changes(org)?;
         assert_eq!(changes.len(), 1, "one change per completed checkout: {changes:?}");

@@ -7,7 +7,8 @@
 //! `Idempotency-Key` replay. Resource behaviour lives in [`store`], without HTTP.
 //!
 //! Stripe's endpoints it serves: customers, products, prices, billing meters, meter events and
-//! adjustments, event summaries; Checkout Sessions (`mode=subscription`: create, retrieve, list);
+//! adjustments, event summaries; Checkout Sessions (`mode=subscription`: create, retrieve, list,
+//! expire);
 //! subscriptions (retrieve, list, update items and metadata, cancel); events (retrieve, list);
 //! invoices (retrieve, list). Every change Stripe announces is recorded as an event
 //! (`GET /v1/events`) and, when a webhook endpoint is set, delivered to it as Stripe delivers

@@ -55,6 +55,10 @@ pub(crate) fn route(store: &mut Store, method: &Method, segments: &[&str], param
         ("POST", ["v1", "checkout", "sessions"]) => { check("/v1/checkout/sessions")?; store.create_checkout_session(params, t, base) }
         ("GET", ["v1", "checkout", "sessions"]) => { check("/v1/checkout/sessions")?; store.list_checkout_sessions(params) }
         ("GET", ["v1", "checkout", "sessions", id]) => { check("/v1/checkout/sessions/{session}")?; store.checkout_session(id) }
+        ("POST", ["v1", "checkout", "sessions", id, "expire"]) => {
+            check("/v1/checkout/sessions/{session}/expire")?;
+            store.expire_checkout_session(id, t)
+        }
         ("GET", ["v1", "subscriptions"]) => { check("/v1/subscriptions")?; store.list_subscriptions(params) }
         ("GET", ["v1", "subscriptions", id]) => { check("/v1/subscriptions/{subscription_exposed_id}")?; store.subscription(id) }
         ("POST", ["v1", "subscriptions", id]) => {

@@ -261,6 +261,27 @@ impl Store {
         self.find_checkout_session(id).map(to_json)
     }
 
+    /// `POST /v1/checkout/sessions/{id}/expire`: an open session can no longer be completed
+    /// (`checkout.session.expired`); any other is refused, as Stripe does.
+    pub fn expire_checkout_session(&mut self, id: &str, now: i64) -> Reply {
+        let session = self.find_checkout_session(id)?;
+        if session.status != "open" {
+            return Err(StripeError::invalid(
+                "session",
+                format!(
+                    "Only Checkout Sessions with a status of `open` can be expired. This Checkout Session has a status of `{}`.",
+                    session.status
+                ),
+            ));
+        }
+        let session = self.checkout_sessions.get_mut(id).expect("found above");
+        session.status = "expired".into();
+        session.expires_at = now;
+        let session = session.clone();
+        self.record_event("checkout.session.expired", to_json(&session), None, now);
+        Ok(to_json(&session))
+    }
+
     /// `GET /v1/checkout/sessions`: by `customer`, `subscription` and `status`.
     pub fn list_checkout_sessions(&self, params: &Value) -> Reply {
         let customer = optional_param(params, "customer");
@@ -501,6 +522,25 @@ mod tests {
                 .unwrap()
                 .len(),
             2
+        );
+
+        // An open session expires when asked, and then cannot be paid; only an open one expires.
+        let cs = s
+            .create_checkout_session(
+                &json!({"mode": "subscription", "line_items": [{"price": base, "quantity": "1"}]}),
+                NOW,
+                BASE,
+            )
+            .unwrap();
+        let open = cs["id"].as_str().unwrap();
+        let expired = s.expire_checkout_session(open, NOW + 5).unwrap();
+        assert_eq!(expired["status"], "expired");
+        assert_eq!(types(&s).last().map(String::as_str), Some("checkout.session.expired"));
+        assert!(s.complete_checkout_session(open, None, NOW + 6).is_err());
+        assert!(s.expire_checkout_session(open, NOW + 7).is_err());
+        assert!(
+            s.expire_checkout_session(&id, NOW + 7).is_err(),
+            "a complete session stays complete"
         );
     }
 }
