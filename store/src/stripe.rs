@@ -12,12 +12,14 @@ use crate::Tx;
 // ---- checkout_sessions -----------------------------------------------------------------------
 
 /// Locks the org's row for the rest of `tx`: Checkouts of one org are started one at a time.
-/// `false` when there is no such org.
+/// `FOR NO KEY UPDATE`, so that rows referencing the org (keys, sessions) can still be written
+/// meanwhile. `false` when there is no such org.
 pub async fn lock_org_for_checkout(tx: &mut Tx<'_>, org_id: &str) -> sqlx::Result<bool> {
-    let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM orgs WHERE org_id = $1 FOR UPDATE")
-        .bind(org_id)
-        .fetch_optional(&mut **tx)
-        .await?;
+    let found: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM orgs WHERE org_id = $1 FOR NO KEY UPDATE")
+            .bind(org_id)
+            .fetch_optional(&mut **tx)
+            .await?;
     Ok(found.is_some())
 }
 
