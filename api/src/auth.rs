@@ -140,8 +140,8 @@ impl Caller {
         }
     }
 
-    /// Allows whoever may change what `org_id` pays: the admin, the org's billing keys, and its
-    /// people signed in with a portal link or a billing key. Not a read key, which sits in
+    /// Allows whoever may change what `org_id` pays and manage its keys: the admin, the org's
+    /// billing keys, and its people signed in with a portal link or a billing key. Not a read key, which sits in
     /// dashboards' configurations, nor a page session opened with one.
     pub async fn require_biller(&self, state: &AppState, org_id: &str) -> Result<(), ApiError> {
         self.require_reader(state, org_id).await?;
@@ -150,21 +150,11 @@ impl Caller {
             Caller::Customer { may_change_plan: true, .. } => Ok(()),
             Caller::Reader { .. } | Caller::Customer { .. } | Caller::Ingester => {
                 Err(ApiError::forbidden(
-                    "changing the plan needs a billing key, the page opened with a portal link or a \
-                     billing key, or the admin token",
+                    "this needs a billing key, the page opened with a portal link or a billing \
+                     key, or the admin token (a read key only reads)",
                 ))
             }
         }
-    }
-
-    /// Allows the admin, and the org's billing keys and plan-changing page sessions: who may see
-    /// and manage an org's keys.
-    pub async fn require_key_manager(
-        &self,
-        state: &AppState,
-        org_id: &str,
-    ) -> Result<(), ApiError> {
-        self.require_biller(state, org_id).await
     }
 }
 

@@ -150,7 +150,7 @@ pub async fn list_org_keys(
     Path(org_id): Path<String>,
     caller: Caller,
 ) -> Result<Json<KeyList>, ApiError> {
-    caller.require_key_manager(&state, &org_id).await?;
+    caller.require_biller(&state, &org_id).await?;
     Ok(Json(KeyList { keys: tally_store::keys::list_of_org(&state.pool, &org_id).await? }))
 }
 
@@ -162,7 +162,7 @@ pub async fn revoke_org_key(
     Path((org_id, key_id)): Path<(String, String)>,
     caller: Caller,
 ) -> Result<Json<KeyInfo>, ApiError> {
-    caller.require_key_manager(&state, &org_id).await?;
+    caller.require_biller(&state, &org_id).await?;
     revoke(&state, Some(&org_id), &key_id).await
 }
 
@@ -176,7 +176,7 @@ pub async fn rotate_org_key(
     caller: Caller,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require_key_manager(&state, &org_id).await?;
+    caller.require_biller(&state, &org_id).await?;
     rotate(&state, Some(&org_id), &key_id, &body).await
 }
 

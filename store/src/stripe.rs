@@ -13,14 +13,13 @@ use crate::Tx;
 
 /// Locks the org's row for the rest of `tx`: Checkouts of one org are started one at a time.
 /// `FOR NO KEY UPDATE`, so that rows referencing the org (keys, sessions) can still be written
-/// meanwhile. `false` when there is no such org.
-pub async fn lock_org_for_checkout(tx: &mut Tx<'_>, org_id: &str) -> sqlx::Result<bool> {
-    let found: Option<i32> =
-        sqlx::query_scalar("SELECT 1 FROM orgs WHERE org_id = $1 FOR NO KEY UPDATE")
-            .bind(org_id)
-            .fetch_optional(&mut **tx)
-            .await?;
-    Ok(found.is_some())
+/// meanwhile.
+pub async fn lock_org_for_checkout(tx: &mut Tx<'_>, org_id: &str) -> sqlx::Result<()> {
+    sqlx::query("SELECT 1 FROM orgs WHERE org_id = $1 FOR NO KEY UPDATE")
+        .bind(org_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// The org's open Checkout Session, if any (at most one: a unique index).

@@ -51,6 +51,22 @@ pub fn logs_dir() -> PathBuf {
     dir
 }
 
+/// Polls `check` every 200 ms until it answers `Some`, for at most `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await? {
+            return Ok(v);
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Signs in to the page at `api_url` with a key or the admin token; the session cookie
 /// (`name=value`) to send back.
 pub async fn sign_in(api_url: &str, key: &str) -> anyhow::Result<String> {

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 use tally_e2e::log::read_topic;
 use tally_e2e::stripe::{reporter_command, stripe_env, Stripe};
-use tally_e2e::{database_url, kafka_brokers, unique, Stack};
+use tally_e2e::{database_url, eventually, kafka_brokers, unique, Stack};
 use tally_loadgen::send::Sender;
 use tally_metering::Period;
 use tally_schemas::{BillingEventRecordV1, Operation, Topic};
@@ -30,21 +30,6 @@ async fn request(
     }
     let r = r.send().await?;
     Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
-}
-
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<Value>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Option<Value>>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await? {
-            return Ok(v);
-        }
-        anyhow::ensure!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 fn sign(secret: &str, t: i64, body: &[u8]) -> String {
