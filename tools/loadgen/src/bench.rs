@@ -222,7 +222,10 @@ async fn freshness(
         let body = format!(
             r#"{{"event_id":"{run}-probe-{n}","org_id":"{probe_org}","trace_id":"p{n}","span_id":"p{n}","operation":"tool_call","status":"success","started_at":"{now}","ended_at":"{now}","payload_bytes":1}}"#
         );
-        sender.send_body(body.into_bytes()).await?;
+        let answer = sender.send_body(body.into_bytes()).await?;
+        if answer["accepted"] != 1 {
+            bail!("ingest refused a probe event: {answer}");
+        }
         let accepted = Instant::now();
         loop {
             let traces = ep.api.usage(probe_org, &period).await?["traces"].as_u64().unwrap_or(0);
@@ -350,7 +353,9 @@ pub async fn run(endpoints: anyhow::Result<Endpoints>) -> anyhow::Result<()> {
     }
     let probe_org = format!("{run}-probe");
     ep.api.ensure_org(&probe_org, "Benchmark probe").await?;
-    let key = ep.api.create_service_key(Some(&orgs)).await?;
+    // One emitter sends the load and the probes: a service key for exactly those orgs.
+    let key_orgs: Vec<String> = orgs.iter().cloned().chain([probe_org.clone()]).collect();
+    let key = ep.api.create_service_key(Some(&key_orgs)).await?;
     let ended_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
     let kib = serde_json::to_string(&tally_loadgen::generate::payload(&mut rng, 1024))?;
