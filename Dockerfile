@@ -7,7 +7,7 @@ RUN cargo build --release --workspace --bins \
     && mkdir /out \
     && cp target/release/ingest target/release/aggregator target/release/projector \
           target/release/api target/release/billing-reporter target/release/stripe-standin \
-          target/release/tally-loadgen /out/
+          target/release/tally-loadgen target/release/tally-migrate /out/
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \

@@ -7,7 +7,7 @@ TALLY_HOME ?= .tally
 TALLY_API_ADDR ?= 127.0.0.1:8080
 LOADGEN := target/release/tally-loadgen
 
-.PHONY: build web lint up down logs status test demo bench bench-otlp bench-page bench-replay clean-data reconcile replay screenshots portal-link
+.PHONY: build web lint up down logs status migrate test demo bench bench-otlp bench-page bench-replay clean-data reconcile replay screenshots portal-link
 
 # The page (web/, TypeScript built by Vite) is compiled into the api binary: web/dist first.
 build: web
@@ -24,6 +24,13 @@ up: build
 
 down:
 	scripts/stack.sh down
+
+# The schema, brought up to this build's as its owner (tally_owner): `make up` does it too. The
+# services cannot change the schema; they refuse to start on an older one.
+migrate: build
+	scripts/postgres.sh start
+	scripts/postgres.sh createdb tally
+	TALLY_DATABASE_URL=$${TALLY_DATABASE_URL:-postgres://tally_owner@127.0.0.1:5432/tally} target/release/tally-migrate
 
 logs:
 	scripts/stack.sh logs

@@ -25,6 +25,8 @@ say() { echo "bench-replay: $*"; }
 
 dropdb -h 127.0.0.1 -U postgres --if-exists --force "$DB"
 scripts/postgres.sh createdb "$DB" >/dev/null
+# The schema, as its owner; the services and replay below connect as the superuser (a bench).
+TALLY_DATABASE_URL=postgres://tally_owner@127.0.0.1:5432/$DB target/release/tally-migrate >/dev/null
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT

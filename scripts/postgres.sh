@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
 # Tally's local PostgreSQL: the machine's Debian cluster (<version>/main), set up so that
-# Tally can connect as postgres://postgres@127.0.0.1:5432/tally without a password.
+# Tally's roles (deploy/postgres/roles.sql) and the postgres superuser can connect over loopback
+# TCP without a password: postgres://tally_api@127.0.0.1:5432/tally and so on.
 #
 #   scripts/postgres.sh install        install the server (apt) and set the cluster up
 #   scripts/postgres.sh start          install if needed, start the cluster, wait
 #   scripts/postgres.sh wait           wait until it accepts connections on 127.0.0.1
 #   scripts/postgres.sh stop           stop the cluster, but only if this script started it
 #   scripts/postgres.sh status         print running/stopped (exit 0 when running, 3 when stopped)
-#   scripts/postgres.sh createdb NAME  create database NAME if it is missing
+#   scripts/postgres.sh createdb NAME  create database NAME, owned by tally_owner, if it is
+#                                      missing (one made before Tally had roles is handed over)
 #
 # What `install` changes in the cluster (all of it idempotent; rerun at will):
 #   * pg_hba.conf: a block between "# BEGIN tally" and "# END tally" at the very top, so it
 #     comes before every other rule:
-#         host all postgres 127.0.0.1/32 trust
-#         host all postgres ::1/128      trust
-#     i.e. the postgres superuser may connect over loopback TCP without a password. That is
-#     what a local development stack wants; the cluster still listens on localhost only.
+#         host all postgres,tally_owner,tally_ingest,... 127.0.0.1/32 trust
+#         host all postgres,tally_owner,tally_ingest,... ::1/128      trust
+#     i.e. the superuser and Tally's roles may connect over loopback TCP without a password.
+#     That is what a local development stack wants; the cluster still listens on localhost
+#     only. In production each role has a password (docs/security.md).
+#   * Tally's roles (deploy/postgres/roles.sql), made by `start`.
 #   * conf.d/tally.conf (Debian's postgresql.conf includes conf.d/):
 #         max_connections >= 200  (services, end-to-end tests and the load generator each
 #                                  hold a pool; the default of 100 runs out)
@@ -38,6 +42,8 @@ PORT=${TALLY_PG_PORT:-5432}
 WAIT_SECS=${TALLY_PG_WAIT_SECS:-30}
 CLUSTER=main
 MIN_CONNECTIONS=200
+# Who may connect without a password over loopback: the superuser and Tally's roles.
+TRUSTED=postgres,tally_owner,tally_ingest,tally_projector,tally_api,tally_reporter
 # Present while the cluster runs because this script started it: `stop` stops only then.
 STARTED=$TALLY_HOME/run/postgres.started
 
@@ -131,10 +137,10 @@ ensure_hba() {
   hba=$(conf_dir)/pg_hba.conf
   new=$hba.tally.tmp
   {
-    echo "# BEGIN tally (scripts/postgres.sh): Tally and its tests connect as postgres over"
+    echo "# BEGIN tally (scripts/postgres.sh): Tally, as its roles, and its tests connect over"
     echo "# loopback TCP without a password. First, so that no later rule asks for one."
-    echo "host    all             postgres        127.0.0.1/32            trust"
-    echo "host    all             postgres        ::1/128                 trust"
+    echo "host    all             $TRUSTED        127.0.0.1/32            trust"
+    echo "host    all             $TRUSTED        ::1/128                 trust"
     echo "# END tally"
     awk '/^# BEGIN tally/{skip=1} !skip{print} /^# END tally/{skip=0}' "$hba"
   } >"$new"
@@ -206,6 +212,8 @@ cmd_start() {
   psql_q "SELECT 1" >/dev/null ||
     die "cannot connect as postgres@127.0.0.1:$PORT without a password; see $(conf_dir)/pg_hba.conf"
   check_settings
+  psql -X -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 -q \
+    -f "$ROOT/deploy/postgres/roles.sql" >/dev/null || die "cannot make Tally's roles"
 }
 
 cmd_stop() {
@@ -242,11 +250,33 @@ cmd_status() {
 cmd_createdb() {
   local name=${1:-}
   [[ $name =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "usage: scripts/postgres.sh createdb NAME (letters, digits, _)"
-  if [[ -n $(psql_q "SELECT 1 FROM pg_database WHERE datname = '$name'") ]]; then
+  local owner
+  owner=$(psql_q "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '$name'")
+  if [[ -z $owner ]]; then
+    createdb -h 127.0.0.1 -p "$PORT" -U postgres -O tally_owner "$name"
+    say "created database $name (owner tally_owner)"
+  elif [[ $owner == tally_owner ]]; then
     say "database $name exists"
   else
-    createdb -h 127.0.0.1 -p "$PORT" -U postgres "$name"
-    say "created database $name"
+    # Made before Tally had roles: tally_owner takes over the database and its tables, so that
+    # tally-migrate, running as it, can change them.
+    psql -X -h 127.0.0.1 -p "$PORT" -U postgres -d "$name" -v ON_ERROR_STOP=1 -q <<'SQL'
+DO $$
+DECLARE
+    t record;
+BEGIN
+    EXECUTE format('ALTER DATABASE %I OWNER TO tally_owner', current_database());
+    FOR t IN SELECT c.oid::regclass AS name, c.relkind FROM pg_class c
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = 'public' AND c.relkind IN ('r', 'v', 'p')
+                AND pg_get_userbyid(c.relowner) <> 'tally_owner' LOOP
+        EXECUTE format('ALTER %s %s OWNER TO tally_owner',
+                       CASE t.relkind WHEN 'v' THEN 'VIEW' ELSE 'TABLE' END, t.name);
+    END LOOP;
+END
+$$;
+SQL
+    say "database $name (owned by $owner) handed over to tally_owner"
   fi
 }
 

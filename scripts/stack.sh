@@ -13,7 +13,8 @@
 #
 # `up` does not build: run it through `make up`, which builds target/release/* first.
 # Environment (defaults in brackets): TALLY_HOME [<repo>/.tally], TALLY_ADMIN_TOKEN [kept
-# in .tally/admin-token], TALLY_API_ADDR [127.0.0.1:8080], TALLY_INGEST_ADDR
+# in .tally/admin-token], TALLY_API_ADDR [127.0.0.1:8080], TALLY_API_OPS_ADDR [127.0.0.1:9105],
+# TALLY_INGEST_OPS_ADDR [127.0.0.1:9104], TALLY_INGEST_ADDR
 # [127.0.0.1:4318], TALLY_AGGREGATOR_ADDR [127.0.0.1:9101], TALLY_PROJECTOR_ADDR
 # [127.0.0.1:9102], TALLY_KAFKA_BROKERS, TALLY_DATABASE_URL, TALLY_READY_SECS [60],
 # STRIPE_STANDIN_ADDR [127.0.0.1:12111], STRIPE_STANDIN_STATE_FILE [.tally/stripe-standin.json].
@@ -52,6 +53,9 @@ fi
 
 export TALLY_API_ADDR=${TALLY_API_ADDR:-127.0.0.1:8080}
 export TALLY_INGEST_ADDR=${TALLY_INGEST_ADDR:-127.0.0.1:4318}
+# Ingest's and the api's probes and metrics: a listener of their own, on loopback.
+export TALLY_API_OPS_ADDR=${TALLY_API_OPS_ADDR:-127.0.0.1:9105}
+export TALLY_INGEST_OPS_ADDR=${TALLY_INGEST_OPS_ADDR:-127.0.0.1:9104}
 export TALLY_AGGREGATOR_ADDR=${TALLY_AGGREGATOR_ADDR:-127.0.0.1:9101}
 export TALLY_PROJECTOR_ADDR=${TALLY_PROJECTOR_ADDR:-127.0.0.1:9102}
 export TALLY_BILLING_REPORTER_ADDR=${TALLY_BILLING_REPORTER_ADDR:-127.0.0.1:9103}
@@ -61,7 +65,9 @@ export TALLY_REPORT_INTERVAL_SECS=${TALLY_REPORT_INTERVAL_SECS:-10}
 # The billing reporter starts last, once Stripe has Tally's meters and prices; `down` stops it first.
 ALL_SERVICES=("${SERVICES[@]}" billing-reporter)
 export TALLY_KAFKA_BROKERS=${TALLY_KAFKA_BROKERS:-127.0.0.1:${TALLY_KAFKA_PORT:-9092}}
-export TALLY_DATABASE_URL=${TALLY_DATABASE_URL:-postgres://postgres@127.0.0.1:${TALLY_PG_PORT:-5432}/tally}
+# The schema owner's URL: tally-migrate and replay use it as it is; each service gets it with
+# its own role instead (store/migrations/0009_roles.sql, docs/security.md).
+export TALLY_DATABASE_URL=${TALLY_DATABASE_URL:-postgres://tally_owner@127.0.0.1:${TALLY_PG_PORT:-5432}/tally}
 
 say() { echo "tally: $*"; }
 die() { echo "tally: error: $*" >&2; exit 1; }
@@ -76,7 +82,42 @@ addr_of() {
     stripe-standin) echo "$STRIPE_STANDIN_ADDR" ;;
   esac
 }
+# Where a service answers /readyz and /metrics.
+ops_of() {
+  case $1 in
+    api) echo "$TALLY_API_OPS_ADDR" ;;
+    ingest) echo "$TALLY_INGEST_OPS_ADDR" ;;
+    *) addr_of "$1" ;;
+  esac
+}
 bin_of() { echo "$ROOT/target/release/$1"; }
+# The PostgreSQL role each program connects as; none for those that do not use PostgreSQL.
+role_of() {
+  case $1 in
+    ingest) echo tally_ingest ;;
+    projector) echo tally_projector ;;
+    api) echo tally_api ;;
+    billing-reporter) echo tally_reporter ;;
+  esac
+}
+# TALLY_DATABASE_URL with the user replaced by $1 (the local cluster trusts Tally's roles on
+# loopback; elsewhere set each service's URL, with its password, yourself).
+url_as() {
+  local url=$TALLY_DATABASE_URL
+  [[ $url == *://*@* ]] || die "TALLY_DATABASE_URL must name a user (postgres://USER@HOST/DB)"
+  echo "${url%%://*}://$1@${url#*@}"
+}
+# Runs "$@" with the database URL of program $1's role (or none).
+with_db_of() {
+  local role
+  role=$(role_of "$1")
+  shift
+  if [[ -n $role ]]; then
+    TALLY_DATABASE_URL=$(url_as "$role") "$@"
+  else
+    env -u TALLY_DATABASE_URL "$@"
+  fi
+}
 pidfile_of() { echo "$RUN/$1.pid"; }
 log_of() { echo "$LOGS/$1.log"; }
 
@@ -141,7 +182,7 @@ start_service() {
   # writes its pid and then becomes the service, so the pid file names the service itself.
   # NO_COLOR: tracing-subscriber writes no ANSI colour codes into the log file.
   # shellcheck disable=SC2016  # expanded by the inner bash
-  NO_COLOR=1 nohup setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$bin" >>"$log" 2>&1 </dev/null &
+  NO_COLOR=1 with_db_of "$name" nohup setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$bin" >>"$log" 2>&1 </dev/null &
   for _ in $(seq 50); do [[ -s $pidfile ]] && break; sleep 0.1; done
   [[ -s $pidfile ]] || die "$name did not start"
 }
@@ -157,7 +198,7 @@ fail_service() {
 
 wait_ready() {
   local name=$1 addr deadline code pidfile
-  addr=$(addr_of "$name")
+  addr=$(ops_of "$name")
   pidfile=$(pidfile_of "$name")
   deadline=$((SECONDS + READY_SECS))
   while :; do
@@ -213,7 +254,7 @@ ensure_stripe_secrets() {
 setup_stripe() {
   [[ -n ${TALLY_STRIPE_SECRET_KEY:-} ]] || return 0
   local out=$TALLY_HOME/stripe-setup.json
-  if "$ROOT/target/release/billing-reporter" setup-stripe >"$out.tmp" 2>>"$LOGS/billing-reporter.log"; then
+  if with_db_of billing-reporter "$ROOT/target/release/billing-reporter" setup-stripe >"$out.tmp" 2>>"$LOGS/billing-reporter.log"; then
     mv "$out.tmp" "$out"
     say "stripe: meters, products and prices set up at $TALLY_STRIPE_API_BASE (ids in $out)"
   else
@@ -228,6 +269,7 @@ cmd_up() {
   scripts/kafka.sh start
   scripts/postgres.sh start
   scripts/postgres.sh createdb tally
+  "$(bin_of tally-migrate)" || die "tally-migrate failed"
   ensure_admin_token
   ensure_stripe_secrets
   mkdir -p "$LOGS" "$RUN"
@@ -242,14 +284,14 @@ cmd_up() {
   cat <<EOF
 
 tally: the stack is up
-  ingest       http://$TALLY_INGEST_ADDR        (POST trace events)
-  api          http://$TALLY_API_ADDR
+  ingest       http://$TALLY_INGEST_ADDR        (POST trace events; metrics http://$TALLY_INGEST_OPS_ADDR/metrics)
+  api          http://$TALLY_API_ADDR        (metrics http://$TALLY_API_OPS_ADDR/metrics)
   aggregator   http://$TALLY_AGGREGATOR_ADDR/metrics
   projector    http://$TALLY_PROJECTOR_ADDR/metrics
   reporter     http://$TALLY_BILLING_REPORTER_ADDR/metrics   (billing-reporter status | reconcile)
   stripe       $TALLY_STRIPE_API_BASE$( ((USE_STANDIN)) && echo "   (the stand-in; key in $TALLY_HOME/stripe-secret-key)")
   kafka        $TALLY_KAFKA_BROKERS
-  postgres     $TALLY_DATABASE_URL
+  postgres     $TALLY_DATABASE_URL (each service as its own role: tally_api, ...)
   admin token  $TALLY_ADMIN_TOKEN
                (kept in $TOKEN_FILE; send it as: Authorization: Bearer <token>)
   logs         make logs   (files in $LOGS)
@@ -286,7 +328,7 @@ cmd_status() {
   scripts/postgres.sh status || true
   local name pid addr ready
   for name in "${ALL_SERVICES[@]}"; do
-    addr=$(addr_of "$name")
+    addr=$(ops_of "$name")
     if pid=$(running_pid "$name"); then
       ready="not ready"
       [[ $(http_code "$addr" /readyz) == 200 ]] && ready=ready
@@ -301,7 +343,7 @@ cmd_status() {
 # stack's settings (the generated Stripe key included).
 cmd_billing_reporter() {
   ensure_stripe_secrets
-  exec "$(bin_of billing-reporter)" "$@"
+  TALLY_DATABASE_URL=$(url_as tally_reporter) exec "$(bin_of billing-reporter)" "$@"
 }
 
 # `scripts/stack.sh replay invoice|verify|correct|rebuild ...`: the replay tool (docs/replay.md)

@@ -71,7 +71,10 @@ pub async fn caller_of_token(state: &AppState, token: &str) -> Result<Caller, Ap
     let known = match state.key_cache.get(&hash, now) {
         Some(known) => known,
         None => {
-            let key = tally_store::keys::find_live_and_mark_used(&state.pool, &hash).await?;
+            // Whose key it is is what the lookup finds out: it looks through every org's keys.
+            let mut db = state.db.all_orgs().await?;
+            let key = tally_store::keys::find_live_and_mark_used(&mut db, &hash).await?;
+            db.commit().await?;
             let known = key.map(|key| match (key.scope, key.org_id) {
                 (Scope::Read, Some(org_id)) => Caller::Reader { org_id },
                 (Scope::Billing, Some(org_id)) => Caller::Biller { org_id },
@@ -160,7 +163,8 @@ impl Caller {
 
 /// 404 unless `org_id` is a registered org.
 pub async fn require_org(state: &AppState, org_id: &str) -> Result<(), ApiError> {
-    if tally_store::orgs::exists(&state.pool, org_id).await? {
+    let mut db = state.db.org(org_id).await?;
+    if tally_store::orgs::exists(&mut *db, org_id).await? {
         Ok(())
     } else {
         Err(ApiError::not_found(format!("no org {org_id:?}")))

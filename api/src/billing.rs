@@ -65,14 +65,15 @@ pub async fn read_period(
     period: Period,
 ) -> Result<PeriodRead, ApiError> {
     let id = period.to_string();
-    let stored = tally_store::usage::read_period(&state.pool, org_id, &id).await?;
+    let mut db = state.db.org(org_id).await?;
+    let stored = tally_store::usage::read_period(&mut db, org_id, &id).await?;
     let row = stored.row;
     let closed = match &row {
         Some(row) => row.state == "closed",
         None => Utc::now() >= period.closes_at(state.settings.common.grace),
     };
     let billed = if closed {
-        billed_invoices(&state.pool, Some(org_id), Some(&id)).await?.into_values().next()
+        billed_invoices(&mut db, Some(org_id), Some(&id)).await?.into_values().next()
     } else {
         None
     };
@@ -231,7 +232,8 @@ async fn stripe_invoices(
     period: Option<Period>,
 ) -> Result<HashMap<String, StripeInvoice>, ApiError> {
     let period = period.map(|p| p.to_string());
-    let rows = tally_store::stripe::invoices(&state.pool, org_id, period.as_deref()).await?;
+    let mut db = state.db.org(org_id).await?;
+    let rows = tally_store::stripe::invoices(&mut db, org_id, period.as_deref()).await?;
     Ok(rows
         .into_iter()
         .map(|r| {
@@ -260,8 +262,10 @@ pub async fn list_invoices(
     caller: Caller,
 ) -> Result<Json<InvoiceList>, ApiError> {
     caller.require_reader(&state, &org_id).await?;
-    let finals = billed_invoices(&state.pool, Some(&org_id), None).await?;
-    let drafts = tally_store::invoices::draft_periods(&state.pool, &org_id, MAX_INVOICES).await?;
+    let mut db = state.db.org(&org_id).await?;
+    let finals = billed_invoices(&mut db, Some(&org_id), None).await?;
+    let drafts = tally_store::invoices::draft_periods(&mut db, &org_id, MAX_INVOICES).await?;
+    drop(db);
     let mut invoices: Vec<(InvoiceV1, Option<CorrectionRef>)> =
         finals.into_values().map(|b| (b.invoice(), b.correction)).collect();
     for draft in drafts {
@@ -487,7 +491,8 @@ pub async fn get_subscription(
     let period = Period::containing(Utc::now());
     let billing = period_billing(&state, &org_id, period).await?;
     let features = state.pricing.tier(billing.tier).features.clone();
-    let link = tally_store::stripe::customer_link(&state.pool, &org_id).await?;
+    let link =
+        tally_store::stripe::customer_link(&mut *state.db.org(&org_id).await?, &org_id).await?;
     let stripe = link.map(|l| StripeLinkShown {
         customer_id: l.customer_id,
         subscription_id: l.subscription_id,

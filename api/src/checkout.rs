@@ -131,9 +131,9 @@ pub async fn checkout(
     let client = stripe_client(&state)?;
 
     // Checkouts of one org, one at a time: the org's row is locked until this one is recorded.
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.db.org(&org_id).await?;
     tally_store::stripe::lock_org_for_checkout(&mut tx, &org_id).await?;
-    let link = tally_store::stripe::customer_link(&state.pool, &org_id).await?;
+    let link = tally_store::stripe::customer_link(&mut tx, &org_id).await?;
     if link.as_ref().is_some_and(|l| l.subscription_status.as_deref().is_some_and(is_live)) {
         // A second subscription would bill the same usage twice (both would carry the metered
         // prices): a change of tier is an update of the subscription, in Stripe.
@@ -295,7 +295,8 @@ pub async fn change_plan(
     let request: PlanChangeRequest = parse_json(&body)?;
     let tier = parse_tier(&request.tier)?;
     let client = stripe_client(&state)?;
-    let link = tally_store::stripe::customer_link(&state.pool, &org_id).await?;
+    let link =
+        tally_store::stripe::customer_link(&mut *state.db.org(&org_id).await?, &org_id).await?;
     let live_subscription = link
         .filter(|l| l.subscription_status.as_deref().is_some_and(is_live))
         .and_then(|l| l.subscription_id);

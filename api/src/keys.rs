@@ -128,7 +128,9 @@ pub async fn create_org_key(
         org_id: Some(&org_id),
         orgs: None,
     };
-    tally_store::keys::insert(&state.pool, &new).await?;
+    let mut db = state.db.org(&org_id).await?;
+    tally_store::keys::insert(&mut db, &new).await?;
+    db.commit().await?;
     tracing::info!(org_id = %org_id, %key_id, scope = request.scope.as_str(), "key created");
     let created = KeyCreated {
         key_id,
@@ -151,7 +153,8 @@ pub async fn list_org_keys(
     caller: Caller,
 ) -> Result<Json<KeyList>, ApiError> {
     caller.require_biller(&state, &org_id).await?;
-    Ok(Json(KeyList { keys: tally_store::keys::list_of_org(&state.pool, &org_id).await? }))
+    let mut db = state.db.org(&org_id).await?;
+    Ok(Json(KeyList { keys: tally_store::keys::list_of_org(&mut db, &org_id).await? }))
 }
 
 /// `DELETE /v1/orgs/{org_id}/keys/{key_id}` (admin, billing keys, plan-changing sessions):
@@ -215,7 +218,11 @@ pub async fn create_service_key(
         org_id: None,
         orgs: orgs.as_deref(),
     };
-    if !tally_store::keys::insert(&state.pool, &new).await? {
+    // A service key belongs to no org and may name several.
+    let mut db = state.db.all_orgs().await?;
+    let inserted = tally_store::keys::insert(&mut db, &new).await?;
+    db.commit().await?;
+    if !inserted {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "unknown_org",
@@ -242,7 +249,8 @@ pub async fn list_service_keys(
     caller: Caller,
 ) -> Result<Json<KeyList>, ApiError> {
     caller.require_admin()?;
-    Ok(Json(KeyList { keys: tally_store::keys::list_service(&state.pool).await? }))
+    let mut db = state.db.all_orgs().await?;
+    Ok(Json(KeyList { keys: tally_store::keys::list_service(&mut db).await? }))
 }
 
 /// `DELETE /v1/service-keys/{key_id}` (admin).
@@ -266,14 +274,24 @@ pub async fn rotate_service_key(
     rotate(&state, None, &key_id, &body).await
 }
 
+/// The transaction an org's keys are managed in; service keys belong to no org.
+async fn db_for(state: &AppState, org_id: Option<&str>) -> sqlx::Result<tally_store::Tx<'static>> {
+    match org_id {
+        Some(org_id) => state.db.org(org_id).await,
+        None => state.db.all_orgs().await,
+    }
+}
+
 async fn revoke(
     state: &AppState,
     org_id: Option<&str>,
     key_id: &str,
 ) -> Result<Json<KeyInfo>, ApiError> {
-    let key = tally_store::keys::revoke(&state.pool, org_id, key_id)
+    let mut db = db_for(state, org_id).await?;
+    let key = tally_store::keys::revoke(&mut db, org_id, key_id)
         .await?
         .ok_or_else(|| key_not_found(key_id))?;
+    db.commit().await?;
     // This instance stops honouring the key (and sessions opened with it) at once.
     state.key_cache.clear();
     state.session_cache.clear();
@@ -292,13 +310,14 @@ async fn rotate(
     if !(0..=ROTATION_GRACE_MAX_SECS).contains(&grace) {
         return Err(ApiError::invalid_field(format!("grace_secs: 0 to {ROTATION_GRACE_MAX_SECS}")));
     }
-    let old = tally_store::keys::get(&state.pool, org_id, key_id)
+    let mut db = db_for(state, org_id).await?;
+    let old = tally_store::keys::get(&mut db, org_id, key_id)
         .await?
         .ok_or_else(|| key_not_found(key_id))?;
     let scope = Scope::parse(&old.scope).unwrap_or(Scope::Read);
     let (new_key_id, key) = mint(scope);
     let rotated = tally_store::keys::rotate(
-        &state.pool,
+        &mut db,
         org_id,
         key_id,
         &new_key_id,
@@ -306,6 +325,7 @@ async fn rotate(
         chrono::Duration::seconds(grace),
     )
     .await?;
+    db.commit().await?;
     let old_expires_at = match rotated {
         Rotated::Rotated { old_expires_at } => old_expires_at,
         Rotated::NotFound => return Err(key_not_found(key_id)),

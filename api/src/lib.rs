@@ -41,14 +41,14 @@ use std::sync::Arc;
 
 use axum::routing::{delete, get, post, put};
 use axum::Router;
-use sqlx::PgPool;
 use tally_common::{probes, shutdown::Shutdown};
 
 pub use settings::Settings;
 
 pub struct AppState {
     pub settings: Settings,
-    pub pool: PgPool,
+    /// PostgreSQL, one org's rows per transaction (or every org's, where the caller may).
+    pub db: tally_store::OrgWall,
     pub pricing: Arc<tally_pricing::Pricing>,
     pub billing_producer: tally_common::kafka::Renewable<rdkafka::producer::FutureProducer>,
     /// Tally's Stripe client, when Stripe is configured.
@@ -118,7 +118,7 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     let public_origin = session::origin_of(&settings.public_url).to_string();
     let state = Arc::new(AppState {
         settings: settings.clone(),
-        pool,
+        db: tally_store::OrgWall::new(pool),
         pricing,
         billing_producer,
         stripe,

@@ -46,7 +46,10 @@ pub async fn create_org(
         return Err(ApiError::invalid_field("name: must be 1-200 characters"));
     }
     let name = org.name.trim().to_string();
-    let Some(created_at) = tally_store::orgs::create(&state.pool, &org.org_id, &name).await? else {
+    let mut db = state.db.org(&org.org_id).await?;
+    let created = tally_store::orgs::create(&mut db, &org.org_id, &name).await?;
+    db.commit().await?;
+    let Some(created_at) = created else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "org_exists",
@@ -175,10 +178,12 @@ pub async fn list_orgs(
         included_traces: tiers.iter().map(|t| included(t.traces.included)).collect(),
         included_bytes: tiers.iter().map(|t| included(t.payload_bytes.included)).collect(),
     };
-    let rows = tally_store::orgs::list(&state.pool, &request).await?;
+    // The operator's list: every org.
+    let mut db = state.db.all_orgs().await?;
+    let rows = tally_store::orgs::list(&mut db, &request).await?;
     let total = match rows.first() {
         Some(r) => r.total,
-        None => tally_store::orgs::count_matching(&state.pool, search).await?,
+        None => tally_store::orgs::count_matching(&mut db, search).await?,
     };
     let more = rows.len() as i64 > limit;
     let rows = &rows[..rows.len().min(limit as usize)];

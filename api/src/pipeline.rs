@@ -133,7 +133,7 @@ fn aggregator_lag(brokers: &str) -> Result<Vec<ConsumerLag>, rdkafka::error::Kaf
 
 /// Lag of the projector: the log's end minus the offsets it stored in PostgreSQL.
 async fn projector_lag(state: &AppState) -> Result<Vec<ConsumerLag>, ApiError> {
-    let stored = tally_store::pipeline::projector_offsets(&state.pool).await?;
+    let stored = tally_store::pipeline::projector_offsets(&mut *state.db.all_orgs().await?).await?;
     let brokers = state.settings.common.kafka_brokers.clone();
     let partitions: Vec<(String, i32)> =
         stored.iter().map(|o| (o.topic.clone(), o.partition)).collect();
@@ -212,11 +212,14 @@ pub async fn pipeline(
     }
     let period = tally_metering::Period::containing(Utc::now());
     // Late events belong to periods that had closed; these are the ones that arrived this period.
+    // The operator's view of the pipeline: every org.
+    let mut db = state.db.all_orgs().await?;
     let activity =
-        tally_store::pipeline::period_activity(&state.pool, &period.to_string(), period.start())
+        tally_store::pipeline::period_activity(&mut db, &period.to_string(), period.start())
             .await?;
-    let newest = tally_store::pipeline::newest_usage_update(&state.pool).await?;
-    let ledger = tally_store::pipeline::meter_ledger_counts(&state.pool).await?;
+    let newest = tally_store::pipeline::newest_usage_update(&mut db).await?;
+    let ledger = tally_store::pipeline::meter_ledger_counts(&mut db).await?;
+    drop(db);
     let metrics_of = |name: &str| {
         stages.iter().find(|s| s.name == name).map(|s| s.metrics.as_str()).unwrap_or("")
     };

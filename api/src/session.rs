@@ -101,7 +101,9 @@ pub async fn session_of_request(
         Some(session) => session,
         None => {
             let fingerprints = state.link_signer.admin_fingerprints();
-            let row = sessions::find_live(&state.pool, &hash, &fingerprints).await?;
+            // Whose session it is is what the lookup finds out.
+            let row =
+                sessions::find_live(&mut *state.db.all_orgs().await?, &hash, &fingerprints).await?;
             let session = row.map(|row| PageSession {
                 role: if row.role == "operator" { Role::Operator } else { Role::Customer },
                 // A session opened with a read key reads; one opened with a billing key or a

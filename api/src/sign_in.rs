@@ -117,12 +117,15 @@ async fn answer_opened_session(
     session: PageSession,
     id: String,
 ) -> Result<Response, ApiError> {
+    // Sessions and links are found by their hash, and the sweep is of every org's.
+    let mut db = state.db.all_orgs().await?;
     if let Some(old) = session_id(state, headers) {
         let old = keys::hash(old);
-        sessions::delete_session(&state.pool, &old).await?;
+        sessions::delete_session(&mut db, &old).await?;
         state.session_cache.forget(&old);
     }
-    sessions::delete_long_expired(&state.pool).await?;
+    sessions::delete_long_expired(&mut db).await?;
+    db.commit().await?;
     let mut response = (StatusCode::CREATED, Json(&session)).into_response();
     response.headers_mut().insert(header::SET_COOKIE, set_cookie(state, &id, SESSION_HOURS * 3600));
     Ok(response)
@@ -168,7 +171,10 @@ pub async fn sign_in(
         Err(e) if e.status == StatusCode::UNAUTHORIZED => return Err(refused()),
         Err(e) => return Err(e),
     };
-    let mut tx = state.pool.begin().await?;
+    let mut tx = match &org_id {
+        Some(org_id) => state.db.org(org_id).await?,
+        None => state.db.all_orgs().await?,
+    };
     let (session, id) = open_session(&state, &mut tx, role, org_id.as_deref(), credential).await?;
     tx.commit().await?;
     answer_opened_session(&state, &headers, session, id).await
@@ -196,7 +202,9 @@ pub async fn sign_out(
     check_csrf(&session, &headers, &state.public_origin)?;
     if let Some(id) = session_id(&state, &headers) {
         let hash = keys::hash(id);
-        sessions::delete_session(&state.pool, &hash).await?;
+        let mut db = state.db.all_orgs().await?;
+        sessions::delete_session(&mut db, &hash).await?;
+        db.commit().await?;
         state.session_cache.forget(&hash);
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
@@ -239,7 +247,9 @@ pub async fn create_portal_link(
     let id = random_hex(16);
     let expires_at =
         Utc.timestamp_opt(Utc::now().timestamp() + ttl, 0).single().expect("a near future instant");
-    sessions::insert_portal_link(&state.pool, &keys::hash(&id), &org_id, expires_at).await?;
+    let mut db = state.db.org(&org_id).await?;
+    sessions::insert_portal_link(&mut db, &keys::hash(&id), &org_id, expires_at).await?;
+    db.commit().await?;
     let token = state.link_signer.token(&id, expires_at.timestamp());
     let url = format!("{}/app/portal#{token}", state.settings.public_url.trim_end_matches('/'));
     tracing::info!(org_id = %org_id, expires_at = %expires_at, "portal link created");
@@ -266,9 +276,10 @@ pub async fn exchange_portal_link(
         .map_err(LinkRefusal::error)?;
     let hash = keys::hash(id);
     // The link is spent and the session opened in one transaction: a failure spends nothing.
-    let mut tx = state.pool.begin().await?;
+    // Whose link it is is what spending it finds out.
+    let mut tx = state.db.all_orgs().await?;
     let Some(org_id) = sessions::spend_portal_link(&mut tx, &hash).await? else {
-        let refusal = match sessions::find_portal_link(&state.pool, &hash).await? {
+        let refusal = match sessions::find_portal_link(&mut tx, &hash).await? {
             Some(link) if link.used_at.is_some() => LinkRefusal::Used,
             Some(_) => LinkRefusal::Expired,
             None => LinkRefusal::Invalid,

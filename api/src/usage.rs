@@ -181,7 +181,7 @@ pub async fn daily_usage(
         return Err(ApiError::bad_request("invalid_query", "at most 366 days per request"));
     }
     let stored: HashMap<(NaiveDate, String), (i64, i64)> =
-        tally_store::usage::daily(&state.pool, &org_id, from, to)
+        tally_store::usage::daily(&mut *state.db.org(&org_id).await?, &org_id, from, to)
             .await?
             .into_iter()
             .map(|r| ((r.day, r.operation), (r.traces, r.payload_bytes)))
@@ -242,7 +242,9 @@ pub async fn periods(
     caller: Caller,
 ) -> Result<Json<PeriodList>, ApiError> {
     caller.require_reader(&state, &org_id).await?;
-    let rows = tally_store::usage::periods(&state.pool, &org_id, MAX_PERIODS).await?;
+    let rows =
+        tally_store::usage::periods(&mut *state.db.org(&org_id).await?, &org_id, MAX_PERIODS)
+            .await?;
     let periods = rows
         .into_iter()
         .map(|r| PeriodSummary {
@@ -277,8 +279,13 @@ pub async fn late_events(
 ) -> Result<Json<LateEvents>, ApiError> {
     caller.require_reader(&state, &org_id).await?;
     let period = period_or_current(query.period.as_deref())?.to_string();
-    let late_events =
-        tally_store::usage::late_events(&state.pool, &org_id, &period, MAX_LATE_EVENTS).await?;
+    let late_events = tally_store::usage::late_events(
+        &mut *state.db.org(&org_id).await?,
+        &org_id,
+        &period,
+        MAX_LATE_EVENTS,
+    )
+    .await?;
     Ok(Json(LateEvents { org_id, period, late_events }))
 }
 

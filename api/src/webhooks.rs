@@ -163,9 +163,12 @@ pub async fn webhook(
         .timestamp_opt(event.created, 0)
         .single()
         .ok_or_else(|| ApiError::bad_request("invalid_event", "created is out of range"))?;
+    // Stripe's events name an org only once they are processed: the webhook works across orgs.
+    let mut db = state.db.all_orgs().await?;
     let inserted =
-        tally_store::stripe::insert_event(&state.pool, &event.id, &event.kind, created, &payload)
+        tally_store::stripe::insert_event(&mut db, &event.id, &event.kind, created, &payload)
             .await?;
+    db.commit().await?;
     crate::metrics::WEBHOOKS
         .with_label_values(&[if inserted { "accepted" } else { "redelivered" }])
         .inc();
@@ -233,8 +236,12 @@ async fn try_process_event(
     if let Err(e) = &result {
         crate::metrics::WEBHOOK_OUTCOMES.with_label_values(&["failed"]).inc();
         tracing::warn!(event_id, error = %e, "Stripe event not processed yet; the sweeper retries");
-        let _ =
-            tally_store::stripe::record_failed_attempt(&state.pool, event_id, &e.to_string()).await;
+        let _ = async {
+            let mut db = state.db.all_orgs().await?;
+            tally_store::stripe::record_failed_attempt(&mut db, event_id, &e.to_string()).await?;
+            db.commit().await
+        }
+        .await;
     }
     result
 }
@@ -247,7 +254,7 @@ pub async fn process_event(
     state: &AppState,
     event_id: &str,
 ) -> Result<Option<WebhookOutcome>, EventProcessingError> {
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.db.all_orgs().await?;
     let Some(pending) = tally_store::stripe::lock_unprocessed_event(&mut tx, event_id).await?
     else {
         return Ok(None);
@@ -501,7 +508,8 @@ pub async fn failed_events(
     caller: Caller,
 ) -> Result<Json<FailedEvents>, ApiError> {
     caller.require_admin()?;
-    let events = tally_store::stripe::failed_events(&state.pool, MAX_ATTEMPTS).await?;
+    let events =
+        tally_store::stripe::failed_events(&mut *state.db.all_orgs().await?, MAX_ATTEMPTS).await?;
     crate::metrics::WEBHOOK_EVENTS_FAILED.set(events.len() as i64);
     Ok(Json(FailedEvents { events }))
 }
@@ -533,19 +541,23 @@ pub async fn retry_failed_events(
     caller.require_admin()?;
     let request: RetryRequest =
         if body.is_empty() { RetryRequest::default() } else { parse_json(&body)? };
+    let mut db = state.db.all_orgs().await?;
     let ids = tally_store::stripe::reset_failed_events(
-        &state.pool,
+        &mut db,
         MAX_ATTEMPTS,
         request.event_ids.as_deref(),
     )
     .await?;
+    db.commit().await?;
     let mut processed = 0;
     for id in &ids {
         if try_process_event(&state, id).await.is_ok() {
             processed += 1;
         }
     }
-    let failed = tally_store::stripe::count_failed_events(&state.pool, MAX_ATTEMPTS).await?;
+    let failed =
+        tally_store::stripe::count_failed_events(&mut *state.db.all_orgs().await?, MAX_ATTEMPTS)
+            .await?;
     crate::metrics::WEBHOOK_EVENTS_FAILED.set(failed);
     tracing::info!(retried = ids.len(), processed, "failed Stripe events retried by an operator");
     Ok(Json(Retried { retried: ids.len(), processed, failing: ids.len() - processed }))
@@ -563,12 +575,17 @@ pub async fn sweep_interrupted_events(
             _ = tokio::time::sleep(SWEEP_EVERY) => {}
             _ = shutdown.clone().requested() => return,
         }
-        match tally_store::stripe::count_failed_events(&state.pool, MAX_ATTEMPTS).await {
-            Ok(failed) => crate::metrics::WEBHOOK_EVENTS_FAILED.set(failed),
-            Err(e) => tracing::warn!(error = %e, "webhook sweeper cannot read PostgreSQL"),
-        }
-        let ids = match tally_store::stripe::interrupted_events(&state.pool, MAX_ATTEMPTS).await {
-            Ok(ids) => ids,
+        let read = async {
+            let mut db = state.db.all_orgs().await?;
+            let failed = tally_store::stripe::count_failed_events(&mut db, MAX_ATTEMPTS).await?;
+            let ids = tally_store::stripe::interrupted_events(&mut db, MAX_ATTEMPTS).await?;
+            Ok::<_, sqlx::Error>((failed, ids))
+        };
+        let ids = match read.await {
+            Ok((failed, ids)) => {
+                crate::metrics::WEBHOOK_EVENTS_FAILED.set(failed);
+                ids
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "webhook sweeper cannot read PostgreSQL");
                 continue;

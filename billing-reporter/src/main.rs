@@ -43,7 +43,7 @@ async fn main() -> ExitCode {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     }
-    let common = match Common::from_env() {
+    let common = match Common::from_env("billing-reporter") {
         Ok(c) => c,
         Err(e) => {
             eprintln!("billing-reporter: {e}");

@@ -41,7 +41,15 @@ struct World {
 }
 
 async fn world() -> World {
-    let pool = tally_store::connect(&Secret::new(database_url()), 4)
+    // The schema's owner migrates (the reporter's role could not); the test reads and writes as
+    // the superuser, to set the scene the reporter then works in.
+    let url = database_url();
+    let (scheme, host) =
+        url.split_once("://").and_then(|(s, r)| Some((s, r.split_once('@')?.1))).unwrap();
+    tally_store::migrate(&Secret::new(format!("{scheme}://tally_owner@{host}")))
+        .await
+        .expect("the test database (make test starts it)");
+    let pool = tally_store::connect(&Secret::new(url), 4)
         .await
         .expect("the test database (make test starts it)");
     let base = tally_stripe_standin::spawn_local(KEY).await.unwrap();

@@ -32,7 +32,7 @@ where
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     telemetry::init(service);
-    let settings = match settings::Common::from_env()
+    let settings = match settings::Common::from_env(service)
         .and_then(|common| {
             tally_schemas::set_namespace(&common.namespace)
                 .map_err(|message| settings::SettingError { name: "TALLY_NAMESPACE", message })?;

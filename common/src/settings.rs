@@ -91,12 +91,22 @@ impl Common {
         crate::health::Health::new(stage, self.stall_after)
     }
 
-    pub fn from_env() -> Result<Common, SettingError> {
+    /// The settings of `program` (`ingest`, `api`, `replay`, ...), which connects to PostgreSQL
+    /// as its own role unless `TALLY_DATABASE_URL` says otherwise (store migration 0009).
+    pub fn from_env(program: &str) -> Result<Common, SettingError> {
+        let role = match program {
+            "ingest" => "tally_ingest",
+            "projector" => "tally_projector",
+            "api" => "tally_api",
+            "billing-reporter" => "tally_reporter",
+            // replay rebuilds read models: it needs the owner's rights.
+            _ => "tally_owner",
+        };
         Ok(Common {
             kafka_brokers: var_or("TALLY_KAFKA_BROKERS", "127.0.0.1:9092")?,
             database_url: Secret(var_or(
                 "TALLY_DATABASE_URL",
-                "postgres://postgres@127.0.0.1:5432/tally",
+                &format!("postgres://{role}@127.0.0.1:5432/tally"),
             )?),
             kafka_partitions: var_or("TALLY_KAFKA_PARTITIONS", "8")?,
             kafka_replication: var_or("TALLY_KAFKA_REPLICATION", "1")?,

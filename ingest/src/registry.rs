@@ -94,14 +94,15 @@ impl Registry {
                 .map(|g| g.key_id.clone())
                 .collect()
         };
+        let mut db = self.pool.acquire().await?;
         if !used.is_empty() {
-            if let Err(e) = tally_store::keys::mark_used(&self.pool, &used).await {
+            if let Err(e) = tally_store::keys::mark_used(&mut db, &used).await {
                 tracing::debug!(error = %e, "could not record when keys were last used");
             }
         }
         let snapshot = Snapshot {
-            orgs: tally_store::orgs::ids(&self.pool).await?.into_iter().collect(),
-            keys: tally_store::keys::live_sending_keys(&self.pool)
+            orgs: tally_store::orgs::ids(&mut db).await?.into_iter().collect(),
+            keys: tally_store::keys::live_sending_keys(&mut db)
                 .await?
                 .into_iter()
                 .map(|(hash, key)| (hash, Arc::new(Grant::of(key))))

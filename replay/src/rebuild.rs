@@ -225,6 +225,9 @@ pub async fn rebuild(
         )
         .await?;
     }
+    // The same grants and row-level security as the live tables (store migration 0009): they
+    // move with the tables when swapped in.
+    sqlx::query("SELECT tally_secure_read_models($1)").bind(&schema).execute(&mut *tx).await?;
     tx.commit().await?;
     let new = pool_in(options, &schema).await?;
     let mut records = catch_up(&new, brokers, progress).await?;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::PgConnection;
 use tally_schemas::{BilledUsageV1, InvoiceStatusV1, InvoiceV1, LineItemV1, Tier};
 
 /// Stored counts (PostgreSQL `bigint`s) as billed usage. The pipeline never writes a negative
@@ -109,7 +109,7 @@ pub const CORRECTIONS_IN_EFFECT: &str =
 /// (`period = None`), keyed by (org, period). A correction of an invoice that is not (yet) in
 /// `invoices` counts too: the rows come from two topics that are projected independently.
 pub async fn billed_invoices(
-    pool: &PgPool,
+    db: &mut PgConnection,
     org: Option<&str>,
     period: Option<&str>,
 ) -> sqlx::Result<BTreeMap<(String, String), BilledInvoice>> {
@@ -119,7 +119,7 @@ pub async fn billed_invoices(
     ))
     .bind(org)
     .bind(period)
-    .fetch_all(pool)
+    .fetch_all(&mut *db)
     .await?;
     let corrected: Vec<CorrectionRow> = sqlx::query_as(&format!(
         "SELECT {INVOICE_COLUMNS}, correction_id, corrected_at, reason, replaces_total_cents
@@ -128,7 +128,7 @@ pub async fn billed_invoices(
     ))
     .bind(org)
     .bind(period)
-    .fetch_all(pool)
+    .fetch_all(&mut *db)
     .await?;
     let mut out: BTreeMap<(String, String), BilledInvoice> = stored
         .into_iter()
@@ -167,7 +167,7 @@ pub struct DraftPeriodRow {
 /// A closed period with nothing billed (only late events, say) and no final invoice has none and
 /// never will.
 pub async fn draft_periods(
-    pool: &PgPool,
+    db: &mut PgConnection,
     org_id: &str,
     limit: i64,
 ) -> sqlx::Result<Vec<DraftPeriodRow>> {
@@ -179,6 +179,6 @@ pub async fn draft_periods(
     )
     .bind(org_id)
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(&mut *db)
     .await
 }

@@ -3,7 +3,7 @@
 //! means is the view `live_api_keys` (migration 0006).
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection};
 
 /// What a key may do. `docs/security.md` has the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -92,7 +92,7 @@ const LIVE_SELECT: &str = "SELECT k.key_id, k.key_hash, k.scope, k.org_id, k.all
 /// The live key of this hash, if any; marks it used (its `last_used_at`) in the same statement.
 /// The api calls this once per key per few seconds (its cache), so the mark costs nothing more.
 pub async fn find_live_and_mark_used(
-    pool: &PgPool,
+    db: &mut PgConnection,
     key_hash: &str,
 ) -> sqlx::Result<Option<LiveKey>> {
     let row: Option<LiveRow> = sqlx::query_as(&format!(
@@ -103,26 +103,26 @@ pub async fn find_live_and_mark_used(
          {LIVE_SELECT} WHERE k.key_hash = $1"
     ))
     .bind(key_hash)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *db)
     .await?;
     Ok(row.map(|r| r.into_key().1))
 }
 
 /// Every live key that sends events, by hash (ingest holds them in memory).
-pub async fn live_sending_keys(pool: &PgPool) -> sqlx::Result<Vec<(String, LiveKey)>> {
+pub async fn live_sending_keys(db: &mut PgConnection) -> sqlx::Result<Vec<(String, LiveKey)>> {
     let rows: Vec<LiveRow> =
         sqlx::query_as(&format!("{LIVE_SELECT} WHERE k.scope IN ('ingest', 'service')"))
-            .fetch_all(pool)
+            .fetch_all(&mut *db)
             .await?;
     Ok(rows.into_iter().map(LiveRow::into_key).collect())
 }
 
 /// Records that these keys were used just now (ingest, every few seconds, for the keys that sent
 /// since the last time).
-pub async fn mark_used(pool: &PgPool, key_ids: &[String]) -> sqlx::Result<()> {
+pub async fn mark_used(db: &mut PgConnection, key_ids: &[String]) -> sqlx::Result<()> {
     sqlx::query("UPDATE api_keys SET last_used_at = now() WHERE key_id = ANY($1)")
         .bind(key_ids)
-        .execute(pool)
+        .execute(&mut *db)
         .await?;
     Ok(())
 }
@@ -139,8 +139,8 @@ pub struct NewKey<'a> {
 }
 
 /// Stores a new key. `Ok(false)` when one of a service key's orgs does not exist.
-pub async fn insert(pool: &PgPool, key: &NewKey<'_>) -> sqlx::Result<bool> {
-    let mut tx = pool.begin().await?;
+pub async fn insert(db: &mut PgConnection, key: &NewKey<'_>) -> sqlx::Result<bool> {
+    let mut tx = db.begin().await?;
     let inserted = insert_in(&mut tx, key).await?;
     if inserted {
         tx.commit().await?;
@@ -208,27 +208,27 @@ const INFO_SELECT: &str = "SELECT k.key_id, k.scope, k.name, k.org_id, k.all_org
    FROM api_keys k";
 
 /// An org's keys, newest first.
-pub async fn list_of_org(pool: &PgPool, org_id: &str) -> sqlx::Result<Vec<KeyInfo>> {
+pub async fn list_of_org(db: &mut PgConnection, org_id: &str) -> sqlx::Result<Vec<KeyInfo>> {
     sqlx::query_as(&format!(
         "{INFO_SELECT} WHERE k.org_id = $1 ORDER BY k.created_at DESC, k.key_id"
     ))
     .bind(org_id)
-    .fetch_all(pool)
+    .fetch_all(&mut *db)
     .await
 }
 
 /// Every service key, newest first.
-pub async fn list_service(pool: &PgPool) -> sqlx::Result<Vec<KeyInfo>> {
+pub async fn list_service(db: &mut PgConnection) -> sqlx::Result<Vec<KeyInfo>> {
     sqlx::query_as(&format!(
         "{INFO_SELECT} WHERE k.scope = 'service' ORDER BY k.created_at DESC, k.key_id"
     ))
-    .fetch_all(pool)
+    .fetch_all(&mut *db)
     .await
 }
 
 /// One key, if it belongs to `org_id` (`None`: a service key).
 pub async fn get(
-    pool: &PgPool,
+    db: &mut PgConnection,
     org_id: Option<&str>,
     key_id: &str,
 ) -> sqlx::Result<Option<KeyInfo>> {
@@ -237,14 +237,14 @@ pub async fn get(
     ))
     .bind(key_id)
     .bind(org_id)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *db)
     .await
 }
 
 /// Revokes a key of `org_id` (`None`: a service key) now; `None` when there is no such key.
 /// Revoking a revoked key changes nothing.
 pub async fn revoke(
-    pool: &PgPool,
+    db: &mut PgConnection,
     org_id: Option<&str>,
     key_id: &str,
 ) -> sqlx::Result<Option<KeyInfo>> {
@@ -254,9 +254,9 @@ pub async fn revoke(
     )
     .bind(key_id)
     .bind(org_id)
-    .execute(pool)
+    .execute(&mut *db)
     .await?;
-    get(pool, org_id, key_id).await
+    get(&mut *db, org_id, key_id).await
 }
 
 /// What a rotation came to.
@@ -273,14 +273,14 @@ pub enum Rotated {
 /// period during which both work. In one transaction, so two rotations of one key cannot both
 /// succeed.
 pub async fn rotate(
-    pool: &PgPool,
+    db: &mut PgConnection,
     org_id: Option<&str>,
     key_id: &str,
     new_key_id: &str,
     new_key_hash: &str,
     grace: chrono::Duration,
 ) -> sqlx::Result<Rotated> {
-    let mut tx = pool.begin().await?;
+    let mut tx = db.begin().await?;
     let old: Option<(String, String, bool, bool)> = sqlx::query_as(
         "SELECT scope, name, all_orgs,
                 (revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())

@@ -3,16 +3,16 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
+use sqlx::PgConnection;
 
 /// Every registered org's id (ingest holds them in memory).
-pub async fn ids(pool: &PgPool) -> sqlx::Result<Vec<String>> {
-    sqlx::query_scalar("SELECT org_id FROM orgs").fetch_all(pool).await
+pub async fn ids(db: &mut PgConnection) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("SELECT org_id FROM orgs").fetch_all(&mut *db).await
 }
 
 /// Registers an org; `None` when `org_id` is taken.
 pub async fn create(
-    pool: &PgPool,
+    db: &mut PgConnection,
     org_id: &str,
     name: &str,
 ) -> sqlx::Result<Option<DateTime<Utc>>> {
@@ -21,12 +21,12 @@ pub async fn create(
     )
     .bind(org_id)
     .bind(name)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *db)
     .await?;
     Ok(created.map(|(created_at,)| created_at))
 }
 
-/// Whether `org_id` is a registered org (on a pool or inside a transaction).
+/// Whether `org_id` is a registered org.
 pub async fn exists<'e>(db: impl sqlx::PgExecutor<'e>, org_id: &str) -> sqlx::Result<bool> {
     let found: Option<(String,)> = sqlx::query_as("SELECT org_id FROM orgs WHERE org_id = $1")
         .bind(org_id)
@@ -120,7 +120,10 @@ pub struct ListedOrg {
 
 /// A page of orgs, sorted and cut after `request.after`; an org without usage this period has
 /// the tier of its latest earlier period (tiers carry over), else starter.
-pub async fn list(pool: &PgPool, request: &ListRequest<'_>) -> sqlx::Result<Vec<ListedOrg>> {
+pub async fn list(
+    db: &mut PgConnection,
+    request: &ListRequest<'_>,
+) -> sqlx::Result<Vec<ListedOrg>> {
     let sort = request.sort;
     let (direction, compare) = match request.order {
         Order::Asc => ("ASC", ">"),
@@ -169,17 +172,17 @@ pub async fn list(pool: &PgPool, request: &ListRequest<'_>) -> sqlx::Result<Vec<
         .bind(after.and_then(|a| a.text.clone()))
         .bind(after.map(|a| a.org_id.clone()))
         .bind(request.limit)
-        .fetch_all(pool)
+        .fetch_all(&mut *db)
         .await
 }
 
 /// How many orgs a search finds (all of them without one).
-pub async fn count_matching(pool: &PgPool, search: Option<&str>) -> sqlx::Result<i64> {
+pub async fn count_matching(db: &mut PgConnection, search: Option<&str>) -> sqlx::Result<i64> {
     let (n,): (i64,) = sqlx::query_as(
         "SELECT count(*) FROM orgs o WHERE $1::text IS NULL OR o.org_id ILIKE $1 OR o.name ILIKE $1",
     )
     .bind(like_pattern(search))
-    .fetch_one(pool)
+    .fetch_one(&mut *db)
     .await?;
     Ok(n)
 }

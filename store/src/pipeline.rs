@@ -1,7 +1,7 @@
 //! The figures of `GET /v1/pipeline` that PostgreSQL holds.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::PgConnection;
 
 /// Where the projector resumes one partition (its source of truth for what it consumed).
 #[derive(sqlx::FromRow)]
@@ -11,11 +11,11 @@ pub struct ProjectorOffset {
     pub next_offset: i64,
 }
 
-pub async fn projector_offsets(pool: &PgPool) -> sqlx::Result<Vec<ProjectorOffset>> {
+pub async fn projector_offsets(db: &mut PgConnection) -> sqlx::Result<Vec<ProjectorOffset>> {
     sqlx::query_as(
         "SELECT topic, partition, next_offset FROM projector_offsets ORDER BY topic, partition",
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *db)
     .await
 }
 
@@ -29,7 +29,7 @@ pub struct PeriodActivity {
 }
 
 pub async fn period_activity(
-    pool: &PgPool,
+    db: &mut PgConnection,
     period: &str,
     since: DateTime<Utc>,
 ) -> sqlx::Result<PeriodActivity> {
@@ -39,14 +39,14 @@ pub async fn period_activity(
     )
     .bind(period)
     .bind(since)
-    .fetch_one(pool)
+    .fetch_one(&mut *db)
     .await
 }
 
 /// The newest update of any usage row.
-pub async fn newest_usage_update(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
+pub async fn newest_usage_update(db: &mut PgConnection) -> sqlx::Result<Option<DateTime<Utc>>> {
     let (newest,): (Option<DateTime<Utc>>,) =
-        sqlx::query_as("SELECT max(updated_at) FROM usage_periods").fetch_one(pool).await?;
+        sqlx::query_as("SELECT max(updated_at) FROM usage_periods").fetch_one(&mut *db).await?;
     Ok(newest)
 }
 
@@ -57,12 +57,12 @@ pub struct LedgerCounts {
     pub pending_rows: i64,
 }
 
-pub async fn meter_ledger_counts(pool: &PgPool) -> sqlx::Result<LedgerCounts> {
+pub async fn meter_ledger_counts(db: &mut PgConnection) -> sqlx::Result<LedgerCounts> {
     sqlx::query_as(
         "SELECT count(*) FILTER (WHERE failed_at IS NOT NULL) AS failed_rows,
                 count(*) FILTER (WHERE pending_total IS NOT NULL) AS pending_rows
          FROM stripe_meter_ledger",
     )
-    .fetch_one(pool)
+    .fetch_one(&mut *db)
     .await
 }

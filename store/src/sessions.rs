@@ -2,7 +2,7 @@
 //! their secret (the secrets themselves are never stored).
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::PgConnection;
 
 use crate::Tx;
 
@@ -22,7 +22,7 @@ pub struct SessionRow {
 /// is live, or (opened with the admin token or a portal link) it was opened under one of
 /// `admin_fingerprints`.
 pub async fn find_live(
-    pool: &PgPool,
+    db: &mut PgConnection,
     session_hash: &str,
     admin_fingerprints: &[String],
 ) -> sqlx::Result<Option<SessionRow>> {
@@ -35,7 +35,7 @@ pub async fn find_live(
     )
     .bind(session_hash)
     .bind(admin_fingerprints)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *db)
     .await
 }
 
@@ -69,27 +69,27 @@ pub async fn insert_session(tx: &mut Tx<'_>, session: &NewSession<'_>) -> sqlx::
     Ok(())
 }
 
-pub async fn delete_session(pool: &PgPool, session_hash: &str) -> sqlx::Result<()> {
+pub async fn delete_session(db: &mut PgConnection, session_hash: &str) -> sqlx::Result<()> {
     sqlx::query("DELETE FROM page_sessions WHERE session_hash = $1")
         .bind(session_hash)
-        .execute(pool)
+        .execute(&mut *db)
         .await?;
     Ok(())
 }
 
 /// Deletes the sessions and links that expired more than a day ago (both indexed by expiry).
-pub async fn delete_long_expired(pool: &PgPool) -> sqlx::Result<()> {
+pub async fn delete_long_expired(db: &mut PgConnection) -> sqlx::Result<()> {
     sqlx::query("DELETE FROM page_sessions WHERE expires_at < now() - interval '1 day'")
-        .execute(pool)
+        .execute(&mut *db)
         .await?;
     sqlx::query("DELETE FROM portal_links WHERE expires_at < now() - interval '1 day'")
-        .execute(pool)
+        .execute(&mut *db)
         .await?;
     Ok(())
 }
 
 pub async fn insert_portal_link(
-    pool: &PgPool,
+    db: &mut PgConnection,
     link_hash: &str,
     org_id: &str,
     expires_at: DateTime<Utc>,
@@ -98,7 +98,7 @@ pub async fn insert_portal_link(
         .bind(link_hash)
         .bind(org_id)
         .bind(expires_at)
-        .execute(pool)
+        .execute(&mut *db)
         .await?;
     Ok(())
 }
@@ -120,9 +120,12 @@ pub struct StoredLink {
     pub used_at: Option<DateTime<Utc>>,
 }
 
-pub async fn find_portal_link(pool: &PgPool, link_hash: &str) -> sqlx::Result<Option<StoredLink>> {
+pub async fn find_portal_link(
+    db: &mut PgConnection,
+    link_hash: &str,
+) -> sqlx::Result<Option<StoredLink>> {
     sqlx::query_as("SELECT used_at FROM portal_links WHERE link_hash = $1")
         .bind(link_hash)
-        .fetch_optional(pool)
+        .fetch_optional(&mut *db)
         .await
 }

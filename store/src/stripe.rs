@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::PgConnection;
 
 use crate::Tx;
 
@@ -90,12 +90,15 @@ pub struct CustomerLink {
 }
 
 /// The org's Stripe link, if it has one.
-pub async fn customer_link(pool: &PgPool, org_id: &str) -> sqlx::Result<Option<CustomerLink>> {
+pub async fn customer_link(
+    db: &mut PgConnection,
+    org_id: &str,
+) -> sqlx::Result<Option<CustomerLink>> {
     sqlx::query_as(
         "SELECT customer_id, subscription_id, subscription_status FROM stripe_customers WHERE org_id = $1",
     )
     .bind(org_id)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *db)
     .await
 }
 
@@ -192,7 +195,7 @@ pub struct StripeInvoiceRow {
 
 /// Stripe's invoices of an org (of one period `YYYY-MM`, or all).
 pub async fn invoices(
-    pool: &PgPool,
+    db: &mut PgConnection,
     org_id: &str,
     period: Option<&str>,
 ) -> sqlx::Result<Vec<StripeInvoiceRow>> {
@@ -202,7 +205,7 @@ pub async fn invoices(
     )
     .bind(org_id)
     .bind(period)
-    .fetch_all(pool)
+    .fetch_all(&mut *db)
     .await
 }
 
@@ -239,7 +242,7 @@ pub async fn store_invoice(
 
 /// Stores a verified event once, by its id; returns whether it is new (`false`: a redelivery).
 pub async fn insert_event(
-    pool: &PgPool,
+    db: &mut PgConnection,
     event_id: &str,
     kind: &str,
     created: DateTime<Utc>,
@@ -253,7 +256,7 @@ pub async fn insert_event(
     .bind(kind)
     .bind(created)
     .bind(payload)
-    .execute(pool)
+    .execute(&mut *db)
     .await?
     .rows_affected();
     Ok(inserted == 1)
@@ -292,11 +295,15 @@ pub async fn mark_processed(tx: &mut Tx<'_>, event_id: &str, outcome: &str) -> s
 }
 
 /// Counts a failed attempt on the event, with its error.
-pub async fn record_failed_attempt(pool: &PgPool, event_id: &str, error: &str) -> sqlx::Result<()> {
+pub async fn record_failed_attempt(
+    db: &mut PgConnection,
+    event_id: &str,
+    error: &str,
+) -> sqlx::Result<()> {
     sqlx::query("UPDATE stripe_webhook_events SET attempts = attempts + 1, last_error = $2 WHERE event_id = $1")
         .bind(event_id)
         .bind(error)
-        .execute(pool)
+        .execute(&mut *db)
         .await?;
     Ok(())
 }
@@ -315,30 +322,33 @@ pub struct FailedEvent {
 }
 
 /// The events the sweeper gave up on, oldest first, at most 1,000.
-pub async fn failed_events(pool: &PgPool, max_attempts: i32) -> sqlx::Result<Vec<FailedEvent>> {
+pub async fn failed_events(
+    db: &mut PgConnection,
+    max_attempts: i32,
+) -> sqlx::Result<Vec<FailedEvent>> {
     sqlx::query_as(
         "SELECT event_id, type, created, received_at, attempts, last_error FROM stripe_webhook_events
          WHERE processed_at IS NULL AND attempts >= $1 ORDER BY created, received_at LIMIT 1000",
     )
     .bind(max_attempts)
-    .fetch_all(pool)
+    .fetch_all(&mut *db)
     .await
 }
 
 /// How many events the sweeper gave up on.
-pub async fn count_failed_events(pool: &PgPool, max_attempts: i32) -> sqlx::Result<i64> {
+pub async fn count_failed_events(db: &mut PgConnection, max_attempts: i32) -> sqlx::Result<i64> {
     sqlx::query_scalar(
         "SELECT count(*) FROM stripe_webhook_events WHERE processed_at IS NULL AND attempts >= $1",
     )
     .bind(max_attempts)
-    .fetch_one(pool)
+    .fetch_one(&mut *db)
     .await
 }
 
 /// Gives events the sweeper gave up on a fresh set of attempts: those of `event_ids`, or all
 /// when `None`. Returns the ids given back.
 pub async fn reset_failed_events(
-    pool: &PgPool,
+    db: &mut PgConnection,
     max_attempts: i32,
     event_ids: Option<&[String]>,
 ) -> sqlx::Result<Vec<String>> {
@@ -349,20 +359,23 @@ pub async fn reset_failed_events(
     )
     .bind(max_attempts)
     .bind(event_ids)
-    .fetch_all(pool)
+    .fetch_all(&mut *db)
     .await
 }
 
 /// Events left unprocessed for more than 5 seconds with fewer than `max_attempts` failed
 /// attempts, oldest first, at most 500.
-pub async fn interrupted_events(pool: &PgPool, max_attempts: i32) -> sqlx::Result<Vec<String>> {
+pub async fn interrupted_events(
+    db: &mut PgConnection,
+    max_attempts: i32,
+) -> sqlx::Result<Vec<String>> {
     let ids: Vec<(String,)> = sqlx::query_as(
         "SELECT event_id FROM stripe_webhook_events
          WHERE processed_at IS NULL AND attempts < $1 AND received_at < now() - interval '5 seconds'
          ORDER BY created, received_at LIMIT 500",
     )
     .bind(max_attempts)
-    .fetch_all(pool)
+    .fetch_all(&mut *db)
     .await?;
     Ok(ids.into_iter().map(|(id,)| id).collect())
 }

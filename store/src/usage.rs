@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::PgConnection;
 
 /// The row of `usage_periods` for (org, period).
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -63,7 +63,11 @@ impl PeriodColumns {
 
 /// Reads (org, period) in one statement: its usage row, its usage by operation and, when it has
 /// no row, the tier its latest earlier period ended on.
-pub async fn read_period(pool: &PgPool, org_id: &str, period: &str) -> sqlx::Result<StoredPeriod> {
+pub async fn read_period(
+    db: &mut PgConnection,
+    org_id: &str,
+    period: &str,
+) -> sqlx::Result<StoredPeriod> {
     let columns: PeriodColumns = sqlx::query_as(
         "SELECT u.state, u.tier, u.traces, u.payload_bytes, u.not_billed_child_span, u.not_billed_not_success,
                 u.not_billed_duplicate, u.not_billed_late, u.updated_at,
@@ -76,7 +80,7 @@ pub async fn read_period(pool: &PgPool, org_id: &str, period: &str) -> sqlx::Res
     )
     .bind(org_id)
     .bind(period)
-    .fetch_one(pool)
+    .fetch_one(&mut *db)
     .await?;
     Ok(StoredPeriod {
         row: columns.usage_row(),
@@ -96,7 +100,7 @@ pub struct DailyRow {
 
 /// The org's stored days from `from` to `to` (inclusive); days without usage have no row.
 pub async fn daily(
-    pool: &PgPool,
+    db: &mut PgConnection,
     org_id: &str,
     from: NaiveDate,
     to: NaiveDate,
@@ -108,7 +112,7 @@ pub async fn daily(
     .bind(org_id)
     .bind(from)
     .bind(to)
-    .fetch_all(pool)
+    .fetch_all(&mut *db)
     .await
 }
 
@@ -125,7 +129,7 @@ pub struct PeriodSummaryRow {
 
 /// The org's newest `limit` periods, newest first.
 pub async fn periods(
-    pool: &PgPool,
+    db: &mut PgConnection,
     org_id: &str,
     limit: i64,
 ) -> sqlx::Result<Vec<PeriodSummaryRow>> {
@@ -135,7 +139,7 @@ pub async fn periods(
     )
     .bind(org_id)
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(&mut *db)
     .await
 }
 
@@ -152,7 +156,7 @@ pub struct LateEventRow {
 
 /// The period's late events, newest arrival first, at most `limit`.
 pub async fn late_events(
-    pool: &PgPool,
+    db: &mut PgConnection,
     org_id: &str,
     period: &str,
     limit: i64,
@@ -164,6 +168,6 @@ pub async fn late_events(
     .bind(org_id)
     .bind(period)
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(&mut *db)
     .await
 }

@@ -23,9 +23,13 @@ pub(crate) async fn invoice(args: &Args, correct: bool) -> Result<Conclusion, Fa
     let pool = pool(&ctx.common).await?;
     let (recomputed, partitions, seconds) =
         run_recompute(&ctx, period, Some(&org), 1, args.json).await?;
-    let stored = billed_invoices(&pool, Some(&org), Some(&period.to_string()))
-        .await
-        .map_err(anyhow::Error::from)?;
+    let stored = billed_invoices(
+        &mut *pool.acquire().await.map_err(anyhow::Error::from)?,
+        Some(&org),
+        Some(&period.to_string()),
+    )
+    .await
+    .map_err(anyhow::Error::from)?;
     let stored = stored.get(&(org.clone(), period.to_string()));
     let fresh = recomputed.invoices.get(&org);
     if stored.is_none() && fresh.is_none() {

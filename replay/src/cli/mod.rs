@@ -22,7 +22,8 @@ pub(crate) struct Setup {
 }
 
 pub(crate) fn setup(args: &Args) -> Result<Setup, Failure> {
-    let mut common = Common::from_env().map_err(|e| failure("invalid_setting", e.to_string()))?;
+    let mut common =
+        Common::from_env("replay").map_err(|e| failure("invalid_setting", e.to_string()))?;
     tally_schemas::set_namespace(&common.namespace)
         .map_err(|m| failure("invalid_setting", format!("TALLY_NAMESPACE: {m}")))?;
     if let Some(file) = args.flag("--pricing")? {

@@ -22,9 +22,13 @@ pub(crate) async fn verify(args: &Args) -> Result<Conclusion, Failure> {
     let ctx = setup(args)?;
     let pool = pool(&ctx.common).await?;
     let (recomputed, _, seconds) = run_recompute(&ctx, period, None, threads, args.json).await?;
-    let stored = billed_invoices(&pool, None, Some(&period.to_string()))
-        .await
-        .map_err(anyhow::Error::from)?;
+    let stored = billed_invoices(
+        &mut *pool.acquire().await.map_err(anyhow::Error::from)?,
+        None,
+        Some(&period.to_string()),
+    )
+    .await
+    .map_err(anyhow::Error::from)?;
     let mut orgs: Vec<String> =
         stored.keys().map(|(o, _)| o.clone()).chain(recomputed.invoices.keys().cloned()).collect();
     orgs.sort();

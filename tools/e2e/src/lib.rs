@@ -34,6 +34,47 @@ pub fn database_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/tally_test".into())
 }
 
+/// `url` with its user replaced by `role` (the tests' cluster trusts Tally's roles on loopback).
+pub fn as_role(url: &str, role: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a database url has a scheme");
+    let rest = rest.split_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://{role}@{rest}")
+}
+
+/// The role each service connects as (store migration 0009).
+pub fn database_role(service: &str) -> &'static str {
+    match service {
+        "ingest" => "tally_ingest",
+        "projector" => "tally_projector",
+        "api" => "tally_api",
+        "billing-reporter" => "tally_reporter",
+        _ => "tally_owner",
+    }
+}
+
+/// Brings the schema of the database `url` names up to date, as its owner (what `tally-migrate`
+/// does before a deployment starts its services).
+pub async fn migrate(url: &str) -> anyhow::Result<()> {
+    let owner = tally_common::settings::Secret::new(as_role(url, "tally_owner"));
+    tally_store::migrate(&owner).await?;
+    Ok(())
+}
+
+/// A new database named `name` beside the tests' one, owned by `tally_owner`; migrated if
+/// `migrated`. Returns its URL (as the superuser: [`as_role`] gives a role's).
+pub async fn create_database(name: &str, migrated: bool) -> anyhow::Result<String> {
+    let admin = sqlx::PgPool::connect(&database_url()).await?;
+    sqlx::query(&format!("CREATE DATABASE {name} OWNER tally_owner")).execute(&admin).await?;
+    admin.close().await;
+    let base = database_url();
+    let url =
+        format!("{}/{name}", &base[..base.rfind('/').expect("a database url names a database")]);
+    if migrated {
+        migrate(&url).await?;
+    }
+    Ok(url)
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -149,6 +190,8 @@ impl Stack {
             extra: HashMap::new(),
             restarts: HashMap::new(),
         };
+        // As a deployment does: the owner migrates, then each service connects as its own role.
+        migrate(&stack.database_url()).await?;
         for &service in services {
             stack.spawn(service)?;
             stack.wait_ready(service).await?;
@@ -156,11 +199,21 @@ impl Stack {
         Ok(stack)
     }
 
+    /// The database this stack's services use (the superuser's URL to it).
+    pub fn database_url(&self) -> String {
+        self.env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "TALLY_DATABASE_URL")
+            .map_or_else(database_url, |(_, v)| v.clone())
+    }
+
     fn spawn(&mut self, service: &'static str) -> anyhow::Result<()> {
         let log_path = logs_dir().join(format!("{service}.log"));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
         let child = Command::new(binary(service))
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("TALLY_DATABASE_URL", as_role(&self.database_url(), database_role(service)))
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .spawn()
@@ -229,6 +282,7 @@ impl Stack {
             .open(logs_dir().join(format!("{service}-{instance}.log")))?;
         let child = Command::new(binary(service))
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("TALLY_DATABASE_URL", as_role(&self.database_url(), database_role(service)))
             .env(addr_var, &addr)
             .env("TALLY_INSTANCE_ID", instance.to_string())
             .stdout(Stdio::from(log.try_clone()?))

@@ -17,3 +17,4 @@ mod probes;
 mod replay;
 mod resilience;
 mod stripe;
+mod walls;

@@ -35,12 +35,7 @@ fn t(s: &str) -> DateTime<Utc> {
 /// A database of this test's own, next to `tally_test`.
 async fn own_database() -> anyhow::Result<(String, String)> {
     let name = unique("tally_replay_").replace('-', "_");
-    let admin = PgPool::connect(&database_url()).await?;
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await?;
-    admin.close().await;
-    let base = database_url();
-    let url =
-        format!("{}/{name}", &base[..base.rfind('/').expect("a database url names a database")]);
+    let url = tally_e2e::create_database(&name, true).await?;
     Ok((name, url))
 }
 
@@ -63,7 +58,8 @@ async fn replay(namespace: &str, db: &str, args: &[&str]) -> anyhow::Result<Run>
     let out = tokio::process::Command::new(binary("replay"))
         .args(args)
         .env("TALLY_KAFKA_BROKERS", kafka_brokers())
-        .env("TALLY_DATABASE_URL", db)
+        // replay rebuilds read models: it runs as the schema's owner.
+        .env("TALLY_DATABASE_URL", tally_e2e::as_role(db, "tally_owner"))
         .env("TALLY_NAMESPACE", namespace)
         .env("NO_COLOR", "1")
         .output()

@@ -172,8 +172,8 @@ async fn when_kafka_stalls_ingest_answers_503_and_a_retry_counts_once() -> anyho
 async fn projector_refuses_read_models_ahead_of_the_log() -> anyhow::Result<()> {
     let db = tally_e2e::unique("tally_guard_");
     let admin = sqlx::PgPool::connect(&tally_e2e::database_url()).await?;
-    sqlx::query(&format!("CREATE DATABASE {db}")).execute(&admin).await?;
-    let url = tally_e2e::database_url().rsplit_once('/').unwrap().0.to_string() + "/" + &db;
+    let owner_url = tally_e2e::create_database(&db, false).await?;
+    let url = tally_e2e::as_role(&owner_url, "tally_projector");
     let brokers = tally_e2e::kafka_brokers();
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let addr = format!("127.0.0.1:{port}");
@@ -183,7 +183,18 @@ async fn projector_refuses_read_models_ahead_of_the_log() -> anyhow::Result<()> 
         ("TALLY_PROJECTOR_ADDR", addr.as_str()),
     ];
 
-    // A first start migrates the new database.
+    // Services never migrate: on a schema older than they need, they stop with one line.
+    let (code, stderr) = run_to_failure("projector", &env);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        stderr.lines().last().unwrap_or_default(),
+        format!(
+            "projector: the database's schema is at migration 0, this build needs {}: run \
+             tally-migrate (make migrate) as the schema's owner first",
+            tally_store::schema_version()
+        ),
+    );
+    tally_e2e::migrate(&owner_url).await?;
     let mut first =
         Command::new(binary("projector")).envs(env).stderr(std::process::Stdio::null()).spawn()?;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -198,7 +209,7 @@ async fn projector_refuses_read_models_ahead_of_the_log() -> anyhow::Result<()> 
     first.kill()?;
     first.wait()?;
 
-    let pool = sqlx::PgPool::connect(&url).await?;
+    let pool = sqlx::PgPool::connect(&owner_url).await?;
     sqlx::query("INSERT INTO projector_offsets (topic, partition, next_offset) VALUES ('tally.usage.v1', 0, 1000000000000)")
         .execute(&pool)
         .await?;
