@@ -42,6 +42,7 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     let server = tokio::spawn(probes::serve(
         settings.addr,
         probes::router(health.clone()),
+        settings.common.http.buffering(probes::PROBE_BODY_BYTES),
         shutdown.clone(),
     ));
     let group = GroupContext::new(health.clone());

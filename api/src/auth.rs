@@ -47,13 +47,20 @@ impl FromRequestParts<Arc<AppState>> for Caller {
     ) -> Result<Self, Self::Rejection> {
         if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
             let token = keys::bearer(value.to_str().ok()).ok_or_else(ApiError::unauthorized)?;
-            return caller_of_token(state, token).await;
+            let caller = caller_of_token(state, token).await?;
+            if caller != Caller::Admin {
+                state.rates.check(&keys::hash(token)).map_err(ApiError::rate_limited)?;
+            }
+            return Ok(caller);
         }
         let Some(session) = crate::session::session_of_request(state, &parts.headers).await? else {
             return Err(ApiError::unauthorized());
         };
         if !parts.method.is_safe() {
             crate::session::check_csrf(&session, &parts.headers, &state.public_origin)?;
+        }
+        if let Some(id) = crate::session::session_id(state, &parts.headers) {
+            state.rates.check(&keys::hash(id)).map_err(ApiError::rate_limited)?;
         }
         Ok(Caller::of_session(&session))
     }
@@ -71,6 +78,7 @@ pub async fn caller_of_token(state: &AppState, token: &str) -> Result<Caller, Ap
     let known = match state.key_cache.get(&hash, now) {
         Some(known) => known,
         None => {
+            state.lookups.check("").map_err(ApiError::rate_limited)?;
             // Whose key it is is what the lookup finds out: it looks through every org's keys.
             let mut db = state.db.all_orgs().await?;
             let key = tally_store::keys::find_live_and_mark_used(&mut db, &hash).await?;

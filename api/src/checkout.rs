@@ -69,7 +69,8 @@ fn stripe_error(e: StripeCallError) -> ApiError {
             ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "stripe_error",
-                format!("Stripe refused the request: {message}"),
+                // Stripe's own words stay in the log: they are about Tally's account.
+                "Stripe refused the request; the api's log has Stripe's answer",
             )
         }
         other => {

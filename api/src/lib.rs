@@ -60,7 +60,18 @@ pub struct AppState {
     /// Who api keys (by hash) and page sessions (by hash) are, for a few seconds.
     pub key_cache: cache::TtlCache<Option<auth::Caller>>,
     pub session_cache: cache::TtlCache<Option<session::PageSession>>,
+    /// Requests per key or page session ([`tally_common::rate`]); the admin token is not limited.
+    pub rates: Arc<tally_common::rate::KeyRates>,
+    /// Look-ups of credentials this instance has not seen lately: each costs a query, so all of
+    /// them together are held to a rate (a flood of made-up tokens cannot flood PostgreSQL).
+    pub lookups: tally_common::rate::KeyRates,
 }
+
+/// The most a request body to the api may hold (the largest, a Stripe event, is far smaller).
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Credentials looked up in PostgreSQL per second, all callers together.
+const LOOKUPS_PER_SEC: u32 = 500;
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -126,9 +137,23 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
         public_origin,
         key_cache: Default::default(),
         session_cache: Default::default(),
+        rates: Arc::new(tally_common::rate::KeyRates::from_env()?),
+        lookups: tally_common::rate::KeyRates::new(LOOKUPS_PER_SEC, 2 * LOOKUPS_PER_SEC),
     });
+    tokio::spawn(tally_common::rate::forget_idle_forever(state.rates.clone(), shutdown.clone()));
     tokio::spawn(webhooks::sweep_interrupted_events(state.clone(), shutdown.clone()));
-    let app = router(state).merge(probes::router(health.clone()));
+    let api = probes::serve(
+        settings.addr,
+        router(state),
+        settings.common.http.buffering(MAX_BODY_BYTES),
+        shutdown.clone(),
+    );
+    let ops = probes::serve(
+        settings.ops_addr,
+        probes::router(health.clone()),
+        settings.common.http.buffering(probes::PROBE_BODY_BYTES),
+        shutdown,
+    );
     health.up();
-    probes::serve(settings.addr, app, shutdown).await
+    tokio::try_join!(api, ops).map(drop)
 }

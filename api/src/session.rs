@@ -100,6 +100,7 @@ pub async fn session_of_request(
     let session = match state.session_cache.get(&hash, now) {
         Some(session) => session,
         None => {
+            state.lookups.check("").map_err(ApiError::rate_limited)?;
             let fingerprints = state.link_signer.admin_fingerprints();
             // Whose session it is is what the lookup finds out.
             let row =

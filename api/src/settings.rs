@@ -9,6 +9,9 @@ pub struct Settings {
     pub common: Common,
     /// `TALLY_API_ADDR`.
     pub addr: SocketAddr,
+    /// `TALLY_API_OPS_ADDR`: `/healthz`, `/readyz`, `/metrics`, on a listener of their own
+    /// (default 127.0.0.1:9105: they are for the platform, not for the api's callers).
+    pub ops_addr: SocketAddr,
     /// `TALLY_ADMIN_TOKEN`: required; `make up` generates one into `.tally/admin-token`.
     pub admin_token: Secret,
     /// `TALLY_ADMIN_TOKEN_PREVIOUS`: during a rotation, the token being retired, still accepted
@@ -30,7 +33,7 @@ pub struct Settings {
 
 /// The stages `make up` runs, where it runs them.
 pub const DEFAULT_PIPELINE_STAGES: &str =
-    "ingest=http://127.0.0.1:4318,aggregator=http://127.0.0.1:9101,\
+    "ingest=http://127.0.0.1:9104,aggregator=http://127.0.0.1:9101,\
      projector=http://127.0.0.1:9102,billing-reporter=http://127.0.0.1:9103";
 
 /// Parses `name=http://host:port,...`.
@@ -87,6 +90,7 @@ impl Settings {
         Ok(Settings {
             common,
             addr: api_addr,
+            ops_addr: addr("TALLY_API_OPS_ADDR", "127.0.0.1:9105")?,
             public_url: public_url.trim_end_matches('/').to_string(),
             pipeline_stages,
             admin_token,

@@ -388,6 +388,7 @@ pub async fn run(
     let server = tokio::spawn(tally_common::probes::serve(
         settings.addr,
         tally_common::probes::router(health.clone()),
+        settings.common.http.buffering(tally_common::probes::PROBE_BODY_BYTES),
         shutdown.clone(),
     ));
     let reporter = Reporter::new(pool, settings.stripe.client(), settings.concurrency);

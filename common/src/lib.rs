@@ -12,9 +12,11 @@
 //! - [`shutdown`]: the signal every service stops on.
 
 pub mod health;
+pub mod http;
 pub mod kafka;
 pub mod keys;
 pub mod probes;
+pub mod rate;
 pub mod retry;
 pub mod settings;
 pub mod shutdown;

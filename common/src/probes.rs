@@ -46,12 +46,16 @@ async fn metrics() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body)
 }
 
-/// Binds `addr` (failing at start with a clear error) and serves `router` until shutdown.
-pub async fn serve(addr: SocketAddr, router: Router, shutdown: Shutdown) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-    tracing::info!(%addr, "listening");
-    axum::serve(listener, router).with_graceful_shutdown(shutdown.requested()).await?;
-    Ok(())
+/// Binds `addr` (failing at start with a clear error) and serves `router` within `limits`
+/// ([`crate::http`]) until shutdown.
+pub async fn serve(
+    addr: SocketAddr,
+    router: Router,
+    limits: crate::http::Limits,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    crate::http::serve(addr, router, limits, shutdown).await
 }
+
+/// The body limit of a listener that serves only the probes: they take no body.
+pub const PROBE_BODY_BYTES: usize = 64 << 10;

@@ -83,6 +83,8 @@ pub struct Common {
     pub stall_after: std::time::Duration,
     /// How long after its end a period accepts events ([`grace`]).
     pub grace: chrono::Duration,
+    /// `TALLY_HTTP_*`: what every listener holds its clients to ([`crate::http`]).
+    pub http: crate::http::Limits,
 }
 
 impl Common {
@@ -117,6 +119,7 @@ impl Common {
             ),
             stall_after: std::time::Duration::from_secs(var_or("TALLY_STALL_SECS", "30")?),
             grace: grace()?,
+            http: crate::http::Limits::from_env()?,
         })
     }
 }

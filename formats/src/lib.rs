@@ -51,6 +51,6 @@ pub enum FormatError {
     NotOtlp(String),
     #[error("the body is empty")]
     Empty,
-    #[error("the body holds {count} events; at most {limit} are allowed per request")]
-    TooManyEvents { count: usize, limit: usize },
+    #[error("the body holds more than {limit} events, the most one request may carry")]
+    TooManyEvents { limit: usize },
 }

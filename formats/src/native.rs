@@ -27,22 +27,23 @@ pub fn split(
     if trimmed.is_empty() {
         return Err(FormatError::Empty);
     }
+    // Events are counted as the body is split: one past `max_events` ends the reading, so a
+    // body of many tiny events costs at most `max_events` slots, never one per element.
     let elements: Vec<Element<'_>> = if ndjson {
         text.lines()
             .filter(|line| !line.trim().is_empty())
+            .take(max_events.saturating_add(1))
             .map(serde_json::from_str::<&RawValue>)
             .collect()
     } else if trimmed.starts_with('[') {
-        let items: Vec<&RawValue> =
-            serde_json::from_str(text).map_err(|e| FormatError::NotJson(e.to_string()))?;
-        items.into_iter().map(Ok).collect()
+        array_elements(text, max_events)?.into_iter().map(Ok).collect()
     } else {
         let one: &RawValue =
             serde_json::from_str(text).map_err(|e| FormatError::NotJson(e.to_string()))?;
         vec![Ok(one)]
     };
     if elements.len() > max_events {
-        return Err(FormatError::TooManyEvents { count: elements.len(), limit: max_events });
+        return Err(FormatError::TooManyEvents { limit: max_events });
     }
     if ndjson && !elements.is_empty() && elements.iter().all(|e| e.is_err()) {
         let first = elements.into_iter().next().expect("non-empty").expect_err("all errors");
@@ -52,6 +53,43 @@ pub fn split(
         return Err(FormatError::Empty);
     }
     Ok(elements)
+}
+
+/// The elements of a JSON array, at most `max`: reading stops at the one after.
+fn array_elements(text: &str, max: usize) -> Result<Vec<&RawValue>, FormatError> {
+    struct Bounded(usize);
+    impl<'de> serde::de::Visitor<'de> for Bounded {
+        type Value = Vec<&'de RawValue>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON array")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(element) = seq.next_element::<&RawValue>()? {
+                if out.len() == self.0 {
+                    return Err(serde::de::Error::custom(TOO_MANY));
+                }
+                out.push(element);
+            }
+            Ok(out)
+        }
+    }
+    const TOO_MANY: &str = "tally: too many elements";
+    let mut de = serde_json::Deserializer::from_str(text);
+    let read = serde::Deserializer::deserialize_seq(&mut de, Bounded(max)).and_then(|items| {
+        de.end()?;
+        Ok(items)
+    });
+    read.map_err(|e| {
+        if e.to_string().starts_with(TOO_MANY) {
+            FormatError::TooManyEvents { limit: max }
+        } else {
+            FormatError::NotJson(e.to_string())
+        }
+    })
 }
 
 #[derive(Deserialize)]
@@ -105,7 +143,17 @@ mod tests {
         assert_eq!(split(b"[]", false, 10).unwrap_err(), FormatError::Empty);
         assert_eq!(
             split(b"[1,2,3]", false, 2).unwrap_err(),
-            FormatError::TooManyEvents { count: 3, limit: 2 }
+            FormatError::TooManyEvents { limit: 2 }
         );
+        // Counted while splitting: the elements past the limit are not even read.
+        assert_eq!(
+            split(b"[1,2,3, this is not json", false, 2).unwrap_err(),
+            FormatError::TooManyEvents { limit: 2 }
+        );
+        assert_eq!(
+            split(b"1\n2\n3\n", true, 2).unwrap_err(),
+            FormatError::TooManyEvents { limit: 2 }
+        );
+        assert!(matches!(split(b"[1,2] trailing", false, 10), Err(FormatError::NotJson(_))));
     }
 }

@@ -55,13 +55,28 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
+    let rates = Arc::new(tally_common::rate::KeyRates::from_env()?);
+    tokio::spawn(tally_common::rate::forget_idle_forever(rates.clone(), shutdown.clone()));
     let state = Arc::new(routes::AppState {
         settings: settings.clone(),
         registry,
         publisher: publisher.clone(),
+        rates,
     });
-    let router = routes::router(state).merge(probes::router(health));
-    let served = probes::serve(settings.addr, router, shutdown).await;
+    // Ingest reads its own bodies, within its own limits and the listener's deadline.
+    let api = probes::serve(
+        settings.addr,
+        routes::router(state),
+        settings.common.http.clone(),
+        shutdown.clone(),
+    );
+    let ops = probes::serve(
+        settings.ops_addr,
+        probes::router(health),
+        settings.common.http.buffering(probes::PROBE_BODY_BYTES),
+        shutdown,
+    );
+    let served = tokio::try_join!(api, ops).map(drop);
     publisher.flush();
     served
 }

@@ -11,6 +11,8 @@ use tally_formats::FormatError;
 
 use crate::publish::PublishError;
 use crate::registry::{Grant, Registry};
+use crate::settings::Settings;
+use tally_common::rate::KeyRates;
 
 /// Why a whole request was refused. Each door renders it in its own format (a JSON error body
 /// for `/v1/events`, a `google.rpc.Status` for `/v1/traces`), with the same status and code.
@@ -22,8 +24,12 @@ pub enum RequestError {
     UnknownKey,
     #[error(transparent)]
     Body(#[from] BodyError),
-    /// Kafka did not take the events: none of them is accepted.
-    #[error("events were not accepted, retry with the same event ids: {0}")]
+    /// The key sent more requests than its rate allows; retry after this many seconds.
+    #[error("this key is over its request rate; retry after {0} s")]
+    RateLimited(u64),
+    /// Kafka did not take the events: none of them is accepted. What Kafka said is logged, not
+    /// answered: it is about Tally's insides, not about the request.
+    #[error("the events were not accepted (the event log is unavailable); retry with the same event ids")]
     Unavailable(#[from] PublishError),
 }
 
@@ -32,6 +38,7 @@ impl RequestError {
         match self {
             RequestError::MissingKey | RequestError::UnknownKey => StatusCode::UNAUTHORIZED,
             RequestError::Body(e) => e.status(),
+            RequestError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             RequestError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -41,6 +48,7 @@ impl RequestError {
         match self {
             RequestError::MissingKey | RequestError::UnknownKey => "unauthorized",
             RequestError::Body(e) => e.code(),
+            RequestError::RateLimited(_) => "rate_limited",
             RequestError::Unavailable(_) => "unavailable",
         }
     }
@@ -50,7 +58,15 @@ impl RequestError {
         match self {
             RequestError::Unavailable(PublishError::QueueFull) => Some(1),
             RequestError::Unavailable(_) => Some(5),
+            RequestError::RateLimited(secs) => Some(u32::try_from(*secs).unwrap_or(u32::MAX)),
             _ => None,
+        }
+    }
+
+    /// Logs what the answer leaves out.
+    pub fn log(&self) {
+        if let RequestError::Unavailable(e) = self {
+            tracing::warn!(error = %e, "a request's events were not accepted");
         }
     }
 }
@@ -60,6 +76,8 @@ impl RequestError {
 pub enum BodyError {
     #[error("the body exceeds {limit} bytes")]
     TooLarge { limit: usize },
+    #[error("the body did not arrive within {ms} ms")]
+    Timeout { ms: u128 },
     #[error("the body is not valid gzip: {0}")]
     BadGzip(String),
     #[error("unsupported Content-Encoding {0:?}; use gzip or none")]
@@ -76,6 +94,7 @@ impl BodyError {
             BodyError::TooLarge { .. } | BodyError::Format(FormatError::TooManyEvents { .. }) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
+            BodyError::Timeout { .. } => StatusCode::REQUEST_TIMEOUT,
             BodyError::BadGzip(_) | BodyError::Format(_) => StatusCode::BAD_REQUEST,
             BodyError::UnsupportedEncoding(_) | BodyError::UnsupportedContentType(_) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
@@ -86,6 +105,7 @@ impl BodyError {
     pub fn code(&self) -> &'static str {
         match self {
             BodyError::TooLarge { .. } => "body_too_large",
+            BodyError::Timeout { .. } => "request_timeout",
             BodyError::BadGzip(_) => "invalid_gzip",
             BodyError::UnsupportedEncoding(_) => "unsupported_encoding",
             BodyError::UnsupportedContentType(_) => "unsupported_content_type",
@@ -98,14 +118,18 @@ impl BodyError {
 }
 
 /// Checks the key of `Authorization: Bearer <key>`: a live key that sends (an org's ingest key
-/// or a service key). Answers what it may send for.
+/// or a service key), within its request rate (before its body is read). Answers what it may
+/// send for.
 pub async fn authorize(
     registry: &Registry,
+    rates: &KeyRates,
     headers: &HeaderMap,
 ) -> Result<Arc<Grant>, RequestError> {
     let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let key = keys::bearer(auth).ok_or(RequestError::MissingKey)?;
-    registry.sending_key(&keys::hash(key)).await.ok_or(RequestError::UnknownKey)
+    let grant = registry.sending_key(&keys::hash(key)).await.ok_or(RequestError::UnknownKey)?;
+    rates.check(&grant.key_id).map_err(RequestError::RateLimited)?;
+    Ok(grant)
 }
 
 /// The request's `Content-Type` without its parameters, lower-cased ("" when there is none).
@@ -114,10 +138,18 @@ pub fn content_type(headers: &HeaderMap) -> String {
     value.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
 }
 
-/// Reads the body, at most `limit` bytes, and undoes its `Content-Encoding` (gzip or none)
-/// within the same limit.
-pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, BodyError> {
-    let raw = to_bytes(body, limit).await.map_err(|_| BodyError::TooLarge { limit })?;
+/// Reads the body, at most `TALLY_INGEST_MAX_BODY_BYTES` within the listener's body deadline,
+/// and undoes its `Content-Encoding` (gzip or none) within the same limit.
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    settings: &Settings,
+) -> Result<Bytes, BodyError> {
+    let (limit, deadline) = (settings.max_body_bytes, settings.common.http.body_read);
+    let raw = tokio::time::timeout(deadline, to_bytes(body, limit))
+        .await
+        .map_err(|_| BodyError::Timeout { ms: deadline.as_millis() })?
+        .map_err(|_| BodyError::TooLarge { limit })?;
     let encoding =
         headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("");
     match encoding.trim().to_ascii_lowercase().as_str() {

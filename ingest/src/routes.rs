@@ -28,6 +28,8 @@ pub struct AppState {
     pub settings: Settings,
     pub registry: Registry,
     pub publisher: Publisher,
+    /// Requests per key ([`tally_common::rate`]).
+    pub rates: Arc<tally_common::rate::KeyRates>,
 }
 
 pub const EVENTS_PATH: &str = "/v1/events";
@@ -99,6 +101,7 @@ async fn post_events(
     let response = match events(&state, &headers, body).await {
         Ok(response) => response,
         Err(error) => {
+            error.log();
             let body = json!({"error": {"code": error.code(), "message": error.to_string()}});
             with_retry_after((error.status(), Json(body)).into_response(), &error)
         }
@@ -112,8 +115,8 @@ async fn events(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, RequestError> {
-    let grant = authorize(&state.registry, headers).await?;
-    let bytes = read_body(headers, body, state.settings.max_body_bytes).await?;
+    let grant = authorize(&state.registry, &state.rates, headers).await?;
+    let bytes = read_body(headers, body, &state.settings).await?;
     let content_type = content_type(headers);
     let ndjson = content_type == "application/x-ndjson" || content_type == "application/ndjson";
     let items = tally_formats::native::decode(&bytes, ndjson, state.settings.max_events)
@@ -158,6 +161,7 @@ async fn post_traces(
     let response = match traces(&state, &headers, body, encoding).await {
         Ok(response) => response,
         Err(error) => {
+            error.log();
             let status = RpcStatus {
                 code: otlp::rpc_code(error.status().as_u16()),
                 message: format!("{}: {error}", error.code()),
@@ -199,10 +203,10 @@ async fn traces(
     body: Body,
     encoding: Option<Encoding>,
 ) -> Result<Response, RequestError> {
-    let grant = authorize(&state.registry, headers).await?;
+    let grant = authorize(&state.registry, &state.rates, headers).await?;
     let encoding =
         encoding.ok_or_else(|| BodyError::UnsupportedContentType(content_type(headers)))?;
-    let bytes = read_body(headers, body, state.settings.max_body_bytes).await?;
+    let bytes = read_body(headers, body, &state.settings).await?;
     let items = tally_formats::otlp::decode(&bytes, encoding, state.settings.max_events)
         .map_err(BodyError::from)?;
     let (candidates, admitted) = check_and_admit(state, &grant, items).await?;

@@ -106,9 +106,10 @@ pub mod limits {
     pub const ATTRIBUTES_MAX_KEYS: usize = 64;
     pub const ATTRIBUTE_KEY_MAX: usize = 256;
     pub const ATTRIBUTE_VALUE_MAX: usize = 1024;
-    /// A precomputed `payload_bytes` above 1 TB is refused as a mistake (and keeps sums far from
-    /// overflow).
-    pub const PAYLOAD_BYTES_MAX: u64 = 1_000_000_000_000;
+    /// A precomputed `payload_bytes` above 256 MiB is refused: 2,500 times the 100 KB a trace
+    /// averages in the tiers' included quotas, and the most one key can claim per event
+    /// (docs/security.md).
+    pub const PAYLOAD_BYTES_MAX: u64 = 256 << 20;
 }
 
 /// The stable error codes an event can be rejected with (see README, "Errors").
@@ -234,7 +235,10 @@ impl TraceCompletedV1 {
             ));
         }
         if self.payload_bytes.is_some_and(|b| b > limits::PAYLOAD_BYTES_MAX) {
-            return Err(FieldError::invalid("payload_bytes", "must be at most 1000000000000"));
+            return Err(FieldError::invalid(
+                "payload_bytes",
+                "must be at most 268435456 (256 MiB)",
+            ));
         }
         if let Some(attributes) = &self.attributes {
             if attributes.len() > limits::ATTRIBUTES_MAX_KEYS {
@@ -645,6 +649,13 @@ mod tests {
         let mut e = sample();
         e.payload_bytes = Some(3);
         assert!(e.validate().unwrap_err().message.starts_with("payload_bytes"));
+
+        let mut e = sample();
+        e.payload = None;
+        e.payload_bytes = Some(limits::PAYLOAD_BYTES_MAX);
+        e.validate().unwrap();
+        e.payload_bytes = Some(limits::PAYLOAD_BYTES_MAX + 1);
+        assert!(e.validate().unwrap_err().message.contains("256 MiB"));
 
         let mut e = sample();
         e.attributes = Some((0..65).map(|i| (format!("k{i}"), "v".into())).collect());

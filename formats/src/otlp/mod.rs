@@ -95,7 +95,7 @@ pub fn decode(
     let request = decode_request(body, encoding)?;
     let count = spans(&request).count();
     if count > max_spans {
-        return Err(FormatError::TooManyEvents { count, limit: max_spans });
+        return Err(FormatError::TooManyEvents { limit: max_spans });
     }
     Ok(spans(&request).map(|(resource, s)| span::map(s, resource)).collect())
 }
@@ -205,7 +205,7 @@ mod tests {
         let two = request(vec![a_span(1, "chat"), a_span(2, "chat")]).encode_to_vec();
         assert_eq!(
             decode(&two, Encoding::Protobuf, 1).unwrap_err(),
-            FormatError::TooManyEvents { count: 2, limit: 1 }
+            FormatError::TooManyEvents { limit: 1 }
         );
         // An empty export is a valid one.
         assert!(decode(b"", Encoding::Protobuf, 10).unwrap().is_empty());

@@ -135,6 +135,8 @@ pub fn unique(prefix: &str) -> String {
 pub struct Stack {
     pub admin_token: String,
     pub addrs: HashMap<&'static str, String>,
+    /// Where each service answers `/healthz`, `/readyz` and `/metrics`.
+    pub ops: HashMap<&'static str, String>,
     pub env: Vec<(String, String)>,
     children: HashMap<&'static str, Child>,
     /// Further instances of a stage, by (service, instance id).
@@ -161,8 +163,16 @@ impl Stack {
     ) -> anyhow::Result<Stack> {
         let admin_token = format!("test-admin-{:032x}", rand::random::<u128>());
         let mut addrs = HashMap::new();
+        let mut ops = HashMap::new();
         for service in ALL_SERVICES {
-            addrs.insert(service, format!("127.0.0.1:{}", free_port()));
+            let addr = format!("127.0.0.1:{}", free_port());
+            // Ingest and the api serve their probes and metrics on a listener of their own.
+            let ops_addr = match service {
+                "ingest" | "api" => format!("127.0.0.1:{}", free_port()),
+                _ => addr.clone(),
+            };
+            addrs.insert(service, addr);
+            ops.insert(service, ops_addr);
         }
         let mut env: Vec<(String, String)> = vec![
             ("TALLY_KAFKA_BROKERS".into(), kafka_brokers()),
@@ -170,13 +180,15 @@ impl Stack {
             ("TALLY_ADMIN_TOKEN".into(), admin_token.clone()),
             ("TALLY_API_ADDR".into(), addrs["api"].clone()),
             ("TALLY_INGEST_ADDR".into(), addrs["ingest"].clone()),
+            ("TALLY_INGEST_OPS_ADDR".into(), ops["ingest"].clone()),
+            ("TALLY_API_OPS_ADDR".into(), ops["api"].clone()),
             ("TALLY_AGGREGATOR_ADDR".into(), addrs["aggregator"].clone()),
             ("TALLY_PROJECTOR_ADDR".into(), addrs["projector"].clone()),
             ("TALLY_BILLING_REPORTER_ADDR".into(), addrs["billing-reporter"].clone()),
             (
                 "TALLY_PIPELINE_STAGES".into(),
                 ["ingest", "aggregator", "projector", "billing-reporter"]
-                    .map(|s| format!("{s}=http://{}", addrs[s]))
+                    .map(|s| format!("{s}=http://{}", ops[s]))
                     .join(","),
             ),
             ("NO_COLOR".into(), "1".into()),
@@ -185,6 +197,7 @@ impl Stack {
         let mut stack = Stack {
             admin_token,
             addrs,
+            ops,
             env,
             children: HashMap::new(),
             extra: HashMap::new(),
@@ -231,7 +244,7 @@ impl Stack {
     }
 
     pub async fn wait_ready(&mut self, service: &'static str) -> anyhow::Result<()> {
-        let url = format!("http://{}/readyz", self.addrs[service]);
+        let url = format!("http://{}/readyz", self.ops[service]);
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
@@ -335,7 +348,7 @@ impl Stack {
 
     /// `GET /readyz` of `service`: its status code (0 when it did not answer) and body.
     pub async fn readyz(&self, service: &'static str) -> (u16, String) {
-        let url = format!("http://{}/readyz", self.addrs[service]);
+        let url = format!("http://{}/readyz", self.ops[service]);
         let client =
             reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
         match client.get(&url).send().await {
@@ -367,7 +380,7 @@ impl Stack {
 
     /// The value of one sample (`name{labels}` exactly as exposed) on `service`'s `/metrics`.
     pub async fn metric(&self, service: &'static str, sample: &str) -> Option<f64> {
-        let url = format!("http://{}/metrics", self.addrs[service]);
+        let url = format!("http://{}/metrics", self.ops[service]);
         let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
         text.lines()
             .find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))

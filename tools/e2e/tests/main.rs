@@ -9,6 +9,7 @@ mod broker_faults;
 mod crash_recovery;
 mod instances;
 mod keys;
+mod limits;
 mod otel_sdks;
 mod otlp;
 mod page;

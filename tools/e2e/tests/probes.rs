@@ -1,5 +1,6 @@
-//! Every service serves /healthz, /readyz and Prometheus /metrics on its own address, and the
-//! metrics count what happened (with no org ids or secrets in them).
+//! Every service serves /healthz, /readyz and Prometheus /metrics on its own address (ingest and
+//! the api on a listener apart from their API, loopback by default), and the metrics count what
+//! happened (with no org ids or secrets in them).
 
 use std::time::Duration;
 
@@ -43,7 +44,7 @@ async fn every_service_has_probes_and_metrics() -> anyhow::Result<()> {
         ("projector", "tally_projector_updates_total{result=\"applied\"}"),
     ];
     for service in SERVICES {
-        let base = format!("http://{}", stack.addrs[service]);
+        let base = format!("http://{}", stack.ops[service]);
         for path in ["/healthz", "/readyz"] {
             let r = http.get(format!("{base}{path}")).send().await?;
             assert_eq!(r.status(), 200, "{service}{path}");
@@ -54,6 +55,14 @@ async fn every_service_has_probes_and_metrics() -> anyhow::Result<()> {
         assert!(!metrics.contains(&org), "{service} /metrics names an org");
         assert!(!metrics.contains(&stack.admin_token), "{service} /metrics shows the admin token");
         assert!(!metrics.contains(&key), "{service} /metrics shows a key");
+    }
+    // The API listeners serve the API only: no probes, no metrics.
+    for service in ["ingest", "api"] {
+        assert_ne!(stack.ops[service], stack.addrs[service]);
+        for path in ["/metrics", "/readyz"] {
+            let r = http.get(format!("http://{}{path}", stack.addrs[service])).send().await?;
+            assert_eq!(r.status(), 404, "{service}{path} on the API listener");
+        }
     }
     Ok(())
 }

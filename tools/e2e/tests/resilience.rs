@@ -134,6 +134,12 @@ async fn when_kafka_stalls_ingest_answers_503_and_a_retry_counts_once() -> anyho
         assert!(response.headers().get("retry-after").is_some());
         let body: serde_json::Value = response.json().await?;
         assert_eq!(body["error"]["code"], "unavailable");
+        // What Kafka said is in ingest's log, not in the answer.
+        assert_eq!(
+            body["error"]["message"],
+            "the events were not accepted (the event log is unavailable); retry with the same \
+             event ids"
+        );
         assert!(body.get("accepted").is_none(), "nothing is reported accepted");
     }
 
