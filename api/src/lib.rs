@@ -35,6 +35,7 @@ pub mod settings;
 pub mod sign_in;
 pub mod stripe_objects;
 pub mod usage;
+pub mod webhook_input;
 pub mod webhooks;
 
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! Stripe's webhooks: verification, storing, processing, and the sweeper.
 //!
-//! `POST /v1/stripe/webhooks` checks `Stripe-Signature` ([`verify_signature`]) on the raw body
+//! `POST /v1/stripe/webhooks` checks `Stripe-Signature` ([`verify_signature`], in
+//! [`crate::webhook_input`] with the event's envelope) on the raw body
 //! before anything else; a request that fails gets 400 and changes nothing. A verified event is
 //! stored once by its id in `stripe_webhook_events` (a redelivery answers 200 and changes
 //! nothing) and the answer goes out at once; the work happens after the answer
@@ -25,21 +26,17 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::{DateTime, TimeZone, Utc};
-use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use sha2::Sha256;
 use tally_pricing::stripe::plans;
 use tally_schemas::{SubscriptionChangedV1, SubscriptionSource, Tier};
 
 use crate::auth::Caller;
 use crate::error::{parse_json, ApiError};
 use crate::stripe_objects::{is_live, CheckoutSession, Event, Invoice, Subscription};
+use crate::webhook_input::{read_event, verify_signature};
 use crate::AppState;
 use tally_store::Tx;
 
-/// How old (or how far ahead) a signature's timestamp may be, as Stripe's own libraries allow.
-pub const SIGNATURE_TOLERANCE_SECS: i64 = 300;
 /// The largest webhook body accepted (Stripe's events are far smaller).
 pub const MAX_WEBHOOK_BYTES: usize = 1024 * 1024;
 /// How often the sweeper looks for events whose processing was interrupted.
@@ -49,72 +46,6 @@ const MAX_ATTEMPTS: i32 = 50;
 /// Events processed at once per api instance: each holds a database connection while it writes
 /// to Kafka, so a Kafka outage cannot take every connection of the pool.
 static PROCESSING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
-
-// ---- signatures ------------------------------------------------------------------------------
-
-/// Why a webhook's signature was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SignatureError {
-    #[error("no Stripe-Signature header")]
-    Missing,
-    #[error("Stripe-Signature needs t=<timestamp> and at least one v1=<hex>")]
-    Malformed,
-    #[error("no v1 signature matches the body")]
-    Mismatch,
-    #[error("the signature's timestamp is more than 300 s from now")]
-    Stale,
-}
-
-impl SignatureError {
-    pub fn code(self) -> &'static str {
-        match self {
-            SignatureError::Missing => "missing_signature",
-            SignatureError::Malformed | SignatureError::Mismatch => "invalid_signature",
-            SignatureError::Stale => "stale_signature",
-        }
-    }
-}
-
-/// Checks `Stripe-Signature: t=<unix>,v1=<hex>[,v1=<hex>...]` (other schemes are ignored, as
-/// Stripe's libraries do): some `v1` must be HMAC-SHA256 of `"<t>.<raw body>"` under `secret`,
-/// compared in constant time, and `t` must be within [`SIGNATURE_TOLERANCE_SECS`] of `now`.
-pub fn verify_signature(
-    secret: &[u8],
-    header: Option<&str>,
-    body: &[u8],
-    now: i64,
-) -> Result<(), SignatureError> {
-    let header = header.ok_or(SignatureError::Missing)?;
-    let mut timestamp: Option<&str> = None;
-    let mut signatures = Vec::new();
-    for part in header.split(',') {
-        match part.trim().split_once('=') {
-            Some(("t", v)) => timestamp = Some(v),
-            Some(("v1", v)) => signatures.push(v),
-            _ => {}
-        }
-    }
-    let t = timestamp.ok_or(SignatureError::Malformed)?;
-    let at: i64 = t.parse().map_err(|_| SignatureError::Malformed)?;
-    if signatures.is_empty() {
-        return Err(SignatureError::Malformed);
-    }
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(t.as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    let matched = signatures
-        .iter()
-        .filter_map(|s| hex::decode(s).ok())
-        .any(|s| mac.clone().verify_slice(&s).is_ok());
-    if !matched {
-        return Err(SignatureError::Mismatch);
-    }
-    if (now - at).abs() > SIGNATURE_TOLERANCE_SECS {
-        return Err(SignatureError::Stale);
-    }
-    Ok(())
-}
 
 // ---- receiving -------------------------------------------------------------------------------
 
@@ -154,15 +85,8 @@ pub async fn webhook(
         return Err(ApiError::bad_request(e.code(), e.to_string()));
     }
     // Verified: only now is the body parsed. It is stored as sent, and read again to process it.
-    let payload: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_event", e.to_string()))?;
-    let event = Event::deserialize(&payload).map_err(|_| {
-        ApiError::bad_request("invalid_event", "an event needs id, type and created")
-    })?;
-    let created = Utc
-        .timestamp_opt(event.created, 0)
-        .single()
-        .ok_or_else(|| ApiError::bad_request("invalid_event", "created is out of range"))?;
+    let (payload, event, created) =
+        read_event(&body).map_err(|message| ApiError::bad_request("invalid_event", message))?;
     // Stripe's events name an org only once they are processed: the webhook works across orgs.
     let mut db = state.db.all_orgs().await?;
     let inserted =
@@ -601,6 +525,9 @@ pub async fn sweep_interrupted_events(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::webhook_input::SignatureError;
+    use hmac::{Hmac, Mac};
+    use sha2::Sha256;
 
     fn sign(secret: &str, t: i64, body: &[u8]) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();

@@ -12,6 +12,7 @@
 //! must be billed; the fuzz targets (`fuzz/`) feed it arbitrary bytes ([`fuzzing`]).
 
 pub mod fuzzing;
+pub mod gzip;
 pub mod native;
 pub mod otlp;
 

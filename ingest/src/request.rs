@@ -1,12 +1,12 @@
 //! What both front doors share at the edge: the ingest key, the body read within its limits, and
 //! the closed set of reasons a whole request is refused.
 
-use std::io::Read;
 use std::sync::Arc;
 
 use axum::body::{to_bytes, Body, Bytes};
 use axum::http::{header, HeaderMap, StatusCode};
 use tally_common::keys;
+use tally_formats::gzip::{gunzip_limited, GzipError};
 use tally_formats::FormatError;
 
 use crate::publish::PublishError;
@@ -154,23 +154,12 @@ pub async fn read_body(
         headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("");
     match encoding.trim().to_ascii_lowercase().as_str() {
         "" | "identity" => Ok(raw),
-        "gzip" | "x-gzip" => gunzip_limited(&raw, limit).map(Bytes::from),
+        "gzip" | "x-gzip" => gunzip_limited(&raw, limit).map(Bytes::from).map_err(|e| match e {
+            GzipError::TooLarge { limit } => BodyError::TooLarge { limit },
+            GzipError::Invalid(message) => BodyError::BadGzip(message),
+        }),
         other => Err(BodyError::UnsupportedEncoding(other.to_string())),
     }
-}
-
-/// Decompresses a gzip body, stopping at `limit` bytes: a gzip bomb costs at most `limit` bytes
-/// of memory before it is refused.
-pub fn gunzip_limited(compressed: &[u8], limit: usize) -> Result<Vec<u8>, BodyError> {
-    let mut out = Vec::with_capacity(compressed.len().saturating_mul(4).min(limit));
-    flate2::read::MultiGzDecoder::new(compressed)
-        .take(limit as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| BodyError::BadGzip(e.to_string()))?;
-    if out.len() > limit {
-        return Err(BodyError::TooLarge { limit });
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -188,8 +177,8 @@ mod tests {
         }
         let bomb = gz.finish().unwrap();
         assert!(bomb.len() < 200_000);
-        assert_eq!(gunzip_limited(&bomb, 1 << 20), Err(BodyError::TooLarge { limit: 1 << 20 }));
-        assert!(matches!(gunzip_limited(b"not gzip", 100), Err(BodyError::BadGzip(_))));
+        assert_eq!(gunzip_limited(&bomb, 1 << 20), Err(GzipError::TooLarge { limit: 1 << 20 }));
+        assert!(matches!(gunzip_limited(b"not gzip", 100), Err(GzipError::Invalid(_))));
     }
 
     #[test]

@@ -77,7 +77,18 @@ pub fn parse(input: &[u8]) -> Result<Value, BadKey> {
         let path = segments(&key)?;
         insert(&mut root, &path, value.into_owned(), &key)?;
     }
-    Ok(arrays(Value::Object(root)))
+    // Only nested objects of indices become arrays: the top level is always the parameters by
+    // name (`0=a` is a parameter named "0"; found by the fuzz target `form`).
+    Ok(Value::Object(root.into_iter().map(|(k, v)| (k, arrays(v))).collect()))
+}
+
+/// What the fuzz target `form` runs on each input, and the test below on each input of its
+/// corpus: decoding never panics, and what it decodes is an object.
+#[doc(hidden)]
+pub fn fuzz_parse(data: &[u8]) {
+    if let Ok(value) = parse(data) {
+        assert!(value.is_object(), "a form decoded to {value}");
+    }
 }
 
 #[cfg(test)]
@@ -103,5 +114,19 @@ mod tests {
         assert!(parse(b"[x]=1").is_err());
         assert!(parse(b"a[b=1").is_err());
         assert!(parse(b"a=1&a[b]=2").is_err());
+        assert_eq!(parse(b"1&").unwrap(), json!({"1": ""}));
+    }
+
+    /// Every input the fuzzer kept is a regression test.
+    #[test]
+    fn the_fuzz_corpus_decodes_without_panicking() {
+        let corpus =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/form");
+        let mut inputs = 0;
+        for entry in std::fs::read_dir(corpus).expect("the corpus is in the repository") {
+            fuzz_parse(&std::fs::read(entry.unwrap().path()).unwrap());
+            inputs += 1;
+        }
+        assert!(inputs >= 10, "fuzz/corpus/form holds only {inputs} inputs");
     }
 }
