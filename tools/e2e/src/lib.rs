@@ -108,6 +108,28 @@ where
     }
 }
 
+/// The settings whose values are secrets: a stack remembers them ([`remember_secret`]).
+const SECRET_SETTINGS: [&str; 4] = [
+    "TALLY_ADMIN_TOKEN",
+    "TALLY_ADMIN_TOKEN_PREVIOUS",
+    "TALLY_STRIPE_SECRET_KEY",
+    "TALLY_STRIPE_WEBHOOK_SECRET",
+];
+
+/// The file the run's secrets are remembered in, one per line, for the sweep at the end of the
+/// run (`tests/zz_secrets.rs`).
+pub fn secrets_ledger() -> PathBuf {
+    logs_dir().join("secrets.ledger")
+}
+
+/// Adds a secret to the run's ledger (the loaded keys and links of [`tally_loadgen::api::Api`]
+/// are added by it).
+pub fn remember_secret(secret: &str) {
+    static LEDGER: std::sync::Once = std::sync::Once::new();
+    LEDGER.call_once(|| std::env::set_var("TALLY_SECRETS_LEDGER", secrets_ledger()));
+    tally_loadgen::secrets::remember(secret);
+}
+
 /// Signs in to the page at `api_url` with a key or the admin token; the session cookie
 /// (`name=value`) to send back.
 pub async fn sign_in(api_url: &str, key: &str) -> anyhow::Result<String> {
@@ -123,6 +145,7 @@ pub async fn sign_in(api_url: &str, key: &str) -> anyhow::Result<String> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .map(str::to_string)
+        .inspect(|cookie| remember_secret(cookie.split_once('=').map_or(cookie, |(_, v)| v)))
         .ok_or_else(|| anyhow::anyhow!("no session cookie"))
 }
 
@@ -194,6 +217,11 @@ impl Stack {
             ("NO_COLOR".into(), "1".into()),
         ];
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        for (name, value) in &env {
+            if SECRET_SETTINGS.contains(&name.as_str()) {
+                remember_secret(value);
+            }
+        }
         let mut stack = Stack {
             admin_token,
             addrs,
@@ -409,6 +437,17 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        // What each service's metrics said last, for the sweep for secrets (tests/zz_secrets.rs).
+        let dumps = logs_dir().join("metrics");
+        let _ = std::fs::create_dir_all(&dumps);
+        for (service, addr) in &self.ops {
+            if self.children.contains_key(service) {
+                if let Some(text) = scrape_metrics(addr) {
+                    let port = addr.rsplit(':').next().unwrap_or("0");
+                    let _ = std::fs::write(dumps.join(format!("{service}-{port}.log")), text);
+                }
+            }
+        }
         for service in ALL_SERVICES {
             self.kill9(service);
         }
@@ -417,6 +456,18 @@ impl Drop for Stack {
             let _ = child.wait();
         }
     }
+}
+
+/// `GET /metrics` of `addr`, plainly (this runs in `Drop`, outside any runtime).
+fn scrape_metrics(addr: &str) -> Option<Vec<u8>> {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).ok()?;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    Some(answer)
 }
 
 /// The fields of an API usage answer that a workload's [`Expected`] fixes.

@@ -19,3 +19,4 @@ mod replay;
 mod resilience;
 mod stripe;
 mod walls;
+mod zz_secrets;

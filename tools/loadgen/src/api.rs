@@ -52,7 +52,9 @@ impl Api {
             bail!("creating a key: {}", response.status());
         }
         let value: Value = response.json().await?;
-        Ok(value["key"].as_str().context("key in answer")?.to_string())
+        let key = value["key"].as_str().context("key in answer")?;
+        crate::secrets::remember(key);
+        Ok(key.to_string())
     }
 
     /// Creates a service key, for the company's own emitters, that sends for `orgs`, or for all
@@ -73,7 +75,9 @@ impl Api {
             bail!("creating a service key: {}", response.status());
         }
         let value: Value = response.json().await?;
-        Ok(value["key"].as_str().context("key in answer")?.to_string())
+        let key = value["key"].as_str().context("key in answer")?;
+        crate::secrets::remember(key);
+        Ok(key.to_string())
     }
 
     /// A portal link that signs `org_id`'s people into the usage page (docs/page.md).
@@ -89,7 +93,11 @@ impl Api {
             bail!("creating a portal link: {}", response.status());
         }
         let value: Value = response.json().await?;
-        Ok(value["url"].as_str().context("url in answer")?.to_string())
+        let url = value["url"].as_str().context("url in answer")?;
+        if let Some((_, token)) = url.split_once('#') {
+            crate::secrets::remember(token);
+        }
+        Ok(url.to_string())
     }
 
     /// `GET /v1/pipeline` (admin): the stages' readiness and the consumers' lag.

@@ -13,6 +13,7 @@
 pub mod api;
 pub mod generate;
 pub mod otlp;
+pub mod secrets;
 pub mod send;
 
 pub use generate::{Expected, Workload, WorkloadSpec};
