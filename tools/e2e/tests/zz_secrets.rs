@@ -45,7 +45,7 @@ async fn no_secret_appears_in_a_log_a_metric_or_an_error_answer() -> anyhow::Res
     let read = api.create_key(&a, "read").await?;
     let billing = api.create_key(&a, "billing").await?;
     let ingest = api.create_key(&a, "ingest").await?;
-    let service = api.create_service_key(Some(&[a.clone()])).await?;
+    let service = api.create_service_key(Some(std::slice::from_ref(&a))).await?;
     let link = api.portal_link(&a).await?;
     let cookie = tally_e2e::sign_in(&stack.api_url(), &read).await?;
     let http = reqwest::Client::new();
