@@ -56,7 +56,7 @@ mod tests {
                 run(&std::fs::read(entry.unwrap().path()).unwrap());
                 inputs += 1;
             }
-            assert!(inputs >= 8, "fuzz/corpus/{target} holds only {inputs} inputs");
+            assert!(inputs >= 20, "fuzz/corpus/{target} holds only {inputs} inputs");
         }
     }
 }

@@ -106,7 +106,7 @@ pub mod limits {
     pub const ATTRIBUTES_MAX_KEYS: usize = 64;
     pub const ATTRIBUTE_KEY_MAX: usize = 256;
     pub const ATTRIBUTE_VALUE_MAX: usize = 1024;
-    /// A precomputed `payload_bytes` above 256 MiB is refused: 2,500 times the 100 KB a trace
+    /// A precomputed `payload_bytes` above 256 MiB is refused: about 2,700 times the 100 KB a trace
     /// averages in the tiers' included quotas, and the most one key can claim per event
     /// (docs/security.md).
     pub const PAYLOAD_BYTES_MAX: u64 = 256 << 20;
